@@ -1,0 +1,34 @@
+"""saelens_amort: the price of amortized inference in sparse autoencoders.
+
+Public API (stable names): load_model, load_sae, check_sae_fits, collect_activations, CollectConfig,
+ActivationStore, resolve_source, SaeAmortError.
+"""
+
+from saelens_amort.errors import SaeAmortError
+from saelens_amort.models import load_model
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ActivationStore",
+    "CollectConfig",
+    "SaeAmortError",
+    "check_sae_fits",
+    "collect_activations",
+    "load_model",
+    "load_sae",
+    "resolve_source",
+]
+
+
+def __getattr__(name: str):
+    # Loading the SAE and activation modules pulls in sae_lens; defer it until asked for.
+    if name in ("load_sae", "check_sae_fits"):
+        from saelens_amort import saes
+
+        return getattr(saes, name)
+    if name in ("ActivationStore", "CollectConfig", "collect_activations", "resolve_source"):
+        from saelens_amort import activations
+
+        return getattr(activations, name)
+    raise AttributeError(f"module 'saelens_amort' has no attribute {name!r}")

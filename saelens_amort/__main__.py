@@ -1,0 +1,3 @@
+from saelens_amort.cli import main
+
+main()

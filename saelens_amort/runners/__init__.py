@@ -1,0 +1,1 @@
+"""Orchestration only: each runner composes loading, collection, inference and metrics for one CLI command."""
