@@ -1,0 +1,229 @@
+"""Load an SAE from one spec string, and check that it fits a model.
+
+Spec forms, tried in this order:
+
+- `toy/<family>`: the SAE shipped with the embedded toy world (SAE-Lens disk format).
+- an existing local directory: SAE-Lens format (`cfg.json` + `sae_weights.safetensors`) or dictionary_learning
+  format (`ae.pt` + `config.json`, converted by `saes.dictionary_learning`).
+- `release/sae_id`: an SAE-Lens pretrained release, split on the first "/" (sae_ids may contain slashes).
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import logging
+import os
+import warnings
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+from sae_lens import SAE
+from sae_lens.constants import SAE_CFG_FILENAME, SAE_WEIGHTS_FILENAME
+
+from saelens_amort.errors import SaeAmortError
+from saelens_amort.saes.dictionary_learning import (
+    AE_FILENAME,
+    CONFIG_FILENAME,
+    is_dictionary_learning_dir,
+    load_dictionary_learning_sae,
+)
+
+if TYPE_CHECKING:
+    from transformer_lens import HookedTransformer
+
+logger = logging.getLogger(__name__)
+
+TOY_SAE_FAMILIES = ("standard", "topk", "batchtopk", "matryoshka_batchtopk", "jumprelu", "gated")
+"""SAE families shipped with the embedded toy world (`toy/<family>`)."""
+
+TOY_PREFIX = "toy/"
+PRETRAINED_LIST_HINT = (
+    "list them with `from sae_lens.loading.pretrained_saes_directory import get_pretrained_saes_directory; "
+    "print(list(get_pretrained_saes_directory()))` or see "
+    "https://decoderesearch.github.io/SAELens/latest/pretrained_saes/"
+)
+OFFLINE_HINT = (
+    "use a local SAE directory (--sae-path), populate the Hugging Face cache on a machine with network "
+    "(then HF_HUB_OFFLINE=1 works), or use the toy SAEs (--model toy)"
+)
+
+
+def _is_offline() -> bool:
+    if os.environ.get("HF_HUB_OFFLINE", "0").strip().lower() in ("1", "true", "yes", "on"):
+        return True
+    try:
+        from huggingface_hub import constants
+
+        return bool(constants.HF_HUB_OFFLINE)
+    except ImportError:  # pragma: no cover - huggingface_hub ships with sae_lens
+        return False
+
+
+def _cast(sae: SAE, dtype: torch.dtype | None) -> SAE:
+    return sae if dtype is None else sae.to(dtype=dtype)
+
+
+def _toy_dir(family: str) -> Path:
+    from saelens_amort.toy.paths import SAES_DIR
+
+    return SAES_DIR / family
+
+
+def _load_toy(family: str, device: str, dtype: torch.dtype | None) -> SAE:
+    if family not in TOY_SAE_FAMILIES:
+        raise SaeAmortError(f"unknown toy SAE family {family!r}; choose one of {', '.join(TOY_SAE_FAMILIES)}")
+    path = _toy_dir(family)
+    if not (path / SAE_CFG_FILENAME).is_file() or not (path / SAE_WEIGHTS_FILENAME).is_file():
+        raise SaeAmortError(f"toy SAE {family!r} is not built ({path} missing); run `saeamort toy build` first")
+    return _load_sae_lens_dir(path, device, dtype)
+
+
+def _load_sae_lens_dir(path: Path, device: str, dtype: torch.dtype | None) -> SAE:
+    try:
+        sae = SAE.load_from_disk(path, device=device)
+    except KeyError as e:
+        raise SaeAmortError(
+            f"{path / SAE_CFG_FILENAME} names architecture {e} that SAE-Lens does not know; import the package that "
+            "registers it (register_sae_class) before loading"
+        ) from e
+    return _cast(sae, dtype)
+
+
+def _load_local(path: Path, device: str, dtype: torch.dtype | None) -> SAE:
+    if path.is_file():
+        raise SaeAmortError(f"{path} is a file; pass the directory that holds it")
+    if (path / SAE_CFG_FILENAME).is_file() and (path / SAE_WEIGHTS_FILENAME).is_file():
+        return _load_sae_lens_dir(path, device, dtype)
+    if is_dictionary_learning_dir(path):
+        return load_dictionary_learning_sae(path, device=device, dtype=dtype)
+    present = sorted(p.name for p in path.iterdir())[:10]
+    raise SaeAmortError(
+        f"{path} is not an SAE directory: expected SAE-Lens files {SAE_CFG_FILENAME} + {SAE_WEIGHTS_FILENAME} or "
+        f"dictionary_learning files {AE_FILENAME} + {CONFIG_FILENAME} (found {present})"
+    )
+
+
+def _network_errors() -> tuple[type[BaseException], ...]:
+    errors: list[type[BaseException]] = [ConnectionError, TimeoutError]
+    try:
+        from huggingface_hub.errors import LocalEntryNotFoundError, OfflineModeIsEnabled
+
+        errors += [LocalEntryNotFoundError, OfflineModeIsEnabled]
+    except ImportError:  # pragma: no cover
+        pass
+    optional = (
+        ("httpx", "TransportError"),
+        ("requests.exceptions", "ConnectionError"),
+        ("requests.exceptions", "Timeout"),
+    )
+    for module, name in optional:
+        try:
+            errors.append(getattr(importlib.import_module(module), name))
+        except (ImportError, AttributeError):
+            continue
+    return tuple(errors)
+
+
+def _load_pretrained(release: str, sae_id: str, device: str, dtype: torch.dtype | None) -> SAE:
+    from sae_lens.loading.pretrained_saes_directory import get_pretrained_saes_directory
+
+    directory = get_pretrained_saes_directory()
+    if release not in directory:
+        close = difflib.get_close_matches(release, list(directory), n=3)
+        did_you_mean = f" (did you mean {close}?)" if close else ""
+        raise SaeAmortError(
+            f"unknown SAE-Lens release {release!r}{did_you_mean}; {PRETRAINED_LIST_HINT}, or pass a local SAE directory"
+        )
+    valid_ids = list(directory[release].saes_map)
+    if sae_id not in valid_ids:
+        close = difflib.get_close_matches(sae_id, valid_ids, n=5) or valid_ids[:5]
+        raise SaeAmortError(
+            f"SAE id {sae_id!r} is not in release {release!r} ({len(valid_ids)} ids); e.g. {close}"
+        )
+    try:
+        sae = SAE.from_pretrained(release, sae_id, device=device)
+    except _network_errors() as e:
+        state = "offline (HF_HUB_OFFLINE=1)" if _is_offline() else "unreachable"
+        raise SaeAmortError(
+            f"SAE {release}/{sae_id} is not in the local Hugging Face cache and the hub is {state}; {OFFLINE_HINT}"
+        ) from e
+    return _cast(sae, dtype)
+
+
+def _looks_like_path(spec: str) -> bool:
+    return spec.startswith(("/", "./", "../", "~", ".\\")) or spec in (".", "..")
+
+
+def load_sae(spec: str | Path, *, device: str = "cpu", dtype: torch.dtype | None = None) -> SAE:
+    """Load an SAE-Lens SAE from `toy/<family>`, a local directory, or `release/sae_id` (see the module docstring).
+
+    `dtype` casts the loaded SAE; None keeps the stored dtype.
+    """
+    if isinstance(spec, Path):
+        path = spec.expanduser()
+        if not path.exists():
+            raise SaeAmortError(f"SAE directory {path} does not exist; check the path")
+        return _load_local(path, device, dtype)
+    spec = spec.strip()
+    if spec.startswith(TOY_PREFIX):
+        return _load_toy(spec[len(TOY_PREFIX):], device, dtype)
+    path = Path(spec).expanduser()
+    if spec and path.exists():
+        return _load_local(path, device, dtype)
+    if _looks_like_path(spec):
+        raise SaeAmortError(f"SAE directory {path} does not exist; check the path")
+    release, sep, sae_id = spec.partition("/")
+    if sep and release and sae_id:
+        return _load_pretrained(release, sae_id, device, dtype)
+    raise SaeAmortError(
+        f"cannot interpret SAE spec {spec!r}; use toy/<family> ({', '.join(TOY_SAE_FAMILIES)}), "
+        "an SAE directory, or an SAE-Lens release/sae_id"
+    )
+
+
+def _similar_hooks(hook: str, valid: list[str], n: int = 5) -> list[str]:
+    close = difflib.get_close_matches(hook, valid, n=n, cutoff=0.5)
+    return close or [h for h in valid if h.endswith("hook_resid_post")][:n] or valid[:n]
+
+
+def _expected_width(model: "HookedTransformer", hook: str, sae: SAE) -> tuple[int, str]:
+    cfg = model.cfg
+    if hook.endswith(("mlp.hook_pre", "mlp.hook_post", "mlp.hook_pre_linear")) and cfg.d_mlp is not None:
+        return int(cfg.d_mlp), "d_mlp"
+    if hook.endswith("hook_z") and sae.cfg.reshape_activations == "hook_z":
+        return int(cfg.n_heads * cfg.d_head), "n_heads*d_head"
+    return int(cfg.d_model), "d_model"
+
+
+def check_sae_fits(
+    sae: SAE, model: "HookedTransformer", hook_name: str | None = None, *, strict_hook: bool = False
+) -> str:
+    """Check that `sae` can read `model` at `hook_name`; return the hook name to use.
+
+    The effective hook is `hook_name` when given, else the SAE's own `metadata.hook_name`. A requested hook that
+    differs from the SAE's warns (raises with `strict_hook=True`): an SAE read at the wrong site gives meaningless
+    codes.
+    """
+    sae_hook = sae.cfg.metadata.get("hook_name")
+    hook = hook_name or sae_hook
+    if not hook:
+        raise SaeAmortError(
+            "the SAE records no metadata.hook_name; pass the hook explicitly, e.g. blocks.8.hook_resid_post"
+        )
+    valid = list(model.hook_dict)
+    if hook not in model.hook_dict:
+        raise SaeAmortError(f"hook {hook!r} is not in the model; similar valid hooks: {_similar_hooks(hook, valid)}")
+    if hook_name and sae_hook and hook_name != sae_hook:
+        msg = f"requested hook {hook_name!r} differs from the SAE's own hook {sae_hook!r}"
+        if strict_hook:
+            raise SaeAmortError(f"{msg}; pass hook {sae_hook!r} or drop the strict hook check")
+        warnings.warn(f"{msg}; using {hook_name!r}", UserWarning, stacklevel=2)
+    width, what = _expected_width(model, hook, sae)
+    if sae.cfg.d_in != width:
+        raise SaeAmortError(
+            f"SAE d_in={sae.cfg.d_in} does not match the model's {what}={width} at {hook}; "
+            "use an SAE trained on this model"
+        )
+    return hook

@@ -1,0 +1,176 @@
+"""Builders shared by the tests (append new helpers; do not reorder)."""
+
+from __future__ import annotations
+
+import importlib
+import importlib.machinery
+import importlib.util
+import sys
+import types
+from pathlib import Path
+
+# --- dictionary_learning reference (saes) -------------------------------------------------------------------------
+
+DICTIONARY_LEARNING_CLASSES = {
+    "AutoEncoder": "dictionary_learning.dictionary",
+    "GatedAutoEncoder": "dictionary_learning.dictionary",
+    "JumpReluAutoEncoder": "dictionary_learning.dictionary",
+    "AutoEncoderTopK": "dictionary_learning.trainers.top_k",
+    "BatchTopKSAE": "dictionary_learning.trainers.batch_top_k",
+    "MatryoshkaBatchTopKSAE": "dictionary_learning.trainers.matryoshka_batch_top_k",
+}
+"""dict_class name → module of the real dictionary_learning package.
+
+CI installs it with `pip install --no-deps dictionary-learning==0.1.0`."""
+
+
+def _stub_package(name: str, path: Path) -> None:
+    """Register `name` as a bare package at `path`, so its submodules import without running its `__init__`."""
+    if name in sys.modules:
+        return
+    module = types.ModuleType(name)
+    module.__path__ = [str(path)]  # type: ignore[attr-defined]
+    module.__package__ = name
+    module.__spec__ = importlib.machinery.ModuleSpec(name, None, is_package=True)
+    module.__spec__.submodule_search_locations = [str(path)]
+    sys.modules[name] = module
+
+
+def import_dictionary_learning() -> dict[str, type] | None:
+    """The real dictionary_learning dictionary classes by dict_class name, or None when the package is absent.
+
+    Its package `__init__` imports nnsight (not installed); the dictionary modules do not need it, so the two package
+    levels are registered as bare namespace modules and only the needed submodules are imported.
+    """
+    loaded = sys.modules.get("dictionary_learning")
+    spec = loaded.__spec__ if loaded is not None else importlib.util.find_spec("dictionary_learning")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    root = Path(list(spec.submodule_search_locations)[0])
+    _stub_package("dictionary_learning", root)
+    _stub_package("dictionary_learning.trainers", root / "trainers")
+    return {
+        name: getattr(importlib.import_module(module), name) for name, module in DICTIONARY_LEARNING_CLASSES.items()
+    }
+
+
+DICTIONARY_LEARNING_TRAINERS = {
+    "AutoEncoder": "StandardTrainerAprilUpdate",
+    "AutoEncoderTopK": "TopKTrainer",
+    "BatchTopKSAE": "BatchTopKTrainer",
+    "MatryoshkaBatchTopKSAE": "MatryoshkaBatchTopKTrainer",
+    "GatedAutoEncoder": "GatedSAETrainer",
+    "JumpReluAutoEncoder": "JumpReluTrainer",
+}
+"""A trainer class that writes each dict_class (the SAEBench suites' names)."""
+
+
+def build_random_dictionary_learning_ae(
+    dict_class: str, *, activation_dim: int = 32, dict_size: int = 128, k: int = 8, seed: int = 0
+):
+    """The real dictionary_learning module `dict_class` with every parameter and buffer randomised.
+
+    Decoder atoms get non-unit norms, b_dec / biases / r_mag are non-trivial, thresholds are positive and sit
+    inside the pre-activation range, so that conversions which drop or misplace any term fail.
+    """
+    import torch
+
+    classes = import_dictionary_learning()
+    if classes is None:
+        raise ImportError("dictionary_learning is not installed: pip install --no-deps dictionary-learning==0.1.0")
+    cls = classes[dict_class]
+    gen = torch.Generator().manual_seed(seed)
+    if dict_class in ("AutoEncoderTopK", "BatchTopKSAE"):
+        ae = cls(activation_dim, dict_size, k)
+    elif dict_class == "MatryoshkaBatchTopKSAE":
+        quarter = dict_size // 4
+        ae = cls(activation_dim, dict_size, k, [quarter, quarter, dict_size - 2 * quarter])
+    else:
+        ae = cls(activation_dim, dict_size)
+    with torch.no_grad():
+        for name, param in ae.named_parameters():
+            scale = 0.3 if "weight" in name or name.startswith("W_") else 0.5
+            param.copy_(torch.randn(param.shape, generator=gen) * scale)
+            if name == "threshold":
+                param.copy_(0.5 + torch.rand(param.shape, generator=gen))
+        if dict_class in ("AutoEncoderTopK", "BatchTopKSAE", "MatryoshkaBatchTopKSAE"):
+            ae.threshold.fill_(0.5 + float(torch.rand((), generator=gen)))
+    return ae
+
+
+def write_dictionary_learning_dir(
+    path: Path,
+    ae,
+    dict_class: str,
+    *,
+    layer: int = 8,
+    lm_name: str = "EleutherAI/pythia-160m-deduped",
+    ctx_len: int = 128,
+    trainer_extra: dict | None = None,
+) -> Path:
+    """Save `ae` as dictionary_learning's training loop does: `ae.pt` (state dict) + `config.json` (trainer, buffer)."""
+    import json
+
+    import torch
+
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    torch.save({k: v.cpu() for k, v in ae.state_dict().items()}, path / "ae.pt")
+    trainer = {
+        "trainer_class": DICTIONARY_LEARNING_TRAINERS[dict_class],
+        "dict_class": dict_class,
+        "lr": 3e-4,
+        "steps": 244140,
+        "seed": 0,
+        "activation_dim": ae.activation_dim,
+        "dict_size": ae.dict_size,
+        "device": "cuda:0",
+        "layer": layer,
+        "lm_name": lm_name,
+        "wandb_name": f"{DICTIONARY_LEARNING_TRAINERS[dict_class]}-{lm_name}-resid_post_layer_{layer}",
+        "submodule_name": f"resid_post_layer_{layer}",
+    }
+    if hasattr(ae, "k"):
+        trainer["k"] = int(ae.k.item())
+    if hasattr(ae, "group_sizes"):
+        trainer["group_sizes"] = [int(g) for g in ae.group_sizes.tolist()]
+    trainer.update(trainer_extra or {})
+    buffer = {
+        "d_submodule": ae.activation_dim,
+        "io": "out",
+        "n_ctxs": 2000,
+        "ctx_len": ctx_len,
+        "refresh_batch_size": 24,
+        "out_batch_size": 2048,
+        "device": "cuda:0",
+    }
+    (path / "config.json").write_text(json.dumps({"trainer": trainer, "buffer": buffer}, indent=4))
+    return path
+
+
+# --- tiny TransformerLens model (activations) ---------------------------------------------------------------------
+
+
+def tiny_tokenizer(folder: Path):
+    """The toy world's word-level tokenizer (BOS/EOS `<|endoftext|>` = 0, `<pad>` = 1, `<unk>` = 2), saved to
+    `folder` and reloaded from there (the form HookedTransformer accepts)."""
+    from saelens_amort.toy.corpus import generate_corpus
+    from saelens_amort.toy.tokenizer import train_tokenizer
+
+    return train_tokenizer([d.text for d in generate_corpus(50, seed=0)], Path(folder))
+
+
+def tiny_model(tokenizer, *, n_ctx: int = 64, seed: int = 0):
+    """A random 2-layer GPT-NeoX-shaped (rotary, parallel attn/MLP) HookedTransformer over `tokenizer`."""
+    import warnings
+
+    from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+    cfg = HookedTransformerConfig(
+        n_layers=2, d_model=32, d_head=8, n_heads=4, d_mlp=64, n_ctx=n_ctx, d_vocab=len(tokenizer), act_fn="gelu",
+        normalization_type="LN", positional_embedding_type="rotary", rotary_dim=8, parallel_attn_mlp=True,
+        original_architecture="GPTNeoXForCausalLM", seed=seed,
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # HookedTransformer's deprecation notice
+        return HookedTransformer(cfg, tokenizer=tokenizer).eval()
