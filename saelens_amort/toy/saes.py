@@ -51,8 +51,8 @@ class ToySAEConfig:
     """Adam learning rate (constant after a short warm-up, linear decay over the last 20 %)."""
     l1_coefficient: float = 3.0
     """Standard and gated SAEs' L1 penalty (on decoder-norm-weighted codes, SAE-Lens' convention)."""
-    l0_coefficient: float = 0.5
-    """JumpReLU SAE's L0 penalty."""
+    l0_coefficient: float = 2.0
+    """JumpReLU SAE's L0 penalty (trained on norm-scaled inputs; SAE-Lens folds the scale back in when done)."""
     seed: int = 0
     """Initialisation and shuffling seed."""
 
@@ -81,7 +81,12 @@ def _make(family: str, d_in: int, cfg: ToySAEConfig, hook_name: str) -> Training
             )
         ),
         "jumprelu": lambda: JumpReLUTrainingSAE(
-            JumpReLUTrainingSAEConfig(**common, l0_coefficient=cfg.l0_coefficient, l0_warm_up_steps=warm)
+            JumpReLUTrainingSAEConfig(
+                **common,
+                l0_coefficient=cfg.l0_coefficient,
+                l0_warm_up_steps=warm,
+                normalize_activations="expected_average_only_in",  # its threshold init and bandwidth assume ‖x‖≈√d
+            )
         ),
         "gated": lambda: GatedTrainingSAE(
             GatedTrainingSAEConfig(**common, l1_coefficient=cfg.l1_coefficient, l1_warm_up_steps=warm)
