@@ -1,9 +1,11 @@
 """SAE loading: SAE-Lens releases and directories, dictionary_learning conversion, the toy SAEs, model fit checks."""
 
+from saelens_amort.saes.dictionary import Dictionary
 from saelens_amort.saes.dictionary_learning import is_dictionary_learning_dir, load_dictionary_learning_sae
 from saelens_amort.saes.loading import TOY_SAE_FAMILIES, check_sae_fits, load_sae
 
 __all__ = [
+    "Dictionary",
     "TOY_SAE_FAMILIES",
     "check_sae_fits",
     "is_dictionary_learning_dir",
