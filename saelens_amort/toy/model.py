@@ -173,7 +173,9 @@ def load_toy_model(
     tokenizer = load_tokenizer(weights_dir / TOKENIZER_DIR)
     model = HookedTransformer(hooked_config(cfg, meta["d_vocab"]), tokenizer=tokenizer, move_to_device=False)
     model.load_state_dict(load_file(str(weights_dir / MODEL_FILE)), strict=False)
-    model.to(device)
-    model.to(dtype)
+    if torch.device(device) != torch.device("cpu"):
+        model.to(device)
+    if dtype != torch.float32:
+        model.to(dtype)
     model.eval()
     return model
