@@ -174,3 +174,83 @@ def tiny_model(tokenizer, *, n_ctx: int = 64, seed: int = 0):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # HookedTransformer's deprecation notice
         return HookedTransformer(cfg, tokenizer=tokenizer).eval()
+
+
+# --- inference: random dictionaries, toy activations -----------------------------------------------------------------
+
+
+def random_dictionary(d_in: int = 64, d_sae: int = 256, *, seed: int = 0, dtype=None, unit: bool = False):
+    """A Dictionary over a random Gaussian decoder (non-unit atom norms unless `unit`) with a random bias."""
+    import torch
+
+    from saelens_amort.saes.dictionary import Dictionary
+
+    gen = torch.Generator().manual_seed(seed)
+    D = torch.randn(d_sae, d_in, generator=gen, dtype=torch.float64)
+    D = D / D.norm(dim=1, keepdim=True) if unit else D * (0.5 + torch.rand(d_sae, 1, generator=gen, dtype=torch.float64))
+    bias = 0.1 * torch.randn(d_in, generator=gen, dtype=torch.float64)
+    dtype = dtype or torch.float32
+    return Dictionary.from_matrix(D.to(dtype), bias.to(dtype))
+
+
+def sparse_signals(dictionary, n: int = 16, *, l0: int = 8, noise: float = 0.05, seed: int = 0):
+    """Raw activations x = z D + b + noise for non-negative z with `l0` active atoms per row."""
+    import torch
+
+    gen = torch.Generator().manual_seed(seed)
+    d_sae, dtype = dictionary.d_sae, dictionary.atoms.dtype
+    idx = torch.rand(n, d_sae, generator=gen).argsort(dim=1)[:, :l0]
+    u = torch.zeros(n, d_sae, dtype=dtype).scatter_(1, idx, (0.5 + torch.rand(n, l0, generator=gen)).to(dtype))
+    return u @ dictionary.atoms + dictionary.bias + noise * torch.randn(n, dictionary.d_in, generator=gen).to(dtype)
+
+
+def sae_dictionary(sae):
+    """The dictionary view of an SAE-Lens SAE (`Dictionary.of` when available; otherwise W_dec/b_dec, exact for the
+    toy SAEs, which decode as z @ W_dec + b_dec without input normalisation)."""
+    from saelens_amort.saes.dictionary import Dictionary
+
+    if hasattr(Dictionary, "of"):
+        return Dictionary.of(sae)
+    dictionary = Dictionary.from_matrix(sae.W_dec.detach(), sae.b_dec.detach())
+    dictionary.sae = sae
+    return dictionary
+
+
+_TOY_ACTS: dict = {}
+
+
+def toy_activations(hook_name: str = "blocks.2.hook_resid_post", *, n_docs: int = 24, ctx: int = 64, seed: int = 1):
+    """Activations [rows, d_model] of the shipped toy model at `hook_name` on generated toy text (cached per process)."""
+    key = (hook_name, n_docs, ctx, seed)
+    if key not in _TOY_ACTS:
+        import torch
+
+        import saelens_amort
+        from saelens_amort.toy.corpus import generate_corpus
+
+        model = saelens_amort.load_model("toy")
+        tokens = model.to_tokens([d.text for d in generate_corpus(n_docs, seed=seed)], truncate=True)[:, :ctx]
+        layer = int(hook_name.split(".")[1])
+        with torch.no_grad():
+            _, cache = model.run_with_cache(tokens, names_filter=hook_name, stop_at_layer=layer + 1)
+        _TOY_ACTS[key] = cache[hook_name].reshape(-1, model.cfg.d_model).clone()
+    return _TOY_ACTS[key]
+
+
+def torch_threads(n: int):
+    """Context manager: run torch on `n` intra-op threads, restoring the previous count (small solves on a busy
+    machine spend most of their time in OpenMP barriers when multi-threaded)."""
+    import contextlib
+
+    import torch
+
+    @contextlib.contextmanager
+    def _scope():
+        old = torch.get_num_threads()
+        torch.set_num_threads(n)
+        try:
+            yield
+        finally:
+            torch.set_num_threads(old)
+
+    return _scope()

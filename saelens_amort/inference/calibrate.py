@@ -1,0 +1,231 @@
+"""λ calibration: compare modes at matched density, not matched λ (DESIGN §3).
+
+Bisection in log λ (safeguarded log–log interpolation) until the mode's density matches a target within `tol`:
+
+- target='l0'        the amortized codes' mean L0 on the calibration rows (needs the SAE);
+- target='dense@τ'   the amortized fraction of latents with firing frequency ≥ τ (the paper's target);
+- target=<number>    an explicit mean L0.
+
+Density falls as λ grows and vanishes at λ_max = max(x'Aᵀ) (above it every code is 0), so the search brackets
+from λ_max downwards. Every evaluation runs the mode exactly as the final call will (same steps, tol, init), since
+early-stopped codes depend on where the solver starts: warm starts would calibrate a different procedure.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+from jaxtyping import Float
+from torch import Tensor
+
+from saelens_amort.errors import SaeAmortError
+from saelens_amort.inference.registry import (
+    CALIBRATION_ROWS,
+    _validate_x,
+    get_mode,
+    resolve_dictionary,
+    run_mode,
+)
+from saelens_amort.inference.result import ModeOptions
+from saelens_amort.saes.dictionary import Dictionary
+
+if TYPE_CHECKING:
+    from sae_lens import SAE
+
+LAM_FLOOR = 1e-7
+"""The search gives up below λ_max · LAM_FLOOR."""
+
+NO_CALIBRATION_OPTIONS = ("return_trace",)
+
+
+class Calibration(NamedTuple):
+    lam: float
+    """The calibrated λ."""
+    target: str | float
+    """The target as asked: 'l0', 'dense@τ', or an explicit mean L0."""
+    target_value: float
+    """The numeric density to match (mean L0, or dense rate)."""
+    achieved: float
+    """The mode's density at `lam`."""
+    n_evals: int
+    """Mode evaluations spent."""
+
+
+def calibrate_lambda(
+    x_cal: Float[Tensor, "... d_in"],
+    sae_or_dictionary: "SAE | Dictionary",
+    mode: str = "unamortized",
+    target: str | float = "l0",
+    *,
+    tol: float = 0.05,
+    steps: int | None = None,
+    max_evals: int = 30,
+    **options: Any,
+) -> Calibration:
+    """λ such that `mode`'s density on `x_cal` matches `target` within relative `tol` (see the module docstring).
+
+    `options` go to the mode (solver tol, init, solver=…). Raises SaeAmortError when the target cannot be bracketed.
+    """
+    dictionary = resolve_dictionary(sae_or_dictionary)
+    x, _, _ = _validate_x(x_cal, dictionary, "raise")
+    solver_tol = options.pop("solver_tol", 1e-4)
+    init = options.pop("init", None)
+    opts = ModeOptions(steps=steps, tol=solver_tol, init=init, extra=options)
+    cal, _ = calibrate_options(x, dictionary, mode, opts, target=target, tol=tol, max_evals=max_evals)
+    return cal
+
+
+def calibrate_options(
+    x: Float[Tensor, "N d_in"],
+    dictionary: Dictionary,
+    mode: str,
+    opts: ModeOptions,
+    *,
+    target: str | float = "l0",
+    tol: float = 0.05,
+    max_evals: int = 30,
+) -> tuple[Calibration, ModeOptions]:
+    """Calibrate λ for `mode` run with `opts` on validated rows x; returns the record and `opts` with λ set."""
+    spec = get_mode(mode)
+    if not spec.needs_lambda:
+        raise SaeAmortError(f"mode {mode!r} takes no λ; calibrate a λ-based mode ({_lambda_modes()})")
+    if not (isinstance(tol, (int, float)) and tol > 0):
+        raise SaeAmortError(f"calibration tol must be > 0, got {tol!r}")
+    if not (isinstance(max_evals, int) and max_evals >= 2):
+        raise SaeAmortError(f"max_evals must be an integer ≥ 2, got {max_evals!r}")
+    x = x[:CALIBRATION_ROWS]
+    if x.shape[0] == 0:
+        raise SaeAmortError("no activation rows to calibrate λ on")
+    metric, target_value = _target(target, x, dictionary)
+    extra = {k: v for k, v in opts.extra.items() if k not in NO_CALIBRATION_OPTIONS}
+    base = replace(opts, lam=None, extra=extra)
+    if isinstance(base.init, Tensor):
+        base = replace(base, init=base.init[: x.shape[0]])
+
+    lam_max = float((dictionary.target(x) @ dictionary.atoms.T).max())
+    if not lam_max > 0:
+        raise SaeAmortError("every code is zero for every λ > 0 on these rows (max x'Aᵀ ≤ 0); check the activations")
+    n_evals = 0
+
+    def density(lam: float) -> float:
+        nonlocal n_evals
+        n_evals += 1
+        return metric(run_mode(spec, x, dictionary, replace(base, lam=lam)).codes)
+
+    close = lambda v: abs(v - target_value) <= tol * target_value  # noqa: E731
+    # Bracket: hi has density ≤ target (λ_max: all zero), lo has density ≥ target.
+    hi, d_hi = lam_max, 0.0
+    lo, d_lo = None, None
+    best = (math.inf, lam_max, 0.0)
+    lam = lam_max / 10
+    while lo is None:
+        if n_evals >= max_evals or lam < lam_max * LAM_FLOOR:
+            raise SaeAmortError(
+                f"could not bracket the {mode} density target {target_value:.4g} ({target!r}): "
+                f"λ={best[1]:.3g} reached {best[2]:.4g} (λ_max={lam_max:.3g}, {n_evals} evaluations)"
+            )
+        d = density(lam)
+        best = min(best, (abs(d - target_value), lam, d))
+        if close(d):
+            return _done(lam, target, target_value, d, n_evals, opts)
+        if d > target_value:
+            lo, d_lo = lam, d
+        else:
+            hi, d_hi = lam, d
+            lam /= 10
+    while n_evals < max_evals:
+        lam = _next_lambda(lo, d_lo, hi, d_hi, target_value)
+        d = density(lam)
+        best = min(best, (abs(d - target_value), lam, d))
+        if close(d):
+            return _done(lam, target, target_value, d, n_evals, opts)
+        if d > target_value:
+            lo, d_lo = lam, d
+        else:
+            hi, d_hi = lam, d
+        if hi / lo < 1 + 1e-6:
+            break
+    _, lam, d = best
+    warnings.warn(
+        f"λ calibration for {mode!r} stopped after {n_evals} evaluations at density {d:.4g} "
+        f"(target {target_value:.4g} ± {tol:.0%}); using λ={lam:.4g}",
+        stacklevel=3,
+    )
+    return _done(lam, target, target_value, d, n_evals, opts)
+
+
+def _done(
+    lam: float, target: str | float, target_value: float, achieved: float, n_evals: int, opts: ModeOptions
+) -> tuple[Calibration, ModeOptions]:
+    cal = Calibration(lam=lam, target=target, target_value=target_value, achieved=achieved, n_evals=n_evals)
+    return cal, replace(opts, lam=lam)
+
+
+def _next_lambda(lo: float, d_lo: float, hi: float, d_hi: float, target: float) -> float:
+    """Log–log interpolation between the bracket ends, kept inside its middle 80 % (plain bisection if degenerate)."""
+    a, b = math.log(lo), math.log(hi)
+    if d_hi > 0 and d_lo > d_hi:
+        frac = (math.log(d_lo) - math.log(target)) / (math.log(d_lo) - math.log(d_hi))
+        frac = min(0.9, max(0.1, frac))
+    else:
+        frac = 0.5
+    return math.exp(a + frac * (b - a))
+
+
+def _target(target: str | float, x: Tensor, dictionary: Dictionary):
+    """(density function of codes, numeric target value)."""
+    if isinstance(target, bool):
+        raise SaeAmortError(f"calibration target must be 'l0', 'dense@τ' or a mean L0, got {target!r}")
+    if isinstance(target, (int, float)):
+        if not (0 < target <= dictionary.d_sae):
+            raise SaeAmortError(f"a mean-L0 target must be in (0, d_sae={dictionary.d_sae}], got {target}")
+        return mean_l0, float(target)
+    if target == "l0":
+        return mean_l0, mean_l0(_amortized_codes(x, dictionary, target))
+    if isinstance(target, str) and target.startswith("dense@"):
+        try:
+            tau = float(target.split("@", 1)[1])
+        except ValueError:
+            tau = float("nan")
+        if not 0 < tau <= 1:
+            raise SaeAmortError(
+                f"dense target needs a firing-frequency threshold in (0, 1], e.g. 'dense@0.1', got {target!r}"
+            )
+        value = dense_rate(_amortized_codes(x, dictionary, target), tau)
+        if value <= 0:
+            raise SaeAmortError(
+                f"the amortized codes have no latent firing on ≥ {tau:g} of these rows, so {target!r} is no target; "
+                "use target='l0'"
+            )
+        return (lambda codes: dense_rate(codes, tau)), value
+    raise SaeAmortError(f"calibration target must be 'l0', 'dense@τ' or a mean L0, got {target!r}")
+
+
+def _amortized_codes(x: Tensor, dictionary: Dictionary, target: str) -> Tensor:
+    if dictionary.sae is None:
+        raise SaeAmortError(
+            f"target {target!r} needs the SAE's amortized codes; pass the SAE, or a numeric mean-L0 target"
+        )
+    codes = run_mode("amortized", x, dictionary, ModeOptions()).codes
+    if mean_l0(codes) <= 0:
+        raise SaeAmortError("the amortized codes are all zero on these rows; nothing to match")
+    return codes
+
+
+def mean_l0(codes: Tensor) -> float:
+    """Mean number of non-zero latents per row."""
+    return float((codes != 0).sum(dim=-1).float().mean())
+
+
+def dense_rate(codes: Tensor, tau: float) -> float:
+    """Fraction of latents that fire (z > 0) on at least a fraction τ of the rows."""
+    return float(((codes > 0).float().mean(dim=0) >= tau).float().mean())
+
+
+def _lambda_modes() -> str:
+    from saelens_amort.inference.registry import _MODES
+
+    return ", ".join(name for name, spec in _MODES.items() if spec.needs_lambda)

@@ -1,0 +1,319 @@
+"""OMP: non-negative orthogonal matching pursuit, k atoms per row, batched (DESIGN §3).
+
+Per row, starting from u = 0, k times:
+
+1. select the atom with the largest *positive* correlation ⟨r, a_j⟩ with the residual (atoms active in the support
+   are excluded); a row stops early when no correlation exceeds 1000·eps·‖x'‖ (its residual is numerically
+   explained, or nothing correlates positively);
+2. extend the Cholesky factor L of the support's Gram G_SS = A_S A_Sᵀ by one row (w = L⁻¹ A_S a_j,
+   ℓ = √(1 − ‖w‖²)); a row whose new atom is numerically in the span of its support stops;
+3. refit the coefficients on the support as a non-negative least-squares problem: the unconstrained solution
+   G_SS γ = A_S x' (two triangular solves with L) is kept when it is ≥ 0; otherwise Lawson–Hanson steps run from
+   the previous (feasible) coefficients towards it — move to where the first coefficient hits 0, drop that atom
+   from the active support, refactor the masked Gram, re-solve, repeat until the solution is ≥ 0.
+
+Every refit starts from a feasible point and only moves downhill on a convex problem, so ‖r‖ never increases with
+k. A dropped atom may be selected again later (its correlation must be positive again). `n_iter` counts the
+selections, so L0 ≤ n_iter ≤ k.
+
+Cost. With the d_sae² Gram G = AAᵀ (built once per dictionary and cached, when d_sae ≤ MAX_GRAM_ATOMS and the
+batch pays for it) the correlations are c = x'Aᵀ − γ G_S, one sparse [N, d_sae] × [d_sae, d_sae] product with
+N·|S| non-zeros per step (Batch-OMP, Rubinstein et al. 2008); without it, r = x' − γA_S and c = rAᵀ, one dense
+matmul per step. The rest is O(N k²) triangular algebra, in fp32 (fp64 for fp64 dictionaries).
+"""
+
+from __future__ import annotations
+
+import warnings
+import weakref
+from typing import NamedTuple
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+
+from saelens_amort.errors import SaeAmortError
+from saelens_amort.inference.registry import register_mode
+from saelens_amort.inference.result import InferenceResult, ModeOptions, make_result, objective_from_residual
+from saelens_amort.saes.dictionary import Dictionary
+
+BATCH_ELEMENTS = 2**26
+"""Rows per chunk are chosen so one chunk's working set stays near this many numbers."""
+
+MAX_GRAM_ATOMS = 16384
+"""Above this many atoms the d_sae² Gram (1 GiB in fp32 at 16384) is never built; correlations are r Aᵀ instead."""
+
+STOP_CORRELATION = 1000
+"""A row stops when no correlation exceeds STOP_CORRELATION · eps · ‖x'‖ (its residual is numerically explained)."""
+
+INDEPENDENCE = 100
+"""A new atom is refused when its squared distance to the span of the support is below INDEPENDENCE · eps."""
+
+_GRAM_CACHE: "weakref.WeakKeyDictionary[Dictionary, tuple[tuple, Tensor]]" = weakref.WeakKeyDictionary()
+
+
+class PursuitOutput(NamedTuple):
+    u: Float[Tensor, "N d_sae"]
+    """Unit-atom codes (≥ 0)."""
+    residual: Float[Tensor, "N d_in"]
+    """x' − uA."""
+    n_iter: Int[Tensor, " N"]
+    """Atoms selected (pursuit steps taken) per row."""
+    atoms_dropped: int
+    """Atoms removed from supports by the non-negative refits (OMP; 0 for MP)."""
+
+
+def check_k(k: int | None, d_sae: int, mode: str) -> int:
+    """k as a validated integer in [1, d_sae]."""
+    if k is None:
+        raise SaeAmortError(f"mode {mode!r} needs k (active latents per row); pass k=...")
+    if isinstance(k, bool) or not isinstance(k, int) or not 0 < k <= d_sae:
+        raise SaeAmortError(f"mode {mode!r}: k must be an integer in [1, d_sae={d_sae}], got {k!r}")
+    return k
+
+
+def work_dtype(dtype: torch.dtype) -> torch.dtype:
+    """fp64 stays fp64; everything else (fp32, fp16, bf16) is solved in fp32."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+@torch.no_grad()
+def nn_omp(
+    x_target: Float[Tensor, "N d_in"],
+    atoms: Float[Tensor, "d_sae d_in"],
+    k: int,
+    *,
+    gram: Float[Tensor, "d_sae d_sae"] | None = None,
+) -> PursuitOutput:
+    """Non-negative OMP of every row of `x_target` on unit-norm `atoms`, at most k atoms per row (module docstring).
+
+    With `gram` (AAᵀ in the work dtype) correlations are updated as c = x'Aᵀ − γ G_S; without, recomputed as rAᵀ.
+    """
+    wd = work_dtype(atoms.dtype)
+    A, X = atoms.to(wd), x_target.to(wd)
+    n, m = X.shape[0], A.shape[0]
+    dev = X.device
+    inner = _Atoms(A, gram, n, k)
+    c_floor = STOP_CORRELATION * torch.finfo(wd).eps * X.norm(dim=1)
+    c0 = X @ A.T
+
+    # Support slots: slot t holds the atom chosen at step t; only slots marked `act` count (the rest are empty or
+    # were dropped by a refit). b = A_S x' and the Cholesky factor L are of the masked Gram: G_SS on active slots,
+    # identity (and b = 0) on inactive ones, so one batched solve serves every row.
+    idx = torch.zeros(n, k, dtype=torch.long, device=dev)
+    act = torch.zeros(n, k, dtype=torch.bool, device=dev)
+    b = torch.zeros(n, k, dtype=wd, device=dev)
+    L = torch.eye(k, dtype=wd, device=dev).expand(n, k, k).clone()
+    gamma = torch.zeros(n, k, dtype=wd, device=dev)
+    n_iter = torch.zeros(n, dtype=torch.long, device=dev)
+    live = c_floor > 0
+    dropped = 0
+
+    for t in range(k):
+        n_live = int(live.sum())
+        if n_live == 0:
+            break
+        rows = slice(None) if n_live == n else live.nonzero().squeeze(1)
+        if t:
+            act_r = act[rows, :t]
+            c = inner.correlations(X[rows], c0[rows], idx[rows, :t], torch.where(act_r, gamma[rows, :t], 0.0))
+            # active atoms can't be picked again (−inf); dropped ones can (+inf leaves c as it is)
+            c.scatter_reduce_(1, idx[rows, :t], torch.where(act_r, -torch.inf, torch.inf).to(wd), reduce="amin")
+        else:
+            c = c0[rows]
+        c_max, j_rows = c.max(dim=1)
+        ok = c_max > c_floor[rows]
+        take = torch.zeros(n, dtype=torch.bool, device=dev)
+        take[rows] = ok
+        j = torch.zeros(n, dtype=torch.long, device=dev)
+        j[rows] = torch.where(ok, j_rows, 0)
+
+        if t:
+            g = inner.with_new(idx[:, :t], j) * act[:, :t]
+            w = torch.linalg.solve_triangular(L[:, :t, :t], g.unsqueeze(-1), upper=False).squeeze(-1)
+            ell2 = 1.0 - w.square().sum(dim=1)
+        else:
+            w = torch.zeros(n, 0, dtype=wd, device=dev)
+            ell2 = inner.norms_sq(j)
+        take &= ell2 > INDEPENDENCE * torch.finfo(wd).eps
+        if not bool(take.any()):
+            break
+
+        tk = take.unsqueeze(1)
+        idx[:, t] = torch.where(take, j, 0)
+        act[:, t] = take
+        b[:, t] = torch.where(take, c0.gather(1, j.unsqueeze(1)).squeeze(1), 0.0)
+        L[:, t, :t] = torch.where(tk, w, 0.0)
+        L[:, t, t] = torch.where(take, ell2.clamp_min(0).sqrt(), 1.0)
+        inner.add(t, j, take)
+        n_iter += take
+
+        T = t + 1
+        g_ls = torch.cholesky_solve(b[:, :T].unsqueeze(-1), L[:, :T, :T]).squeeze(-1)
+        new, n_drop = _nonnegative_refit(
+            gamma[:, :T], g_ls, b[:, :T], idx[:, :T], L[:, :T, :T], act[:, :T], take, inner
+        )
+        dropped += n_drop
+        gamma[:, :T] = torch.where(tk, new, gamma[:, :T])
+        live = take
+
+    coef = torch.where(act, gamma, 0.0)
+    u = torch.zeros(n, m, dtype=wd, device=dev).scatter_add_(1, idx, coef)
+    return PursuitOutput(u, X - _sparse_rows(idx, coef, m) @ A, n_iter, dropped)
+
+
+class _Atoms:
+    """Inner products between atoms for the pursuit: looked up in the full Gram when there is one, else computed
+    from the atoms, with each row's support atoms gathered once as they are selected ([n, k, d_in])."""
+
+    def __init__(self, atoms: Tensor, gram: Tensor | None, n: int, k: int) -> None:
+        self.atoms, self.gram = atoms, gram
+        self.support = None if gram is not None else atoms.new_zeros(n, k, atoms.shape[1])
+
+    def add(self, t: int, j: Tensor, take: Tensor) -> None:
+        """Record atom j[r] in slot t of the rows that take it."""
+        if self.support is not None:
+            self.support[:, t] = torch.where(take.unsqueeze(1), self.atoms[j], 0.0)
+
+    def with_new(self, idx: Tensor, j: Tensor) -> Tensor:
+        """[n, T] inner products ⟨a_{idx[r, s]}, a_{j[r]}⟩ of the T support slots with the candidate atoms."""
+        if self.gram is not None:
+            return self.gram[idx, j.unsqueeze(1)]
+        return torch.bmm(self.support[:, : idx.shape[1]], self.atoms[j].unsqueeze(2)).squeeze(2)
+
+    def norms_sq(self, j: Tensor) -> Tensor:
+        """[n] squared norms ‖a_{j[r]}‖² (1, or 0 for a zero atom)."""
+        return self.atoms[j].square().sum(dim=1)
+
+    def support_gram(self, rows: Tensor, idx: Tensor) -> Tensor:
+        """[len(rows), T, T] Gram of the support atoms idx[rows] [.., T]."""
+        if self.gram is not None:
+            i = idx[rows]
+            return self.gram[i.unsqueeze(2), i.unsqueeze(1)]
+        a = self.support[rows, : idx.shape[1]]
+        return a @ a.transpose(1, 2)
+
+    def correlations(self, x: Tensor, c0: Tensor, idx: Tensor, coef: Tensor) -> Tensor:
+        """(x − Σ coef_s a_{idx_s}) Aᵀ per row: x'Aᵀ − coef G_S with a Gram, else the residual times Aᵀ."""
+        m = self.atoms.shape[0]
+        if self.gram is not None:
+            return torch.addmm(c0, _sparse_rows(idx, coef, m), self.gram, alpha=-1)
+        return torch.addmm(x, _sparse_rows(idx, coef, m), self.atoms, alpha=-1) @ self.atoms.T
+
+
+def _sparse_rows(idx: Int[Tensor, "n T"], values: Float[Tensor, "n T"], m: int) -> Tensor:
+    """The [n, m] CSR matrix with values[r, s] at column idx[r, s] (repeated columns add up)."""
+    n, T = idx.shape
+    crow = torch.arange(0, n * T + 1, T, device=idx.device)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+        return torch.sparse_csr_tensor(crow, idx.reshape(-1), values.reshape(-1), (n, m), check_invariants=False)
+
+
+def atom_gram(dictionary: Dictionary, dtype: torch.dtype) -> Tensor:
+    """AAᵀ in `dtype`, cached per dictionary (rebuilt when its atoms are modified in place)."""
+    atoms = dictionary.atoms
+    key = (atoms._version, dtype, atoms.data_ptr())
+    hit = _GRAM_CACHE.get(dictionary)
+    if hit is not None and hit[0] == key:
+        return hit[1]
+    A = atoms.to(dtype)
+    gram = A @ A.T
+    _GRAM_CACHE[dictionary] = (key, gram)
+    return gram
+
+
+def use_gram(dictionary: Dictionary, n_rows: int, k: int) -> bool:
+    """Build (or reuse) the d_sae² Gram when it is small enough and the batch pays for it."""
+    m = dictionary.d_sae
+    if m > MAX_GRAM_ATOMS:
+        return False
+    return dictionary in _GRAM_CACHE or n_rows * k >= m
+
+
+def _nonnegative_refit(
+    prev: Tensor,
+    cur: Tensor,
+    b: Tensor,
+    idx: Tensor,
+    L: Tensor,
+    act: Tensor,
+    rows_mask: Tensor,
+    inner: _Atoms,
+) -> tuple[Tensor, int]:
+    """Lawson–Hanson inner loop from the feasible `prev` towards the least-squares `cur`, for rows in `rows_mask`.
+
+    Updates `L`, `act` and `b` (zeroed on dropped slots) in place for rows whose support shrinks; returns the
+    non-negative coefficients and the number of atoms dropped.
+    """
+    cur = cur.clone()
+    prev = prev.clone()
+    dropped = 0
+    for _ in range(cur.shape[1]):
+        neg = act & (cur < 0) & rows_mask.unsqueeze(1)
+        bad = neg.any(dim=1).nonzero().squeeze(1)
+        if bad.numel() == 0:
+            return cur, dropped
+        p, q, ng, ab = prev[bad], cur[bad], neg[bad], act[bad]
+        ratio = torch.where(ng, p / (p - q), torch.inf)
+        alpha = ratio.min(dim=1, keepdim=True).values
+        step = p + alpha * (q - p)
+        drop = (ng & (ratio <= alpha)) | (ab & (step <= 0))
+        ab = ab & ~drop
+        step = torch.where(ab, step, 0.0)
+        dropped += int(drop.sum())
+        act[bad] = ab
+        b[bad] = b[bad] * ab
+        both = ab.unsqueeze(2) & ab.unsqueeze(1)
+        gram = torch.where(both, inner.support_gram(bad, idx), 0.0) + torch.diag_embed((~ab).to(b.dtype))
+        L_bad = torch.linalg.cholesky(gram)
+        L[bad] = L_bad
+        prev[bad] = step
+        cur[bad] = torch.cholesky_solve(b[bad].unsqueeze(-1), L_bad).squeeze(-1)
+    return torch.where(act & (cur < 0), 0.0, cur), dropped
+
+
+def batch_rows(options: ModeOptions, numbers_per_row: int) -> int:
+    """Rows per chunk: the `batch_rows` option, or what keeps a chunk near BATCH_ELEMENTS numbers."""
+    rows = options.option("batch_rows")
+    if rows is None:
+        return max(1, BATCH_ELEMENTS // max(1, numbers_per_row))
+    if isinstance(rows, bool) or not isinstance(rows, int) or rows <= 0:
+        raise SaeAmortError(f"batch_rows must be a positive integer, got {rows!r}")
+    return rows
+
+
+@torch.no_grad()
+def omp_mode(x: Float[Tensor, "N d_in"], dictionary: Dictionary, options: ModeOptions) -> InferenceResult:
+    """The "omp" mode: exactly `options.k` selections per row (fewer on early stop); `steps`/`tol` do not apply."""
+    k = check_k(options.k, dictionary.d_sae, "omp")
+    if options.init is not None and not (isinstance(options.init, str) and options.init == "zero"):
+        raise SaeAmortError("mode 'omp' always starts from u = 0; drop init=")
+    gram = atom_gram(dictionary, work_dtype(dictionary.atoms.dtype)) if use_gram(dictionary, x.shape[0], k) else None
+    rows = batch_rows(options, 3 * dictionary.d_sae + 2 * k * k + (0 if gram is not None else k * dictionary.d_in))
+    outs = [nn_omp(dictionary.target(xb), dictionary.atoms, k, gram=gram) for xb in x.split(rows)]
+    return pursuit_result(outs, dictionary, options, k)
+
+
+def pursuit_result(outs: list[PursuitOutput], dictionary: Dictionary, options: ModeOptions, k: int) -> InferenceResult:
+    """One InferenceResult from per-chunk pursuit outputs: SAE-space codes, objective at λ (NaN without one)."""
+    dtype = dictionary.atoms.dtype
+    if outs:
+        u = torch.cat([o.u for o in outs])
+        residual = torch.cat([o.residual for o in outs])
+        n_iter = torch.cat([o.n_iter for o in outs])
+    else:
+        wd = work_dtype(dtype)
+        u = torch.zeros(0, dictionary.d_sae, dtype=wd, device=dictionary.atoms.device)
+        residual = torch.zeros(0, dictionary.d_in, dtype=wd, device=dictionary.atoms.device)
+        n_iter = torch.zeros(0, dtype=torch.long, device=dictionary.atoms.device)
+    obj = objective_from_residual(residual, u, options.lam)
+    info = {
+        "k_budget": k,
+        "atoms_dropped": sum(o.atoms_dropped for o in outs),
+        "stopped_early": int((n_iter < k).sum()),
+    }
+    return make_result(dictionary.to_sae_codes(u).to(dtype), obj, n_iter=n_iter, lam=options.lam, info=info)
+
+
+register_mode("omp", omp_mode, needs_lambda=False, needs_k=True, options=("batch_rows",))

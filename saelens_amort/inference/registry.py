@@ -1,0 +1,279 @@
+"""The inference-mode registry and `infer`, the one entry point every caller uses (DESIGN §3).
+
+`infer` does everything modes should not repeat: resolve the dictionary, validate x (shape, NaN/inf rows), validate
+options, calibrate λ when a mode needs one and none was given, choose k for k-sparse modes, time the call, and record
+what it did in `info`. Modes register with `register_mode(name, fn)`; re-registering the same function is a no-op,
+so notebooks can re-import freely.
+"""
+
+from __future__ import annotations
+
+import logging
+import numbers
+import time
+import weakref
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any, Collection
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from saelens_amort.errors import SaeAmortError
+from saelens_amort.inference.result import InferenceResult, ModeFn, ModeOptions
+from saelens_amort.saes.dictionary import Dictionary
+
+if TYPE_CHECKING:
+    from sae_lens import SAE
+
+logger = logging.getLogger(__name__)
+
+CALIBRATION_ROWS = 2048
+"""λ (and k) are calibrated on the first this-many rows of x when not given."""
+
+NAN_POLICIES = ("raise", "drop")
+
+
+@dataclass(frozen=True)
+class ModeSpec:
+    name: str
+    fn: ModeFn
+    needs_lambda: bool = True
+    """The mode solves at a λ; `infer` calibrates one when none is given."""
+    needs_k: bool = False
+    """The mode needs k active latents per row; `infer` matches the amortized mean L0 when none is given."""
+    needs_sae: bool = False
+    """The mode needs the SAE itself (its encoder), not just the dictionary."""
+    options: frozenset[str] | None = None
+    """Extra keyword options the mode understands (None = accept any)."""
+
+
+_MODES: dict[str, ModeSpec] = {}
+
+
+def register_mode(
+    name: str,
+    fn: ModeFn,
+    *,
+    needs_lambda: bool = True,
+    needs_k: bool = False,
+    needs_sae: bool = False,
+    overwrite_ok: bool = True,
+    options: Collection[str] | None = None,
+) -> None:
+    """Register an inference mode `fn(x, dictionary, options) -> InferenceResult` under `name`.
+
+    Re-registering the same function (or a re-imported one with the same module and name) is always fine; another
+    function under a taken name replaces it when `overwrite_ok`, else raises. `options` lists the extra keyword
+    options the mode accepts, so typos fail loudly (None accepts anything).
+    """
+    if not isinstance(name, str) or not name.strip():
+        raise SaeAmortError(f"a mode name must be a non-empty string, got {name!r}")
+    if not callable(fn):
+        raise SaeAmortError(f"mode {name!r}: fn must be callable, got {type(fn).__name__}")
+    spec = ModeSpec(
+        name=name,
+        fn=fn,
+        needs_lambda=needs_lambda,
+        needs_k=needs_k,
+        needs_sae=needs_sae,
+        options=None if options is None else frozenset(options),
+    )
+    old = _MODES.get(name)
+    if old is not None and not _same_function(old.fn, fn) and not overwrite_ok:
+        raise SaeAmortError(f"inference mode {name!r} is already registered; pass overwrite_ok=True to replace it")
+    if old is not None and not _same_function(old.fn, fn):
+        logger.info("replacing inference mode %r", name)
+    _MODES[name] = spec
+
+
+def _same_function(a: Any, b: Any) -> bool:
+    if a is b:
+        return True
+    key = lambda f: (getattr(f, "__module__", None), getattr(f, "__qualname__", None))  # noqa: E731
+    return key(a) == key(b) and key(a) != (None, None)
+
+
+def list_modes() -> list[str]:
+    """Registered mode names, in registration order."""
+    return list(_MODES)
+
+
+def get_mode(name: str) -> ModeSpec:
+    """The registration record of mode `name` (SaeAmortError listing the registered modes if unknown)."""
+    try:
+        return _MODES[name]
+    except (KeyError, TypeError):
+        raise SaeAmortError(f"unknown inference mode {name!r}; registered modes: {', '.join(_MODES)}") from None
+
+
+_DICTIONARIES: "weakref.WeakKeyDictionary[Any, tuple[tuple, Dictionary]]" = weakref.WeakKeyDictionary()
+
+
+def resolve_dictionary(sae_or_dictionary: "SAE | Dictionary") -> Dictionary:
+    """The dictionary view of an SAE (or a Dictionary as is).
+
+    Views of SAEs are cached per SAE object (building one probes the decoder and its σ_max) and rebuilt when any of
+    its parameters or buffers changes (in-place updates bump tensor versions).
+    """
+    if isinstance(sae_or_dictionary, Dictionary):
+        return sae_or_dictionary
+    stamp = _module_stamp(sae_or_dictionary)
+    if stamp is not None:
+        try:
+            cached = _DICTIONARIES.get(sae_or_dictionary)
+        except TypeError:  # not weak-referenceable
+            cached = None
+        if cached is not None and cached[0] == stamp:
+            return cached[1]
+    dictionary = Dictionary.of(sae_or_dictionary)
+    if stamp is not None:
+        try:
+            _DICTIONARIES[sae_or_dictionary] = (stamp, dictionary)
+        except TypeError:
+            pass
+    return dictionary
+
+
+def _module_stamp(obj: Any) -> tuple | None:
+    """Identity and version of every tensor of an nn.Module (None for anything else)."""
+    if not isinstance(obj, torch.nn.Module):
+        return None
+    tensors = [*obj.parameters(), *obj.buffers()]
+    return tuple((t.data_ptr(), t._version, t.dtype, t.device, tuple(t.shape)) for t in tensors)
+
+
+@torch.no_grad()
+def infer(
+    x: Float[Tensor, "... d_in"],
+    sae_or_dictionary: "SAE | Dictionary",
+    mode: str = "unamortized",
+    *,
+    lam: float | None = None,
+    steps: int | None = None,
+    tol: float = 1e-4,
+    k: int | None = None,
+    init: str | Tensor | None = None,
+    nan_policy: str = "raise",
+    **options: Any,
+) -> InferenceResult:
+    """Codes for activations `x` under inference `mode`, in the SAE's own code space.
+
+    x: raw activations [..., d_in] (leading dimensions are kept unless rows are dropped).
+    lam: λ of F(u; x); None calibrates it on the first ≤ 2048 rows so the mode's mean L0 matches the amortized one
+        (recorded in `info["calibration"]`). Modes that need no λ report the objective at `lam` (NaN if None).
+    steps / tol: iteration budget and per-row relative stopping tolerance (mode defaults when None).
+    k: active latents per row for k-sparse modes; None matches the amortized mean L0 (recorded in `info["k"]`).
+    init: 'encoder', 'alista', 'zero', or SAE codes shaped like the output.
+    nan_policy: 'raise' on rows with NaN/inf, or 'drop' them (count in `info["dropped_rows"]`, kept row indices in
+        `info["kept_rows"]`; the result is then flat [N_kept, d_sae]).
+    options: mode-specific options (e.g. solver='ista', return_trace=True).
+    """
+    spec = get_mode(mode)
+    dictionary = resolve_dictionary(sae_or_dictionary)
+    if spec.options is not None:
+        unknown = sorted(set(options) - spec.options)
+        if unknown:
+            accepted = ", ".join(sorted(spec.options)) or "none"
+            raise SaeAmortError(f"mode {mode!r} does not take option(s) {', '.join(unknown)}; it accepts: {accepted}")
+    if spec.needs_sae and dictionary.sae is None:
+        raise SaeAmortError(f"mode {mode!r} needs the SAE itself (its encoder); pass the SAE, not a bare Dictionary")
+    if nan_policy not in NAN_POLICIES:
+        raise SaeAmortError(f"nan_policy must be one of {', '.join(NAN_POLICIES)}, got {nan_policy!r}")
+    if isinstance(k, numbers.Integral) and not isinstance(k, bool) and k > dictionary.d_sae:
+        raise SaeAmortError(f"k={k} exceeds the dictionary size d_sae={dictionary.d_sae}")
+
+    x2, lead, info = _validate_x(x, dictionary, nan_policy)
+    if isinstance(init, Tensor):
+        init = _validate_init(init, x, lead, dictionary, info)
+    opts = ModeOptions(lam=lam, steps=steps, tol=tol, k=k, init=init, extra=options)
+
+    if spec.needs_k and opts.k is None:
+        opts = _with_matched_k(opts, x2, dictionary, mode, info)
+    if spec.needs_lambda and opts.lam is None:
+        from saelens_amort.inference.calibrate import calibrate_options
+
+        cal, opts = calibrate_options(x2[:CALIBRATION_ROWS], dictionary, mode, opts)
+        info["calibration"] = cal._asdict()
+
+    result = run_mode(spec, x2, dictionary, opts)
+    result = result._replace(info={**result.info, **info})
+    if lead is not None:
+        result = result._replace(
+            codes=result.codes.reshape(*lead, dictionary.d_sae),
+            n_iter=result.n_iter.reshape(lead),
+            objective=result.objective.reshape(lead),
+            converged=result.converged.reshape(lead),
+        )
+    return result
+
+
+def run_mode(spec: ModeSpec | str, x: Tensor, dictionary: Dictionary, options: ModeOptions) -> InferenceResult:
+    """Call a mode on already validated [N, d_in] rows, timing it and filling `seconds`, `mode` and `lam`."""
+    if isinstance(spec, str):
+        spec = get_mode(spec)
+    start = time.perf_counter()
+    with torch.no_grad():
+        result = spec.fn(x, dictionary, options)
+    if not isinstance(result, InferenceResult):
+        raise TypeError(f"mode {spec.name!r} returned {type(result).__name__}, not an InferenceResult")
+    if _needs_sync(result.codes):
+        torch.cuda.synchronize(result.codes.device)
+    seconds = time.perf_counter() - start
+    lam = result.lam if result.lam is not None else options.lam
+    return result._replace(seconds=seconds, mode=spec.name, lam=lam)
+
+
+def _needs_sync(t: Tensor) -> bool:
+    return t.device.type == "cuda"
+
+
+def _validate_x(
+    x: Tensor, dictionary: Dictionary, nan_policy: str
+) -> tuple[Tensor, tuple[int, ...] | None, dict[str, Any]]:
+    """x as [N, d_in] on the dictionary's device; the leading shape to restore (None if rows were dropped); info."""
+    if not isinstance(x, Tensor):
+        raise SaeAmortError(f"activations must be a torch.Tensor, got {type(x).__name__}")
+    if x.ndim == 0 or x.shape[-1] != dictionary.d_in:
+        raise SaeAmortError(
+            f"activations have shape {tuple(x.shape)}; the dictionary expects [..., {dictionary.d_in}]"
+        )
+    lead: tuple[int, ...] | None = tuple(x.shape[:-1])
+    x2 = x.reshape(-1, dictionary.d_in).to(dictionary.atoms.device)
+    info: dict[str, Any] = {}
+    bad = ~torch.isfinite(x2).all(dim=-1)
+    n_bad = int(bad.sum())
+    if n_bad:
+        if nan_policy == "raise":
+            raise SaeAmortError(
+                f"{n_bad} of {x2.shape[0]} activation rows contain NaN or inf; clean them or pass nan_policy='drop'"
+            )
+        keep = (~bad).nonzero().squeeze(1)
+        x2 = x2[keep]
+        info["dropped_rows"] = n_bad
+        info["kept_rows"] = keep.cpu()
+        lead = None
+    return x2, lead, info
+
+
+def _validate_init(init: Tensor, x: Tensor, lead: tuple[int, ...] | None, dictionary: Dictionary, info: dict) -> Tensor:
+    expected = (*x.shape[:-1], dictionary.d_sae)
+    if tuple(init.shape) != expected:
+        raise SaeAmortError(f"init codes have shape {tuple(init.shape)}; expected {expected} (SAE codes per row)")
+    init = init.reshape(-1, dictionary.d_sae).to(dictionary.atoms.device)
+    if "kept_rows" in info:
+        init = init[info["kept_rows"].to(init.device)]
+    if not torch.isfinite(init).all():
+        raise SaeAmortError("init codes contain NaN or inf")
+    return init
+
+
+def _with_matched_k(opts: ModeOptions, x: Tensor, dictionary: Dictionary, mode: str, info: dict) -> ModeOptions:
+    """k = the amortized codes' mean L0 (rounded, ≥ 1) on the first ≤ 2048 rows."""
+    if dictionary.sae is None:
+        raise SaeAmortError(f"mode {mode!r} needs k; pass k=... (it defaults to the amortized L0 only with an SAE)")
+    codes = run_mode("amortized", x[:CALIBRATION_ROWS], dictionary, ModeOptions()).codes
+    mean_l0 = float((codes > 0).sum(dim=-1).float().mean()) if codes.shape[0] else 1.0
+    k = min(dictionary.d_sae, max(1, round(mean_l0)))
+    info["k"] = {"k": k, "source": "amortized mean L0", "amortized_l0": mean_l0}
+    return replace(opts, k=k)

@@ -1,0 +1,78 @@
+"""λ calibration: match the amortized density (mean L0 or dense rate) within 5 %, record it, fail loudly."""
+
+import pytest
+import torch
+from helpers import random_dictionary, sae_dictionary, sparse_signals, torch_threads, toy_activations
+
+import saelens_amort
+from saelens_amort.errors import SaeAmortError
+from saelens_amort.inference import calibrate_lambda, infer
+from saelens_amort.inference.calibrate import dense_rate, mean_l0
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    with torch_threads(1):
+        yield
+
+
+@pytest.fixture(scope="module")
+def toy():
+    sae = saelens_amort.load_sae("toy/standard")
+    return sae_dictionary(sae), toy_activations(sae.cfg.metadata.hook_name)[:512]
+
+
+@pytest.mark.parametrize("mode", ["unamortized", "semi"])
+def test_l0_target_is_the_amortized_l0_within_5_percent(toy, mode):
+    d, x = toy
+    cal = calibrate_lambda(x, d, mode)
+    amortized_l0 = mean_l0(infer(x, d, "amortized").codes)
+    assert cal.target == "l0" and cal.target_value == pytest.approx(amortized_l0)
+    assert abs(cal.achieved - amortized_l0) <= 0.05 * amortized_l0
+    assert 1 <= cal.n_evals <= 30 and cal.lam > 0
+    # The calibrated λ reproduces the density when the mode runs again.
+    again = infer(x, d, mode, lam=cal.lam)
+    assert mean_l0(again.codes) == pytest.approx(cal.achieved, rel=0.02)
+
+
+def test_infer_without_lambda_calibrates_and_records(toy):
+    d, x = toy
+    res = infer(x[:256], d, "unamortized")
+    cal = res.info["calibration"]
+    assert res.lam == cal["lam"] and cal["target"] == "l0"
+    assert abs(cal["achieved"] - cal["target_value"]) <= 0.05 * cal["target_value"]
+    assert abs(mean_l0(res.codes) - cal["target_value"]) <= 0.05 * cal["target_value"]
+    assert (res.codes >= 0).all() and torch.isfinite(res.objective).all()
+    # Modes without λ are not calibrated.
+    assert "calibration" not in infer(x[:16], d, "amortized").info
+
+
+def test_dense_target_matches_the_amortized_dense_rate(toy):
+    d, x = toy
+    cal = calibrate_lambda(x, d, "unamortized", target="dense@0.1")
+    amortized_rate = dense_rate(infer(x, d, "amortized").codes, 0.1)
+    assert cal.target_value == pytest.approx(amortized_rate)
+    assert abs(cal.achieved - amortized_rate) <= 0.05 * amortized_rate
+
+
+def test_explicit_l0_target_on_a_bare_dictionary():
+    d = random_dictionary(64, 256, seed=11)
+    x = sparse_signals(d, 64, l0=6, seed=11)
+    cal = calibrate_lambda(x, d, target=10.0)
+    assert abs(cal.achieved - 10.0) <= 0.5
+    with pytest.raises(SaeAmortError, match="needs the SAE"):
+        calibrate_lambda(x, d)  # target='l0' needs the amortized codes
+    with pytest.raises(SaeAmortError, match="needs the SAE"):
+        infer(x, d, "unamortized")
+
+
+def test_calibration_failures_say_what_was_reached():
+    d = random_dictionary(32, 128, seed=12)
+    x = sparse_signals(d, 16, l0=4, seed=12)
+    with pytest.raises(SaeAmortError, match="could not bracket .* reached"):
+        calibrate_lambda(x, d, target=128.0, max_evals=4)  # every latent on every row: out of reach
+    with pytest.raises(SaeAmortError, match="takes no λ"):
+        calibrate_lambda(x, d, "amortized", target=4.0)
+    for bad in ("dense@2", "l1", 0.0, 1000.0):
+        with pytest.raises(SaeAmortError, match="target"):
+            calibrate_lambda(x, d, target=bad)

@@ -1,0 +1,112 @@
+"""Unamortized inference (FISTA with restart, ISTA) against scikit-learn's non-negative lasso optimum."""
+
+import numpy as np
+import pytest
+import torch
+from helpers import random_dictionary, sparse_signals, torch_threads
+from sklearn.linear_model import Lasso
+
+from saelens_amort.inference import infer, objective
+from saelens_amort.inference.fista import solve
+
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    with torch_threads(1):
+        yield
+
+def _sklearn_objective(dictionary, x, lam):
+    """Our F at scikit-learn's optimum: Lasso minimises (1/(2·d_in))‖y − Xw‖² + α‖w‖₁, so α = λ/d_in."""
+    X = dictionary.atoms.double().T.numpy()  # [d_in, d_sae]
+    Y = dictionary.target(x).double().numpy()
+    out = []
+    for y in Y:
+        model = Lasso(alpha=lam / X.shape[0], positive=True, fit_intercept=False, tol=1e-10, max_iter=100000)
+        model.fit(X, y)
+        w = model.coef_
+        out.append(0.5 * np.sum((y - X @ w) ** 2) + lam * np.sum(np.abs(w)))
+    return torch.tensor(out)
+
+
+@pytest.mark.parametrize(
+    ("d_in", "d_sae", "lam", "seed"),
+    [(64, 256, 0.05, 0), (64, 256, 0.3, 1), (80, 400, 0.1, 2), (96, 512, 1.0, 3)],
+)
+def test_unamortized_reaches_the_sklearn_optimum(d_in, d_sae, lam, seed):
+    d = random_dictionary(d_in, d_sae, seed=seed)
+    x = sparse_signals(d, 6, l0=8, seed=seed)
+    res = infer(x, d, "unamortized", lam=lam, tol=1e-9, steps=5000)
+    reference = _sklearn_objective(d, x, lam)
+    torch.testing.assert_close(res.objective.double(), reference, rtol=1e-4, atol=0)
+    assert (res.codes >= 0).all()
+    # The reported objective is F at the returned codes, measured independently.
+    u = d.from_sae_codes(res.codes)
+    torch.testing.assert_close(res.objective, objective(d.target(x), u, d, lam), rtol=1e-5, atol=1e-6)
+
+
+def test_float64_dictionaries_solve_in_float64():
+    d = random_dictionary(64, 256, seed=4, dtype=torch.float64)
+    x = sparse_signals(d, 4, seed=4)
+    res = infer(x, d, lam=0.2, tol=1e-12, steps=5000)
+    assert res.codes.dtype == torch.float64 and res.objective.dtype == torch.float32
+    torch.testing.assert_close(res.objective.double(), _sklearn_objective(d, x, 0.2), rtol=1e-5, atol=0)
+
+
+@pytest.mark.parametrize("solver", ["ista", "fista"])
+def test_objective_never_increases(solver):
+    d = random_dictionary(64, 256, seed=5)
+    x = sparse_signals(d, 8, seed=5)
+    res = infer(x, d, lam=0.1, solver=solver, tol=0, steps=300, return_trace=True)
+    trace = res.info["trace"]
+    assert trace.shape[1] == 8 and 2 < trace.shape[0] <= 301  # rows that stop changing stop
+    assert (trace[1:] <= trace[:-1]).all()
+    assert torch.equal(trace[-1], res.objective)
+
+
+def test_fista_and_ista_reach_the_same_optimum_fista_sooner():
+    d = random_dictionary(64, 256, seed=6)
+    x = sparse_signals(d, 8, seed=6)
+    ista = infer(x, d, lam=0.1, solver="ista", tol=1e-9, steps=20000)
+    fista = infer(x, d, lam=0.1, solver="fista", tol=1e-9, steps=20000)
+    gradient = infer(x, d, lam=0.1, restart="gradient", tol=1e-9, steps=20000)
+    torch.testing.assert_close(fista.objective, ista.objective, rtol=1e-5, atol=0)
+    torch.testing.assert_close(gradient.objective, ista.objective, rtol=1e-5, atol=0)
+    # At equal iteration counts FISTA is ahead.
+    ista_50 = infer(x, d, lam=0.1, solver="ista", tol=0, steps=50)
+    fista_50 = infer(x, d, lam=0.1, solver="fista", tol=0, steps=50)
+    gap = lambda r: (r.objective - ista.objective).mean()  # noqa: E731
+    assert gap(fista_50) < 0.1 * gap(ista_50)
+
+
+def test_rows_stop_on_their_own():
+    d = random_dictionary(64, 256, seed=7)
+    x = sparse_signals(d, 6, seed=7)
+    x[:2] = d.bias  # x' = 0: the optimum is u = 0, found at the first step
+    res = infer(x, d, lam=0.1, steps=200)
+    assert (res.n_iter[:2] == 1).all() and (res.codes[:2] == 0).all() and res.converged[:2].all()
+    assert (res.n_iter[2:] > 1).all() and res.converged.all()
+    # Large λ (≥ max x'Aᵀ) gives u = 0 everywhere.
+    lam_max = float((d.target(x) @ d.atoms.T).max())
+    assert (infer(x, d, lam=lam_max * 1.01).codes == 0).all()
+
+
+def test_chunking_and_warm_start():
+    d = random_dictionary(64, 256, seed=8)
+    x = sparse_signals(d, 10, seed=8)
+    whole = infer(x, d, lam=0.1, tol=1e-7, steps=2000)
+    chunked = infer(x, d, lam=0.1, tol=1e-7, steps=2000, batch_rows=3)
+    torch.testing.assert_close(chunked.objective, whole.objective, rtol=1e-5, atol=0)
+    warm = infer(x, d, lam=0.1, tol=1e-6, init=whole.codes)
+    assert (warm.n_iter <= 3).all()
+    torch.testing.assert_close(warm.objective, whole.objective, rtol=1e-5, atol=0)
+
+
+def test_solver_is_gram_free_and_batched():
+    """`solve` works on unit atoms directly; non-unit atoms in the dictionary show up only as a code rescaling."""
+    d = random_dictionary(64, 256, seed=9)
+    x = sparse_signals(d, 5, seed=9)
+    out = solve(d.target(x), d.atoms, 0.1, d.lipschitz, tol=1e-8, max_iter=3000)
+    res = infer(x, d, lam=0.1, tol=1e-8, steps=3000)
+    torch.testing.assert_close(d.to_sae_codes(out.u), res.codes)
+    assert out.converged.all()
