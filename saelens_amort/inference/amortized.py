@@ -18,6 +18,7 @@ from saelens_amort.saes.dictionary import Dictionary
 
 @torch.no_grad()
 def encode(x: Float[Tensor, "N d_in"], dictionary: Dictionary, options: ModeOptions) -> InferenceResult:
+    """One encoder pass: exactly `sae.encode(x)`; objective reported at λ when given."""
     sae = dictionary.sae
     if sae is None:
         raise SaeAmortError("amortized mode needs the SAE's encoder; pass the SAE, not a bare Dictionary")
