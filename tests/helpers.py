@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import os
 import importlib.machinery
 import importlib.util
 import sys
@@ -254,3 +255,47 @@ def torch_threads(n: int):
             torch.set_num_threads(old)
 
     return _scope()
+
+
+# --- headless Chromium: render an HTML report for real and read back what it drew -----------------------------------
+
+_PROBE_HEAD = """<script>window.__errors=[];window.addEventListener('error',function(e){window.__errors.push(String(e.message))});
+</script>"""
+_PROBE_TAIL = """<script>window.addEventListener('load',function(){setTimeout(function(){
+var plots=[].slice.call(document.querySelectorAll('.js-plotly-plot'));
+document.body.setAttribute('data-probe',JSON.stringify({errors:window.__errors,
+plots:plots.map(function(p){return {id:p.id,traces:(p.data||[]).length,
+svg:p.querySelectorAll('svg.main-svg').length,
+points:(p.calcdata||[]).reduce(function(n,c){return n+(c?c.length:0)},0),
+menus:p.querySelectorAll('.updatemenu-container').length}})}));},500)});</script>"""
+
+
+def chromium_probe(html_path, tmp_dir) -> dict:
+    """Open `html_path` in headless Chromium with an error/plot probe injected; returns {errors, plots}."""
+    import json
+    import re
+    import shutil
+    import subprocess
+    from pathlib import Path
+
+    import pytest
+
+    exe = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+    if exe is None:
+        if os.environ.get("CI"):
+            raise RuntimeError("CI must install Debian's chromium (see .ci/run)")
+        pytest.skip("headless Chromium is not installed (apt-get install chromium)")
+    text = Path(html_path).read_text(encoding="utf-8")
+    text = text.replace("<head>", "<head>" + _PROBE_HEAD, 1).replace("</body>", _PROBE_TAIL + "</body>", 1)
+    probe_file = Path(tmp_dir) / "probe.html"
+    probe_file.write_text(text, encoding="utf-8")
+    cmd = [exe, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+           "--disable-background-networking", "--disable-component-update", "--disable-sync",
+           f"--user-data-dir={Path(tmp_dir) / 'chrome-profile'}", "--virtual-time-budget=15000",
+           "--dump-dom", probe_file.as_uri()]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    match = re.search(r'data-probe="([^"]*)"', proc.stdout)
+    assert match, f"the probe did not run; chromium said: {proc.stderr[-2000:]}"
+    import html as html_lib
+
+    return json.loads(html_lib.unescape(match.group(1)))
