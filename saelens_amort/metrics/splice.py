@@ -1,0 +1,252 @@
+"""Spliced CE / KL: the model's next-token loss with the hook's activation replaced by a mode's reconstruction
+(DESIGN §4).
+
+    spliced_metrics(model, sae, "semi", tokens, "blocks.2.hook_resid_post", lam=λ, keep_error=False)
+      → SpliceResult(ce_clean, ce_spliced, ce_zero, ce_recovered, kl, kl_zero, …)
+
+Three runs of the model on `tokens` [B, T]: clean; spliced, where every non-BOS position of `hook_name` is replaced by
+x̂ = the SAE's decode of the mode's codes (`infer(x, sae, mode, lam=λ, …)`); zero-ablated, where the same positions
+are set to 0. A position is "BOS" when it is position 0 and holds the tokenizer's BOS id: SAEs are not trained on it
+and its huge norm would dominate. With `keep_error=True` the SAE error term of the *amortized* SAE is added back,
+x_new = x + x̂_mode − x̂_amortized (DESIGN §5), so amortized + keep_error reproduces the clean model exactly.
+
+Scores average over the next-token predictions that a spliced position can affect (from the first spliced position
+of each row on; targets equal to a distinct pad id are left out):
+CE (nats), CE recovered = (CE_zero − CE_spliced) / (CE_zero − CE_clean), KL(clean ‖ spliced) and KL(clean ‖ zero).
+Hooks live inside `with model.hooks(...)`: none survives the call, also on exceptions.
+
+`SpliceMetric` (registered as "splice", `input_kind = "splice"`) accumulates SpliceResults over token batches,
+weighted by their scored predictions (exact under merge).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+import torch
+from jaxtyping import Bool, Float, Int
+from torch import Tensor
+
+from saelens_amort.errors import SaeAmortError
+from saelens_amort.metrics.registry import Metric, register_metric
+
+if TYPE_CHECKING:
+    from sae_lens import SAE
+    from transformer_lens import HookedTransformer
+
+    from saelens_amort.saes.dictionary import Dictionary
+
+
+class SpliceReference(NamedTuple):
+    """What every splice of the same tokens shares: the clean log-probs and the zero-ablated losses."""
+
+    log_probs: Float[Tensor, "B T1 V"]
+    """Clean next-token log-probs at positions 0..T−2."""
+    scored: Bool[Tensor, "B T1"]
+    """Predictions that count (affected by a spliced position, target not padding)."""
+    replace: Bool[Tensor, "B T"]
+    """Positions whose activation is replaced."""
+    ce_clean: float
+    ce_zero: float
+    kl_zero: float
+    n_tokens: int
+
+
+class SpliceResult(NamedTuple):
+    mode: str
+    keep_error: bool
+    lam: float | None
+    """λ the mode ran at (the calibrated one when none was given)."""
+    n_tokens: int
+    """Scored next-token predictions."""
+    ce_clean: float
+    ce_spliced: float
+    ce_zero: float
+    ce_recovered: float | None
+    """(CE_zero − CE_spliced) / (CE_zero − CE_clean); None when zero-ablation leaves the loss unchanged."""
+    kl: float
+    """Mean KL(clean ‖ spliced) over scored predictions (nats)."""
+    kl_zero: float
+    """Mean KL(clean ‖ zero-ablated)."""
+
+
+def _check(model: "HookedTransformer", tokens: Tensor, hook_name: str) -> Tensor:
+    if hook_name not in model.hook_dict:
+        raise SaeAmortError(f"the model has no hook {hook_name!r}")
+    if not isinstance(tokens, Tensor) or tokens.dtype.is_floating_point or tokens.ndim not in (1, 2):
+        raise SaeAmortError("tokens must be an integer tensor [batch, seq] (or [seq])")
+    tokens = tokens.reshape(1, -1) if tokens.ndim == 1 else tokens
+    if tokens.shape[1] < 2:
+        raise SaeAmortError(f"need at least 2 tokens per sequence to score next-token loss, got {tokens.shape[1]}")
+    return tokens.to(model.cfg.device)
+
+
+def _special_ids(model: "HookedTransformer") -> tuple[int | None, int | None]:
+    tok = model.tokenizer
+    bos = getattr(tok, "bos_token_id", None) if tok is not None else None
+    pad = getattr(tok, "pad_token_id", None) if tok is not None else None
+    eos = getattr(tok, "eos_token_id", None) if tok is not None else None
+    return bos, (pad if pad is not None and pad not in (bos, eos) else None)
+
+
+def _next_token_scores(logits: Tensor, tokens: Tensor) -> tuple[Tensor, Tensor]:
+    """Log-probs at positions 0..T−2 (fp32) and the CE of each next token."""
+    log_probs = logits[:, :-1].float().log_softmax(dim=-1)
+    ce = -log_probs.gather(-1, tokens[:, 1:, None]).squeeze(-1)
+    return log_probs, ce
+
+
+def _kl(clean: Tensor, other: Tensor) -> Tensor:
+    """KL(clean ‖ other) per position from log-probs."""
+    return torch.nn.functional.kl_div(other, clean, log_target=True, reduction="none").sum(dim=-1)
+
+
+@torch.no_grad()
+def splice_reference(model: "HookedTransformer", tokens: Int[Tensor, "B T"], hook_name: str) -> SpliceReference:
+    """The clean and zero-ablated runs on `tokens` (compute once, pass to several `spliced_metrics` calls)."""
+    tokens = _check(model, tokens, hook_name)
+    bos, pad = _special_ids(model)
+    replace = torch.ones_like(tokens, dtype=torch.bool)
+    if bos is not None:
+        replace[:, 0] = tokens[:, 0] != bos
+    scored = replace.long().cumsum(dim=1)[:, :-1] > 0
+    if pad is not None:
+        scored &= tokens[:, 1:] != pad
+    n = int(scored.sum())
+    if n == 0:
+        raise SaeAmortError("no next-token prediction follows a spliced position (only BOS or padding?)")
+    log_probs, ce = _next_token_scores(model(tokens), tokens)
+
+    def zero(act: Tensor, hook: Any) -> Tensor:
+        out = act.clone()
+        out[replace] = 0
+        return out
+
+    with model.hooks(fwd_hooks=[(hook_name, zero)]):
+        zero_lp, zero_ce = _next_token_scores(model(tokens), tokens)
+    return SpliceReference(
+        log_probs=log_probs, scored=scored, replace=replace, n_tokens=n,
+        ce_clean=float(ce[scored].double().mean()), ce_zero=float(zero_ce[scored].double().mean()),
+        kl_zero=float(_kl(log_probs, zero_lp)[scored].double().mean()),
+    )
+
+
+@torch.no_grad()
+def spliced_metrics(
+    model: "HookedTransformer",
+    sae_or_dictionary: "SAE | Dictionary",
+    mode: str,
+    tokens: Int[Tensor, "B T"],
+    hook_name: str,
+    *,
+    lam: float | None,
+    keep_error: bool,
+    reference: SpliceReference | None = None,
+    **infer_kwargs: Any,
+) -> SpliceResult:
+    """CE clean / spliced / zero-ablated, CE recovered and KL to the clean model for `mode` (module docstring).
+
+    reference: `splice_reference(model, tokens, hook_name)` to reuse across modes (computed when None).
+    infer_kwargs: passed to `infer` (steps, tol, k, …).
+    """
+    from saelens_amort.inference import infer, resolve_dictionary
+
+    tokens = _check(model, tokens, hook_name)
+    dictionary = resolve_dictionary(sae_or_dictionary)
+    if keep_error and dictionary.sae is None:
+        raise SaeAmortError("keep_error=True needs the SAE itself (its encoder gives the error term); pass the SAE")
+    ref = reference if reference is not None else splice_reference(model, tokens, hook_name)
+    if ref.replace.shape != tokens.shape:
+        raise SaeAmortError(f"the reference was computed on tokens of shape {tuple(ref.replace.shape)}, "
+                            f"not {tuple(tokens.shape)}")
+    used_lam: list[float | None] = []
+
+    def decode(x: Tensor, codes: Tensor) -> Tensor:
+        u = dictionary.from_sae_codes(codes.to(dictionary.atoms.dtype))
+        return dictionary.decode_to_input_space(u, x)
+
+    def splice(act: Tensor, hook: Any) -> Tensor:
+        x = act[ref.replace]
+        result = infer(x, sae_or_dictionary, mode, lam=lam, **infer_kwargs)
+        used_lam.append(result.lam)
+        recon = decode(x, result.codes)
+        if keep_error:
+            amortized = recon if mode == "amortized" else decode(x, infer(x, dictionary.sae, "amortized").codes)
+            new = x + (recon - amortized).to(x.dtype)
+        else:
+            new = recon
+        out = act.clone()
+        out[ref.replace] = new.to(act.dtype)
+        return out
+
+    with model.hooks(fwd_hooks=[(hook_name, splice)]):
+        logits = model(tokens)
+    log_probs, ce = _next_token_scores(logits, tokens)
+    ce_spliced = float(ce[ref.scored].double().mean())
+    denom = ref.ce_zero - ref.ce_clean
+    return SpliceResult(
+        mode=mode, keep_error=bool(keep_error), lam=used_lam[0] if used_lam else lam, n_tokens=ref.n_tokens,
+        ce_clean=ref.ce_clean, ce_spliced=ce_spliced, ce_zero=ref.ce_zero,
+        ce_recovered=(ref.ce_zero - ce_spliced) / denom if denom != 0 else None,
+        kl=float(_kl(ref.log_probs, log_probs)[ref.scored].double().mean()), kl_zero=ref.kl_zero,
+    )
+
+
+_SUMS = ("ce_clean", "ce_spliced", "ce_zero", "kl", "kl_zero")
+
+
+class SpliceMetric(Metric):
+    """Token-weighted spliced CE / KL over several `SpliceResult`s (one mode, one keep_error setting)."""
+
+    name = "splice"
+    input_kind = "splice"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.n = 0
+        self.sums = dict.fromkeys(_SUMS, 0.0)
+        self.settings: set[tuple[str, bool]] = set()
+
+    def update(self, batch: SpliceResult) -> None:
+        if not isinstance(batch, SpliceResult):
+            raise SaeAmortError(f"the splice metric takes the SpliceResult of spliced_metrics(...), got "
+                                f"{type(batch).__name__}")
+        self.settings.add((batch.mode, batch.keep_error))
+        self._check_settings()
+        self.n += batch.n_tokens
+        for key in _SUMS:
+            self.sums[key] += getattr(batch, key) * batch.n_tokens
+
+    def _check_settings(self) -> None:
+        if len(self.settings) > 1:
+            raise SaeAmortError(f"one splice accumulator per (mode, keep_error), got {sorted(self.settings)}")
+
+    def merge(self, other: Metric) -> "SpliceMetric":
+        self._check_mergeable(other)
+        assert isinstance(other, SpliceMetric)
+        self.settings |= other.settings
+        self._check_settings()
+        self.n += other.n
+        for key in _SUMS:
+            self.sums[key] += other.sums[key]
+        return self
+
+    def compute(self) -> dict[str, float | None]:
+        keys = (*_SUMS, "ce_recovered", "ce_delta")
+        values: dict[str, float | None] = dict.fromkeys(keys)
+        values["n_tokens"] = float(self.n)
+        if self.n == 0:
+            return self._result(values, dict.fromkeys(keys, "no spliced tokens"))
+        mean = {key: self.sums[key] / self.n for key in _SUMS}
+        values.update(mean)
+        values["ce_delta"] = mean["ce_spliced"] - mean["ce_clean"]
+        skipped: dict[str, str] = {}
+        denom = mean["ce_zero"] - mean["ce_clean"]
+        if denom != 0:
+            values["ce_recovered"] = (mean["ce_zero"] - mean["ce_spliced"]) / denom
+        else:
+            skipped["ce_recovered"] = "zero-ablation leaves the loss unchanged"
+        return self._result(values, skipped)
+
+
+register_metric(SpliceMetric.name, SpliceMetric)
