@@ -299,3 +299,33 @@ def chromium_probe(html_path, tmp_dir) -> dict:
     import html as html_lib
 
     return json.loads(html_lib.unescape(match.group(1)))
+
+
+# --- metrics: the toy model, cached -----------------------------------------------------------------------------------
+
+_TOY_MODEL: dict = {}
+
+
+def toy_model():
+    """The shipped toy HookedTransformer, loaded once per process (callers must not modify it or leave hooks on it)."""
+    if "model" not in _TOY_MODEL:
+        import saelens_amort
+
+        _TOY_MODEL["model"] = saelens_amort.load_model("toy")
+    return _TOY_MODEL["model"]
+
+
+def toy_tokens(n_rows: int = 8, ctx: int = 48, *, seed: int = 2):
+    """Tokens [n_rows, ctx] of generated toy text packed into rows (BOS first, documents joined by EOS), no padding."""
+    import torch
+
+    from saelens_amort.toy.corpus import generate_corpus
+
+    tokenizer = toy_model().tokenizer
+    stream: list[int] = []
+    for doc in generate_corpus(4 * n_rows, seed=seed):
+        stream += tokenizer(doc.text, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+        if len(stream) >= n_rows * (ctx - 1):
+            break
+    body = torch.tensor(stream[: n_rows * (ctx - 1)], dtype=torch.long).reshape(n_rows, ctx - 1)
+    return torch.cat([torch.full((n_rows, 1), tokenizer.bos_token_id, dtype=torch.long), body], dim=1)
