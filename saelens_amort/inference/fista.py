@@ -1,29 +1,37 @@
-"""Unamortized inference: non-negative lasso per row by FISTA with adaptive restart, or ISTA (DESIGN §2–3).
+"""Unamortized inference: the non-negative lasso per row, to a certified tolerance (DESIGN §2–3).
 
     min_u  ½ ‖x' − u A‖² + λ ‖u‖₁ ,  u ≥ 0          step 1/L, L = σ_max(A)²,  prox = max(v − λ/L, 0)
 
-The solver is Gram-free and batched: c = x'Aᵀ once, then per iteration one matmul for the gradient at the momentum
-point, g = (yA)Aᵀ − c, and one for the new point's uA (which gives the exact objective, and yA by linear combination;
-on CPU it is a sparse product while the codes are sparse). Each row stops on its own (two consecutive relative
-objective changes ≤ tol); stopped rows leave the working batch in bulk, so they cost (almost) nothing. The objective never increases: a step that would raise it is rejected and the momentum restarted, so the
-next step is a plain proximal-gradient (ISTA) step, which cannot raise it (O'Donoghue & Candès function restart made
-monotone; the gradient-restart test is available too).
+`run` (shared with semi) chunks rows, builds the warm start and calls a solver:
 
-`solve` is the seam for faster schemes (working sets, screening): it only needs c, x', A and a warm start.
+- solver='working_set' (default, `working_set.py`): per-row working sets and a duality-gap certificate on the full
+  dictionary; `tol` bounds the relative gap, so F(u) ≤ F* (1 + tol) holds per row.
+- solver='fista' / 'ista' (`solve`, here): dense FISTA with adaptive restart, or ISTA; `tol` bounds the relative
+  objective change (two in a row), a weaker stop. Gram-free and batched: per iteration one GEMM for the gradient at
+  the momentum point, in place, and the new point's uA (a sparse product while the codes are sparse), which gives
+  the exact objective. The objective never increases: a step that would raise it is rejected and the momentum
+  restarted, so the next step is a plain proximal-gradient step (O'Donoghue & Candès function restart made
+  monotone; the gradient-restart test is available too). Stopped rows leave the working batch in bulk.
 """
 
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass
 
 import torch
-from jaxtyping import Bool, Float, Int
+from jaxtyping import Float
 from torch import Tensor
 
 from saelens_amort.errors import SaeAmortError
+from saelens_amort.inference import gram as gram_cache
 from saelens_amort.inference.registry import register_mode
-from saelens_amort.inference.result import InferenceResult, ModeOptions, make_result
+from saelens_amort.inference.result import (
+    InferenceResult,
+    ModeOptions,
+    SolveOutput,
+    make_result,
+)
+from saelens_amort.inference.working_set import default_ws_size, solve_working_set
 from saelens_amort.saes.dictionary import Dictionary
 
 DEFAULT_MAX_ITER = 200
@@ -32,6 +40,9 @@ DEFAULT_MAX_ITER = 200
 DEFAULT_BATCH_ROWS = 2048
 """Rows solved together; bounds memory at a few [rows, d_sae] tensors."""
 
+GRAM_PAYBACK_ROUNDS = 4
+"""gram='auto' builds the Gram for at least d_sae / GRAM_PAYBACK_ROUNDS rows (or reuses a cached one)."""
+
 COMPACT_FRACTION = 16
 """Finished rows leave the working batch once they are ≥ 1/COMPACT_FRACTION of it."""
 
@@ -39,22 +50,13 @@ SPARSE_DENSITY = 0.1
 """On CPU, uA goes through a sparse product while at most this fraction of the codes is non-zero."""
 
 SOLVERS = ("fista", "ista")
+"""Dense solvers (this file); `run` also dispatches to "working_set" (working_set.py)."""
+
+MODE_SOLVERS = ("working_set", "fista", "ista")
+DEFAULT_SOLVER = "working_set"
 RESTARTS = ("function", "gradient")
-SOLVER_OPTIONS = ("solver", "restart", "return_trace", "batch_rows")
-
-
-@dataclass(frozen=True)
-class SolveOutput:
-    u: Float[Tensor, "N d_sae"]
-    """Unit-atom codes."""
-    n_iter: Int[Tensor, " N"]
-    objective: Float[Tensor, " N"]
-    """F at u, in the accumulation dtype (≥ fp32)."""
-    converged: Bool[Tensor, " N"]
-    restarts: Int[Tensor, " N"]
-    """Momentum restarts per row (rejected steps and gradient restarts)."""
-    trace: Float[Tensor, "T N"] | None = None
-    """F per row after each iteration (row 0 = the start), when asked for."""
+GRAM_CHOICES = ("auto", True, False)
+SOLVER_OPTIONS = ("solver", "restart", "return_trace", "batch_rows", "ws_size", "gram", "max_gram_bytes")
 
 
 @torch.no_grad()
@@ -75,6 +77,11 @@ def solve(
     """Solve the non-negative lasso for every row of `x_target` against `atoms` (one batch, no chunking).
 
     A row stops after `patience` consecutive relative objective changes ≤ tol, or at `max_iter` iterations.
+
+    One iteration is one GEMM and three passes over [N, d_sae], with no allocation of that size: the momentum point
+    y is overwritten in place by u⁺ = max(y − ((yA − x')Aᵀ + λ)/L, 0) (one `addmm_` on the augmented matrices
+    [yA − x', λ] and [A, 1]), clamped in place, u⁺A is a sparse product while the codes are sparse, and the old
+    code's buffer becomes the next momentum point u⁺ + β(u⁺ − u) by one `lerp_`.
     """
     if solver not in SOLVERS:
         raise SaeAmortError(f"solver must be one of {', '.join(SOLVERS)}, got {solver!r}")
@@ -86,17 +93,19 @@ def solve(
     x_t = x_target.to(dtype)
     step = 1.0 / lipschitz if lipschitz > 0 else 0.0
     times_atoms = _TimesAtoms(atoms)
+    atoms_aug = torch.cat([atoms, torch.ones(m, 1, dtype=dtype, device=device)], dim=1)  # [A, 1]
+    r_aug = torch.full((n, atoms.shape[1] + 1), lam, dtype=dtype, device=device)  # [yA − x', λ]
 
-    # u⁺ = max(y − ((yA)Aᵀ − c)/L − λ/L, 0) = max(y + c_shift − (yA)Aᵀ/L, 0) with c_shift = (x'Aᵀ − λ)/L.
-    c_shift = torch.addmm(torch.full((1, m), -lam * step, dtype=dtype, device=device), x_t, atoms.T, alpha=step)
     if u0 is None:
         u = torch.zeros(n, m, dtype=dtype, device=device)
         uA = torch.zeros_like(x_t)
+        l1 = torch.zeros(n, dtype=acc, device=device)
     else:
         u = u0.to(dtype).clamp_min(0)
-        uA = times_atoms(u)
-    F = _objective(x_t, uA, u, lam, acc)
-    y, yA = u, uA
+        uA, l1 = times_atoms(u, acc)
+    F = _objective(x_t, uA, l1, lam, acc)
+    y = u.clone()  # the buffer that becomes u⁺ in place
+    yA = uA
     t = torch.ones(n, dtype=acc, device=device)
     plain = torch.ones(n, dtype=torch.bool, device=device)  # y == u: the next step has no momentum
     streak = torch.zeros(n, dtype=torch.long, device=device)  # consecutive steps with a small relative change
@@ -117,9 +126,11 @@ def solve(
     for _ in range(max_iter):
         if rows.numel() == 0:
             break
-        u_new = torch.addmm(y + c_shift, yA, atoms.T, alpha=-step).clamp_(min=0)
-        uA_new = times_atoms(u_new)
-        F_new = _objective(x_t, uA_new, u_new, lam, acc)
+        torch.sub(yA, x_t, out=r_aug[:, :-1])
+        y_before = y.clone() if restart == "gradient" and solver == "fista" else None
+        u_new = y.addmm_(r_aug, atoms_aug.T, alpha=-step).clamp_(min=0)  # y's buffer now holds u⁺
+        uA_new, l1_new = times_atoms(u_new, acc)
+        F_new = _objective(x_t, uA_new, l1_new, lam, acc)
         n_iter += 1
 
         accept = F_new <= F
@@ -134,32 +145,25 @@ def solve(
             keep_momentum = accept
             if restart == "gradient":
                 # O'Donoghue–Candès: restart when the step and the momentum direction disagree.
-                keep_momentum = accept & (((y - u_new) * (u_new - u)).sum(dim=-1) <= 0)
+                keep_momentum = accept & (((y_before - u_new) * (u_new - u)).sum(dim=-1) <= 0)
             beta = torch.where(keep_momentum, (t - 1.0) / t_new, 0.0)
             t = torch.where(keep_momentum, t_new, 1.0)
             restarts += (~keep_momentum).long()
             plain = beta == 0
         else:
-            beta = None
+            beta = torch.zeros_like(t)
             restarts += (~accept).long()
 
-        all_accept = bool(accept.all())
-        if all_accept:
-            diff, diffA = u_new.sub(u), uA_new - uA
-            u, uA, F = u_new, uA_new, F_new
-        else:
-            a = accept[:, None]
-            diff = torch.where(a, u_new - u, 0.0)
-            diffA = torch.where(a, uA_new - uA, 0.0)
-            u = torch.where(a, u_new, u)
-            uA = torch.where(a, uA_new, uA)
-            F = torch.where(accept, F_new, F)
-        if beta is None:
-            y, yA = u, uA
-        else:
-            b = beta.to(dtype)[:, None]
-            y = torch.addcmul(u, b, diff)
-            yA = torch.addcmul(uA, b, diffA)
+        if not bool(accept.all()):  # rejected rows keep u (and restart from it)
+            rej = (~accept).nonzero().squeeze(1)
+            u_new[rej] = u[rej]
+            uA_new = torch.where(accept[:, None], uA_new, uA)
+            F_new = torch.where(accept, F_new, F)
+        # Momentum point into the old code's buffer: y = u⁺ + β(u⁺ − u) = lerp(u, u⁺, 1 + β).
+        weight = (1.0 + beta).to(dtype)[:, None]
+        y_next = u.lerp_(u_new, weight)
+        yA = torch.lerp(uA, uA_new, weight)
+        u, uA, F, y = u_new, uA_new, F_new, y_next
 
         if trace is not None:
             full = out_F.clone()
@@ -176,8 +180,8 @@ def solve(
             n_finished = int(finished.sum())
             if n_finished * COMPACT_FRACTION >= rows.numel():
                 live = (~finished).nonzero().squeeze(1)
-                rows, c_shift, x_t, u, uA, y, yA, F, t, plain, streak, n_iter, restarts, finished = (
-                    v[live] for v in (rows, c_shift, x_t, u, uA, y, yA, F, t, plain, streak, n_iter, restarts, finished)
+                rows, x_t, u, uA, y, yA, F, t, plain, streak, n_iter, restarts, finished, r_aug = (
+                    v[live] for v in (rows, x_t, u, uA, y, yA, F, t, plain, streak, n_iter, restarts, finished, r_aug)
                 )
 
     if rows.numel():
@@ -197,26 +201,34 @@ def solve(
 
 
 class _TimesAtoms:
-    """u ↦ uA, through a sparse (CSR) product on CPU while the codes stay sparse (dense matmul otherwise)."""
+    """u ↦ (uA, Σ_j u_j): through a sparse (CSR) product on CPU while the codes are sparse, else a dense matmul.
+    Density is re-checked (one count) after dense products, so codes that sparsify later go back to CSR."""
 
     def __init__(self, atoms: Tensor) -> None:
         self.atoms = atoms
         self.sparse = atoms.device.type == "cpu"
+        self.cpu = self.sparse
 
-    def __call__(self, u: Tensor) -> Tensor:
+    def __call__(self, u: Tensor, acc: torch.dtype) -> tuple[Tensor, Tensor]:
         if self.sparse and u.numel():
             with warnings.catch_warnings():
                 warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
                 csr = u.to_sparse_csr()
-            if csr.values().numel() <= SPARSE_DENSITY * u.numel():
-                return csr @ self.atoms
-            self.sparse = False  # dense codes: stop trying
-        return u @ self.atoms
+            values = csr.values()
+            if values.numel() <= SPARSE_DENSITY * u.numel():
+                # Row sums by differences of one running sum: in fp64, or the batch-long sum swamps each row's.
+                csum = torch.cat([values.new_zeros(1, dtype=torch.float64), values.double().cumsum(0)])
+                crow = csr.crow_indices()
+                return csr @ self.atoms, (csum[crow[1:]] - csum[crow[:-1]]).to(acc)
+            self.sparse = False
+        elif self.cpu and u.numel():
+            self.sparse = int(torch.count_nonzero(u)) <= SPARSE_DENSITY * u.numel()
+        return u @ self.atoms, u.to(acc).sum(dim=-1)
 
 
-def _objective(x_t: Tensor, uA: Tensor, u: Tensor, lam: float, acc: torch.dtype) -> Tensor:
+def _objective(x_t: Tensor, uA: Tensor, l1: Tensor, lam: float, acc: torch.dtype) -> Tensor:
     residual = (x_t - uA).to(acc)
-    return 0.5 * residual.square().sum(dim=-1) + lam * u.to(acc).sum(dim=-1)
+    return 0.5 * residual.square().sum(dim=-1) + lam * l1
 
 
 def initial_codes(
@@ -247,42 +259,62 @@ def run(
     default_init: str | None,
     default_steps: int,
 ) -> InferenceResult:
-    """Shared body of the unamortized and semi modes: chunk rows, warm start, solve, map codes to SAE space."""
+    """Shared body of the unamortized and semi modes: chunk rows, warm start, solve, map codes to SAE space.
+
+    Options: solver ('working_set' default, 'fista', 'ista'), restart (dense FISTA), return_trace, batch_rows;
+    for the working-set solver also ws_size (smallest working set), gram ('auto': use the cached d_sae² Gram when
+    it fits max_gram_bytes and the rows pay for building it; True; False) and max_gram_bytes.
+    """
     lam = options.lam
     if lam is None:
         raise SaeAmortError("this mode needs lam (or lam=None through infer, which calibrates it)")
     max_iter = default_steps if options.steps is None else options.steps
     batch_rows = options.option("batch_rows", DEFAULT_BATCH_ROWS)
-    if not isinstance(batch_rows, int) or batch_rows < 1:
+    if not isinstance(batch_rows, int) or isinstance(batch_rows, bool) or batch_rows < 1:
         raise SaeAmortError(f"batch_rows must be a positive integer, got {batch_rows!r}")
+    solver = options.option("solver", DEFAULT_SOLVER)
+    if solver not in MODE_SOLVERS:
+        raise SaeAmortError(f"solver must be one of {', '.join(MODE_SOLVERS)}, got {solver!r}")
     init = default_init if options.init is None else options.init
-    kwargs = dict(
-        max_iter=max_iter,
-        tol=float(options.tol),
-        solver=options.option("solver", "fista"),
-        restart=options.option("restart", "function"),
-        return_trace=bool(options.option("return_trace", False)),
-    )
-    L = dictionary.lipschitz
+    return_trace = bool(options.option("return_trace", False))
+    info: dict = {
+        "solver": solver,
+        "max_iter": max_iter,
+        "tol": float(options.tol),
+        "init": init if not isinstance(init, Tensor) else "codes",
+        "lipschitz": None,
+    }
+    if solver == "working_set":
+        ws_size, gram = _working_set_options(options, dictionary, x.shape[0])
+        info.update(ws_size=ws_size, gram=gram is not None)
+        del info["lipschitz"]
+
+        def solve_chunk(x_t: Tensor, u0: Tensor | None) -> SolveOutput:
+            return solve_working_set(
+                x_t, dictionary.atoms, lam, gram=gram, u0=u0, max_iter=max_iter, tol=float(options.tol),
+                ws_size=ws_size, return_trace=return_trace,
+            )
+    else:
+        restart = options.option("restart", "function")
+        L = dictionary.lipschitz
+        info.update(restart=restart, lipschitz=L)
+
+        def solve_chunk(x_t: Tensor, u0: Tensor | None) -> SolveOutput:
+            return solve(
+                x_t, dictionary.atoms, lam, L, u0=u0, max_iter=max_iter, tol=float(options.tol), solver=solver,
+                restart=restart, return_trace=return_trace,
+            )
+
     parts: list[SolveOutput] = []
     for start in range(0, x.shape[0], batch_rows):
         xb = x[start : start + batch_rows]
         init_b = init[start : start + batch_rows] if isinstance(init, Tensor) else init
-        u0 = initial_codes(xb, dictionary, init_b, lam)
-        parts.append(solve(dictionary.target(xb), dictionary.atoms, lam, L, u0=u0, **kwargs))
+        parts.append(solve_chunk(dictionary.target(xb), initial_codes(xb, dictionary, init_b, lam)))
     if not parts:
-        parts.append(solve(dictionary.target(x), dictionary.atoms, lam, L, **kwargs))
+        parts.append(solve_chunk(dictionary.target(x), None))
     u = torch.cat([p.u for p in parts])
-    info: dict = {
-        "solver": kwargs["solver"],
-        "restart": kwargs["restart"],
-        "max_iter": max_iter,
-        "tol": kwargs["tol"],
-        "init": init if not isinstance(init, Tensor) else "codes",
-        "lipschitz": L,
-        "restarts": torch.cat([p.restarts for p in parts]),
-    }
-    if kwargs["return_trace"]:
+    info["restarts"] = torch.cat([p.restarts for p in parts])
+    if return_trace:
         info["trace"] = _cat_traces([p.trace for p in parts])
     return make_result(
         dictionary.to_sae_codes(u),
@@ -292,6 +324,30 @@ def run(
         lam=lam,
         info=info,
     )
+
+
+def _working_set_options(options: ModeOptions, dictionary: Dictionary, n_rows: int) -> tuple[int, Tensor | None]:
+    """ws_size and the Gram to use (None: blocks and gradients from the atoms) for the working-set solver."""
+    ws_size = options.option("ws_size", default_ws_size(dictionary.d_in))
+    if isinstance(ws_size, bool) or not isinstance(ws_size, int) or ws_size < 1:
+        raise SaeAmortError(f"ws_size must be a positive integer, got {ws_size!r}")
+    choice = options.option("gram", "auto")
+    if not any(choice is c or (isinstance(c, str) and choice == c) for c in GRAM_CHOICES):
+        raise SaeAmortError(f"gram must be 'auto', True or False, got {choice!r}")
+    max_bytes = options.option("max_gram_bytes", gram_cache.DEFAULT_MAX_BYTES)
+    if isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes < 0:
+        raise SaeAmortError(f"max_gram_bytes must be a non-negative integer, got {max_bytes!r}")
+    wd = gram_cache.work_dtype(dictionary.atoms.dtype)
+    m = dictionary.d_sae
+    if choice is False:
+        return ws_size, None
+    if choice == "auto":
+        fits = gram_cache.gram_bytes(m, wd) <= max_bytes
+        # Building G costs d_sae / n_rows encoder passes; each outer round without it costs about one.
+        pays = gram_cache.has_gram(dictionary, wd) or n_rows * GRAM_PAYBACK_ROUNDS >= m
+        if not (fits and pays):
+            return ws_size, None
+    return ws_size, gram_cache.atom_gram(dictionary, wd)
 
 
 def _cat_traces(traces: list[Tensor | None]) -> Tensor:

@@ -25,7 +25,6 @@ matmul per step. The rest is O(N k²) triangular algebra, in fp32 (fp64 for fp64
 from __future__ import annotations
 
 import warnings
-import weakref
 from typing import NamedTuple
 
 import torch
@@ -33,6 +32,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from saelens_amort.errors import SaeAmortError
+from saelens_amort.inference.gram import atom_gram, has_gram, work_dtype  # noqa: F401  (re-exported for mp)
 from saelens_amort.inference.registry import register_mode
 from saelens_amort.inference.result import InferenceResult, ModeOptions, make_result, objective_from_residual
 from saelens_amort.saes.dictionary import Dictionary
@@ -48,9 +48,6 @@ STOP_CORRELATION = 1000
 
 INDEPENDENCE = 100
 """A new atom is refused when its squared distance to the span of the support is below INDEPENDENCE · eps."""
-
-_GRAM_CACHE: "weakref.WeakKeyDictionary[Dictionary, tuple[tuple, Tensor]]" = weakref.WeakKeyDictionary()
-
 
 class PursuitOutput(NamedTuple):
     u: Float[Tensor, "N d_sae"]
@@ -70,11 +67,6 @@ def check_k(k: int | None, d_sae: int, mode: str) -> int:
     if isinstance(k, bool) or not isinstance(k, int) or not 0 < k <= d_sae:
         raise SaeAmortError(f"mode {mode!r}: k must be an integer in [1, d_sae={d_sae}], got {k!r}")
     return k
-
-
-def work_dtype(dtype: torch.dtype) -> torch.dtype:
-    """fp64 stays fp64; everything else (fp32, fp16, bf16) is solved in fp32."""
-    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 @torch.no_grad()
@@ -210,25 +202,12 @@ def _sparse_rows(idx: Int[Tensor, "n T"], values: Float[Tensor, "n T"], m: int) 
         return torch.sparse_csr_tensor(crow, idx.reshape(-1), values.reshape(-1), (n, m), check_invariants=False)
 
 
-def atom_gram(dictionary: Dictionary, dtype: torch.dtype) -> Tensor:
-    """AAᵀ in `dtype`, cached per dictionary (rebuilt when its atoms are modified in place)."""
-    atoms = dictionary.atoms
-    key = (atoms._version, dtype, atoms.data_ptr())
-    hit = _GRAM_CACHE.get(dictionary)
-    if hit is not None and hit[0] == key:
-        return hit[1]
-    A = atoms.to(dtype)
-    gram = A @ A.T
-    _GRAM_CACHE[dictionary] = (key, gram)
-    return gram
-
-
 def use_gram(dictionary: Dictionary, n_rows: int, k: int) -> bool:
     """Build (or reuse) the d_sae² Gram when it is small enough and the batch pays for it."""
     m = dictionary.d_sae
     if m > MAX_GRAM_ATOMS:
         return False
-    return dictionary in _GRAM_CACHE or n_rows * k >= m
+    return has_gram(dictionary, work_dtype(dictionary.atoms.dtype)) or n_rows * k >= m
 
 
 def _nonnegative_refit(

@@ -93,6 +93,22 @@ def _is_int(v: object) -> bool:
     return isinstance(v, numbers.Integral) and not isinstance(v, bool)
 
 
+@dataclass(frozen=True)
+class SolveOutput:
+    """What a lasso solver (dense FISTA/ISTA, working set) returns for one batch of rows."""
+
+    u: Float[Tensor, "N d_sae"]
+    """Unit-atom codes."""
+    n_iter: Int[Tensor, " N"]
+    objective: Float[Tensor, " N"]
+    """F at u, in the accumulation dtype (≥ fp32)."""
+    converged: Bool[Tensor, " N"]
+    restarts: Int[Tensor, " N"]
+    """Momentum restarts per row (rejected steps and gradient restarts)."""
+    trace: Float[Tensor, "T N"] | None = None
+    """F per row after each iteration (row 0 = the start), when asked for."""
+
+
 ModeFn = Callable[[Float[Tensor, "N d_in"], "Dictionary", ModeOptions], InferenceResult]
 """A mode: raw activations x [N, d_in], the dictionary view, validated options → result."""
 

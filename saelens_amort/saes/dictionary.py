@@ -145,6 +145,8 @@ class Dictionary:
 
     def to_sae_codes(self, u: Float[Tensor, "... d_sae"]) -> Float[Tensor, "... d_sae"]:
         """Unit-atom codes u → the SAE's own code space z = u / norms (0 on zero-norm atoms)."""
+        if bool((self.norms > 0).all()):
+            return u / self.norms
         return torch.where(self.norms > 0, u / self.norms.clamp_min(torch.finfo(self.norms.dtype).tiny), 0.0)
 
     def from_sae_codes(self, z: Float[Tensor, "... d_sae"]) -> Float[Tensor, "... d_sae"]:

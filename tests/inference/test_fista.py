@@ -1,4 +1,4 @@
-"""Unamortized inference (FISTA with restart, ISTA) against scikit-learn's non-negative lasso optimum."""
+"""Unamortized inference (working set, FISTA with restart, ISTA) against scikit-learn's non-negative lasso optimum."""
 
 import numpy as np
 import pytest
@@ -29,14 +29,19 @@ def _sklearn_objective(dictionary, x, lam):
     return torch.tensor(out)
 
 
+SOLVERS = ["working_set", "fista"]
+
+
+@pytest.mark.parametrize("solver", SOLVERS)
 @pytest.mark.parametrize(
     ("d_in", "d_sae", "lam", "seed"),
     [(64, 256, 0.05, 0), (64, 256, 0.3, 1), (80, 400, 0.1, 2), (96, 512, 1.0, 3)],
 )
-def test_unamortized_reaches_the_sklearn_optimum(d_in, d_sae, lam, seed):
+def test_unamortized_reaches_the_sklearn_optimum(d_in, d_sae, lam, seed, solver):
     d = random_dictionary(d_in, d_sae, seed=seed)
     x = sparse_signals(d, 6, l0=8, seed=seed)
-    res = infer(x, d, "unamortized", lam=lam, tol=1e-9, steps=5000)
+    res = infer(x, d, "unamortized", lam=lam, tol=1e-9, steps=5000, solver=solver)
+    assert res.info["solver"] == solver
     reference = _sklearn_objective(d, x, lam)
     torch.testing.assert_close(res.objective.double(), reference, rtol=1e-4, atol=0)
     assert (res.codes >= 0).all()
@@ -45,10 +50,11 @@ def test_unamortized_reaches_the_sklearn_optimum(d_in, d_sae, lam, seed):
     torch.testing.assert_close(res.objective, objective(d.target(x), u, d, lam), rtol=1e-5, atol=1e-6)
 
 
-def test_float64_dictionaries_solve_in_float64():
+@pytest.mark.parametrize("solver", SOLVERS)
+def test_float64_dictionaries_solve_in_float64(solver):
     d = random_dictionary(64, 256, seed=4, dtype=torch.float64)
     x = sparse_signals(d, 4, seed=4)
-    res = infer(x, d, lam=0.2, tol=1e-12, steps=5000)
+    res = infer(x, d, lam=0.2, tol=1e-12, steps=5000, solver=solver)
     assert res.codes.dtype == torch.float64 and res.objective.dtype == torch.float32
     torch.testing.assert_close(res.objective.double(), _sklearn_objective(d, x, 0.2), rtol=1e-5, atol=0)
 
@@ -69,9 +75,11 @@ def test_fista_and_ista_reach_the_same_optimum_fista_sooner():
     x = sparse_signals(d, 8, seed=6)
     ista = infer(x, d, lam=0.1, solver="ista", tol=1e-9, steps=20000)
     fista = infer(x, d, lam=0.1, solver="fista", tol=1e-9, steps=20000)
-    gradient = infer(x, d, lam=0.1, restart="gradient", tol=1e-9, steps=20000)
+    gradient = infer(x, d, lam=0.1, solver="fista", restart="gradient", tol=1e-9, steps=20000)
+    working_set = infer(x, d, lam=0.1, tol=1e-9, steps=20000)
     torch.testing.assert_close(fista.objective, ista.objective, rtol=1e-5, atol=0)
     torch.testing.assert_close(gradient.objective, ista.objective, rtol=1e-5, atol=0)
+    torch.testing.assert_close(working_set.objective, ista.objective, rtol=1e-5, atol=0)
     # At equal iteration counts FISTA is ahead.
     ista_50 = infer(x, d, lam=0.1, solver="ista", tol=0, steps=50)
     fista_50 = infer(x, d, lam=0.1, solver="fista", tol=0, steps=50)
@@ -79,25 +87,28 @@ def test_fista_and_ista_reach_the_same_optimum_fista_sooner():
     assert gap(fista_50) < 0.1 * gap(ista_50)
 
 
-def test_rows_stop_on_their_own():
+@pytest.mark.parametrize("solver", SOLVERS)
+def test_rows_stop_on_their_own(solver):
     d = random_dictionary(64, 256, seed=7)
     x = sparse_signals(d, 6, seed=7)
-    x[:2] = d.bias  # x' = 0: the optimum is u = 0, found at the first step
-    res = infer(x, d, lam=0.1, steps=200)
-    assert (res.n_iter[:2] == 1).all() and (res.codes[:2] == 0).all() and res.converged[:2].all()
+    x[:2] = d.bias  # x' = 0: the optimum is u = 0 (FISTA finds it at its first step; the certificate at the start)
+    res = infer(x, d, lam=0.1, steps=200, solver=solver)
+    first = 1 if solver == "fista" else 0
+    assert (res.n_iter[:2] == first).all() and (res.codes[:2] == 0).all() and res.converged[:2].all()
     assert (res.n_iter[2:] > 1).all() and res.converged.all()
     # Large λ (≥ max x'Aᵀ) gives u = 0 everywhere.
     lam_max = float((d.target(x) @ d.atoms.T).max())
-    assert (infer(x, d, lam=lam_max * 1.01).codes == 0).all()
+    assert (infer(x, d, lam=lam_max * 1.01, solver=solver).codes == 0).all()
 
 
-def test_chunking_and_warm_start():
+@pytest.mark.parametrize("solver", SOLVERS)
+def test_chunking_and_warm_start(solver):
     d = random_dictionary(64, 256, seed=8)
     x = sparse_signals(d, 10, seed=8)
-    whole = infer(x, d, lam=0.1, tol=1e-7, steps=2000)
-    chunked = infer(x, d, lam=0.1, tol=1e-7, steps=2000, batch_rows=3)
+    whole = infer(x, d, lam=0.1, tol=1e-7, steps=2000, solver=solver)
+    chunked = infer(x, d, lam=0.1, tol=1e-7, steps=2000, batch_rows=3, solver=solver)
     torch.testing.assert_close(chunked.objective, whole.objective, rtol=1e-5, atol=0)
-    warm = infer(x, d, lam=0.1, tol=1e-6, init=whole.codes)
+    warm = infer(x, d, lam=0.1, tol=1e-6, init=whole.codes, solver=solver)
     assert (warm.n_iter <= 3).all()
     torch.testing.assert_close(warm.objective, whole.objective, rtol=1e-5, atol=0)
 
@@ -107,6 +118,6 @@ def test_solver_is_gram_free_and_batched():
     d = random_dictionary(64, 256, seed=9)
     x = sparse_signals(d, 5, seed=9)
     out = solve(d.target(x), d.atoms, 0.1, d.lipschitz, tol=1e-8, max_iter=3000)
-    res = infer(x, d, lam=0.1, tol=1e-8, steps=3000)
+    res = infer(x, d, lam=0.1, tol=1e-8, steps=3000, solver="fista")
     torch.testing.assert_close(d.to_sae_codes(out.u), res.codes)
     assert out.converged.all()

@@ -22,20 +22,24 @@ def _setup(family):
     return sae, x, d, lam
 
 
+@pytest.mark.parametrize("solver", ["working_set", "fista"])
 @pytest.mark.parametrize("family", ["standard", "topk"])
-def test_semi_never_worse_than_amortized_and_monotone_in_k(family):
+def test_semi_never_worse_than_amortized_and_monotone_in_k(family, solver):
     sae, x, d, lam = _setup(family)
     amortized = infer(x, d, "amortized", lam=lam)
+    # Dense FISTA tracks the objective it reports, so it never rises; the working-set solver accepts steps on its
+    # block objective (from the Gram) and reports F from the residual, so the two roundings may differ by ~1e-7.
+    slack = 0.0 if solver == "fista" else 1e-6
     previous = None
     for K in (0, 1, 5, 30, 100):
-        res = infer(x, d, "semi", lam=lam, steps=K, tol=0)
+        res = infer(x, d, "semi", lam=lam, steps=K, tol=0, solver=solver)
         assert (res.n_iter <= K).all() and res.info["init"] == "encoder"
         assert (res.objective <= amortized.objective * (1 + 1e-6)).all()
         if K == 0:
             torch.testing.assert_close(res.objective, amortized.objective, rtol=1e-6, atol=1e-6)
             torch.testing.assert_close(res.codes, amortized.codes.clamp_min(0))
         else:
-            assert (res.objective <= previous).all(), f"K={K} raised the objective"
+            assert (res.objective <= previous * (1 + slack)).all(), f"K={K} raised the objective"
         previous = res.objective
     assert previous.mean() < amortized.objective.mean()
     # Non-negative codes that decode with the SAE's own decoder.

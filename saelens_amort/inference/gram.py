@@ -1,0 +1,56 @@
+"""The atom Gram matrix G = AAᵀ, cached per dictionary and shared by every mode that uses it (OMP, MP, the
+working-set lasso solver).
+
+Memory: d_sae² numbers in the work dtype — 64 MiB at d_sae = 4096 and 1 GiB at 16384 in fp32 (×2 in fp64).
+Building it costs 2·d_sae²·d_in FLOPs (= d_sae / N encoder passes over N rows), so it pays off when it is reused:
+modes build it only when it fits `max_bytes` and the rows at hand (or an existing cache entry) justify it.
+"""
+
+from __future__ import annotations
+
+import weakref
+
+import torch
+from torch import Tensor
+
+from saelens_amort.saes.dictionary import Dictionary
+
+DEFAULT_MAX_BYTES = 1 << 30
+"""Largest Gram built by default (1 GiB: d_sae = 16384 in fp32)."""
+
+_GRAM_CACHE: "weakref.WeakKeyDictionary[Dictionary, tuple[tuple, Tensor]]" = weakref.WeakKeyDictionary()
+
+
+def work_dtype(dtype: torch.dtype) -> torch.dtype:
+    """fp64 stays fp64; everything else (fp32, fp16, bf16) is solved in fp32."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def gram_bytes(d_sae: int, dtype: torch.dtype) -> int:
+    """Bytes of a d_sae × d_sae Gram in `dtype`."""
+    return d_sae * d_sae * torch.finfo(dtype).bits // 8
+
+
+def atom_gram(dictionary: Dictionary, dtype: torch.dtype) -> Tensor:
+    """AAᵀ in `dtype`, cached per dictionary (rebuilt when its atoms are modified in place)."""
+    atoms = dictionary.atoms
+    key = (atoms._version, dtype, atoms.data_ptr())
+    hit = _GRAM_CACHE.get(dictionary)
+    if hit is not None and hit[0] == key:
+        return hit[1]
+    A = atoms.to(dtype)
+    gram = A @ A.T
+    _GRAM_CACHE[dictionary] = (key, gram)
+    return gram
+
+
+def has_gram(dictionary: Dictionary, dtype: torch.dtype) -> bool:
+    """A current Gram of `dictionary` in `dtype` is cached."""
+    hit = _GRAM_CACHE.get(dictionary)
+    atoms = dictionary.atoms
+    return hit is not None and hit[0] == (atoms._version, dtype, atoms.data_ptr())
+
+
+def drop_gram(dictionary: Dictionary) -> None:
+    """Forget the cached Gram of `dictionary` (frees its memory)."""
+    _GRAM_CACHE.pop(dictionary, None)

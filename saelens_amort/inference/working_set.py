@@ -1,0 +1,405 @@
+"""Working-set solver for the non-negative lasso, certified by a duality gap (the default for unamortized and semi).
+
+    min_u  F(u) = ½ ‖x' − u A‖² + λ ‖u‖₁ ,  u ≥ 0          (unit atoms A [d_sae, d_in], one problem per row)
+
+Dense FISTA pays two [N, d_sae] products per iteration although the codes have ~L0 non-zeros. Here each row solves
+a small problem on its own working set W and touches the full dictionary only to check optimality:
+
+1. c = x'Aᵀ once: the one dense product (one encoder pass).
+2. W = the w atoms with the largest c (from zero), or the warm start's support plus the largest gradients.
+3. Solve on W (`block_solver.solve_blocks`: FISTA + Newton on the per-row Gram block G_W, gathered from the cached
+   Gram G = AAᵀ, or A_W A_Wᵀ without it) until the block's duality gap ≤ ½ tol · F.
+4. Certificate: residual r = x' − uA (sparse u), full gradient g = rAᵀ = c − uG (sparse u times G, or a dense rAᵀ
+   without it), and the dual point θ = s·r with s = min(1, λ / max_j g_j), feasible for the full problem (every
+   ⟨a_j, θ⟩ ≤ λ). gap = F(u) − D(θ), D(θ) = ½‖x'‖² − ½‖x' − θ‖², bounds F(u) − F* from above: a row stops when
+   gap ≤ tol · F(u), so its objective is provably within tol of the optimum of the *full* problem.
+5. Otherwise the largest KKT violators (g_j > λ outside W; at most max(4, w/2) per round) replace atoms of W not in
+   the support (W grows only when it is full), only their rows of G_W are recomputed, and the row goes back to 3,
+   warm.
+
+On random-like dictionaries the support is not the top of c (weak atoms hide behind strong ones), so the first
+certificate typically finds a few violators per row and the second certifies the optimum: two rounds.
+
+Monotone: inner steps never raise F beyond rounding and changing W leaves u as it is, and the trajectory does not
+depend on the iteration budget, so a semi-amortized run with K steps is a prefix of the run with K+1. `n_iter`
+counts inner iterations (Newton steps included); each round adds one sparse product with G (or a dense rAᵀ).
+
+Memory (N rows per batch, w atoms per working set, work dtype): c and g, 2·N·d_sae numbers; the blocks, N·w²; the
+optional Gram, d_sae² (`gram.py`); without a Gram also the gathered atoms of every working set, N·w·d_in.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import warnings
+from collections.abc import Iterator
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+
+from saelens_amort.inference.block_solver import (
+    BLOCKED,
+    NOISE,
+    duality_gap,
+    solve_blocks,
+)
+from saelens_amort.inference.gram import work_dtype
+from saelens_amort.inference.result import SolveOutput
+
+DEFAULT_WS_SIZE = 64
+"""Atoms per working set in the first round (and the least it ever holds), at most; see `default_ws_size`."""
+
+MAX_ROUNDS = 64
+"""Certificates per row before giving up on it (it is then `converged=False`)."""
+
+INNER_SLACK = 0.5
+"""Blocks are solved to a gap ≤ INNER_SLACK · tol · F, leaving room for the full gap to pass tol."""
+
+FLOOR = 16
+"""Gaps below FLOOR · eps · ‖x'‖² are rounding noise: the row is at its optimum in the work dtype."""
+
+GAP_PROGRESS = 0.999
+"""A row whose round lowers F only within rounding must shrink its gap at all (by this factor) to go on."""
+
+GROW_MIN = 1
+"""A row with violators always gets at least this many per round, growing W if it has no free slot."""
+
+GROW_MARGIN = 8
+"""When a row's support plus its violators overflow W, W grows by this many slots beyond what it needs."""
+
+INNER_THREADS = 1
+"""CPU threads for the block solves: their tensors are small ([rows, w]); with more threads each of their hundreds
+of tiny ops waits on a barrier, milliseconds apiece when other processes share the cores."""
+
+
+def default_ws_size(d_in: int) -> int:
+    """d_in / 8 atoms, within [16, DEFAULT_WS_SIZE]: a working set much wider than that packs near-parallel atoms of
+    a trained decoder into one block, and its Newton steps slow down (measured on the toy SAEs, d_in = 128)."""
+    return max(16, min(DEFAULT_WS_SIZE, d_in // 8))
+
+
+@torch.no_grad()
+def solve_working_set(
+    x_target: Float[Tensor, "N d_in"],
+    atoms: Float[Tensor, "d_sae d_in"],
+    lam: float,
+    *,
+    gram: Float[Tensor, "d_sae d_sae"] | None = None,
+    u0: Float[Tensor, "N d_sae"] | None = None,
+    max_iter: int = 200,
+    tol: float = 1e-4,
+    ws_size: int = DEFAULT_WS_SIZE,
+    return_trace: bool = False,
+) -> SolveOutput:
+    """Solve the non-negative lasso for every row of `x_target` (one batch) to relative duality gap ≤ `tol`.
+
+    `gram` is AAᵀ (None: blocks and gradients come from the atoms); `u0` a warm start; `max_iter` caps the inner
+    iterations per row. `objective` is F at the returned codes, from their residual.
+    """
+    wd = work_dtype(atoms.dtype)
+    x = x_target.to(wd)
+    n = x.shape[0]
+    ops = _Ops(atoms.to(wd), None if gram is None else gram.to(wd))
+    c = x @ ops.atoms.T
+    xx = x.double().square().sum(dim=1)
+    run = _Run(x, c, xx, lam, ops, tol=tol, max_iter=max_iter, ws_size=ws_size, trace=return_trace)
+    if u0 is None:
+        cert = _certificate(x, c, None, xx, lam, ops)
+        run.rounds(torch.arange(n, device=x.device), cert, cert.g, 0)
+    else:
+        run.u = u0.to(wd).clamp_min(0)
+        cert = _certificate(x, c, _csr(run.u), xx, lam, ops)
+        support = run.u > 0
+        score = cert.g.masked_fill_(support, torch.inf)  # cert.g is fresh here (c − u0 G)
+        # Rows are solved in groups of similar support size, so that one wide code does not widen every block.
+        counts = support.sum(dim=1)
+        ladder = torch.ceil(torch.log2((counts + ws_size // 2).clamp_min(ws_size) / ws_size)).long()
+        for level in torch.unique(ladder).tolist():
+            rows = (ladder == level).nonzero().squeeze(1)
+            run.rounds(rows, cert.select(rows), score[rows], int(counts[rows].max()))
+    return run.output(atoms.dtype)
+
+
+class _Run:
+    """The state of one batch: codes u (dense), per-row counters, and the rounds that update them."""
+
+    def __init__(
+        self, x: Tensor, c: Tensor, xx: Tensor, lam: float, ops: "_Ops", *, tol: float, max_iter: int, ws_size: int,
+        trace: bool,
+    ) -> None:
+        n, m = c.shape
+        dev = x.device
+        self.x, self.c, self.xx, self.lam, self.ops = x, c, xx, lam, ops
+        self.tol, self.max_iter, self.ws_size = tol, max_iter, ws_size
+        self.eps = torch.finfo(x.dtype).eps
+        self.floor = FLOOR * self.eps * xx
+        self.u = torch.zeros(n, m, dtype=x.dtype, device=dev)
+        self.n_iter = torch.zeros(n, dtype=torch.long, device=dev)
+        self.restarts = torch.zeros(n, dtype=torch.long, device=dev)
+        self.converged = torch.zeros(n, dtype=torch.bool, device=dev)
+        self.objective = torch.zeros(n, dtype=torch.float64, device=dev)
+        self.trace = _Trace(n, dev) if trace else None
+
+    def rounds(self, rows: Tensor, cert: "_Certificate", score: Tensor, s_max: int) -> None:
+        """Working-set rounds for `rows` (their certificate `cert`, first-round scores `score`: +inf on the
+        support, else the gradient) until each is certified, out of budget, or stuck."""
+        u, c, xx, lam, ops, m = self.u, self.c, self.xx, self.lam, self.ops, self.c.shape[1]
+        ws: _WorkingSets | None = None
+        F_prev = gap_prev = cert.F  # set each round; read from the second on
+        for _ in range(MAX_ROUNDS):
+            self.objective[rows] = cert.F
+            if self.trace is not None:
+                self.trace.record(rows, self.n_iter[rows], cert.F)
+            ok = cert.gap <= torch.maximum(self.tol * cert.F, self.floor[rows])
+            self.converged[rows] = ok
+            live = ~ok & (self.n_iter[rows] < self.max_iter)
+            if ws is not None:  # a round that lowered neither F (beyond rounding) nor the gap would repeat itself
+                live &= (cert.F < F_prev - NOISE * self.eps * xx[rows]) | (cert.gap < GAP_PROGRESS * gap_prev)
+            if not bool(live.any()):
+                return
+            if not bool(live.all()):
+                keep = live.nonzero().squeeze(1)
+                rows, cert = rows[keep], cert.select(keep)
+                ws = ws.select(keep) if ws is not None else None
+                score = score[keep] if ws is None else None
+            if ws is None:  # first round: the support (score +inf) and the largest gradients
+                w = min(m, max(self.ws_size, s_max + self.ws_size // 2))
+                idx = score.topk(w, dim=1, sorted=False).indices
+                ws = _WorkingSets.build(idx, _flat_gather(u, rows, idx), _flat_gather(c, rows, idx) - lam, ops)
+            else:
+                ws.add_violators(cert.g, lam, c, rows, ops, max(4, self.ws_size // 2))
+            score = None
+            target = torch.maximum(INNER_SLACK * self.tol * cert.F, self.floor[rows])
+            F_prev, gap_prev = cert.F, cert.gap
+            on_step = None if self.trace is None else _trace_hook(self.trace, rows, self.n_iter[rows])
+            with _threads(INNER_THREADS if u.device.type == "cpu" else None):
+                budget = self.max_iter - self.n_iter[rows]
+                inner = solve_blocks(ws.G, ws.b, ws.v, lam, xx[rows], target, budget, on_step)
+            ws.v = inner.v
+            real = ws.b > BLOCKED  # padding slots alias atom 0: never write them
+            u.view(-1).index_put_((((rows * m).unsqueeze(1) + ws.idx)[real],), ws.v[real])
+            self.n_iter[rows] += inner.iters
+            self.restarts[rows] += inner.restarts
+            codes = _sparse_rows(ws.idx, ws.v, m)
+            cert = _certificate(_rows(self.x, rows), _rows(c, rows), codes, xx[rows], lam, ops)
+        self.objective[rows] = cert.F
+        self.converged[rows] = cert.gap <= torch.maximum(self.tol * cert.F, self.floor[rows])
+
+    def output(self, dtype: torch.dtype) -> SolveOutput:
+        return SolveOutput(
+            u=self.u.to(dtype),
+            n_iter=self.n_iter,
+            objective=self.objective.to(torch.promote_types(dtype, torch.float32)),
+            converged=self.converged,
+            restarts=self.restarts,
+            trace=self.trace.stack() if self.trace is not None else None,
+        )
+
+
+class _Ops:
+    """The products the solver needs, through the cached Gram when there is one. Codes come as CSR rows (CPU) or
+    dense rows (elsewhere); None means all zero."""
+
+    def __init__(self, atoms: Tensor, gram: Tensor | None) -> None:
+        self.atoms, self.gram = atoms, gram
+
+    def gradient(self, c: Tensor, u: Tensor, residual: Tensor) -> Tensor:
+        """g = rAᵀ = c − uG (a fresh tensor)."""
+        if self.gram is None:
+            return residual @ self.atoms.T
+        return torch.addmm(c, u, self.gram, alpha=-1)
+
+    def cross(self, a_idx: Int[Tensor, "k p"], b_idx: Int[Tensor, "k w"]) -> Float[Tensor, "k p w"]:
+        """⟨a_i, a_j⟩ for i in a_idx[r], j in b_idx[r] (from the Gram; callers without one use atom rows)."""
+        m = self.gram.shape[0]
+        if m * m < 2**31:  # half the index memory
+            a_idx, b_idx = a_idx.int(), b_idx.int()
+        flat = (a_idx.unsqueeze(2) * m + b_idx.unsqueeze(1)).reshape(-1)
+        return self.gram.view(-1).index_select(0, flat).view(*a_idx.shape, b_idx.shape[1])
+
+
+class _WorkingSets:
+    """Per row: atom indices idx [k, w], codes v there, b = c_W − λ (BLOCKED on padding slots), the Gram block G,
+    and without a Gram the gathered atoms A_W [k, w, d_in] (to update blocks without gathering them again)."""
+
+    def __init__(self, idx: Tensor, v: Tensor, b: Tensor, G: Tensor, A_W: Tensor | None) -> None:
+        self.idx, self.v, self.b, self.G, self.A_W = idx, v, b, G, A_W
+
+    @classmethod
+    def build(cls, idx: Tensor, v: Tensor, b: Tensor, ops: _Ops) -> "_WorkingSets":
+        if ops.gram is not None:
+            return cls(idx, v, b, ops.cross(idx, idx), None)
+        k, w = idx.shape
+        A_W = ops.atoms.index_select(0, idx.reshape(-1)).view(k, w, ops.atoms.shape[1])
+        return cls(idx, v, b, torch.bmm(A_W, A_W.transpose(1, 2)), A_W)
+
+    def select(self, keep: Tensor) -> "_WorkingSets":
+        A_W = None if self.A_W is None else self.A_W[keep]
+        return _WorkingSets(self.idx[keep], self.v[keep], self.b[keep], self.G[keep], A_W)
+
+    def add_violators(self, g: Tensor, lam: float, c: Tensor, rows: Tensor, ops: _Ops, max_new: int) -> None:
+        """Put each row's largest KKT violators (g_j > λ, j ∉ W; at most `max_new`) into slots outside its support."""
+        k, w = self.idx.shape
+        # Atoms of W are settled by the block solve; padding slots (atom 0, b = BLOCKED) must not hide atom 0.
+        hide = torch.where(self.b > BLOCKED, -torch.inf, torch.inf).to(g.dtype)
+        g.scatter_reduce_(1, self.idx, hide, reduce="amin")
+        free = self.v <= 0
+        n_free = free.sum(dim=1)
+        # At most max_new per row, and no more than its free slots (at least GROW_MIN): growing copies every block
+        # (and the gathered atoms), so it waits until a row has no room left at all.
+        counts = torch.count_nonzero(g > lam, dim=1).clamp_(max=max_new)
+        counts = torch.minimum(counts, n_free.clamp(min=GROW_MIN))
+        p = int(counts.max()) if k else 0
+        if p == 0:
+            return
+        top = g.topk(p, dim=1, sorted=True)
+        need = int((counts + w - n_free).max())
+        if need > w:
+            self._grow(min(need + GROW_MARGIN, c.shape[1]) - w)
+            free = self.v <= 0
+            k, w = self.idx.shape
+        # The a-th free slot (in slot order) of a row receives its a-th violator.
+        rank = torch.cumsum(free, dim=1) - 1
+        take = free & (rank < counts.unsqueeze(1))
+        slot_atom = top.indices.gather(1, rank.clamp(0, p - 1))
+        self.idx = torch.where(take, slot_atom, self.idx)
+        self.b = torch.where(take, _flat_gather(c, rows, self.idx) - lam, self.b)
+        self.v = torch.where(take, 0.0, self.v)
+        # Slots of the new atoms, padded with a row's first new slot (rewriting it is harmless); rows with none keep
+        # slot 0 and write back what is there.
+        order = torch.argsort((~take).to(torch.int8), dim=1, stable=True)[:, :p]
+        has = take.gather(1, order)
+        slot = torch.where(has, order, order[:, :1])
+        new_idx = self.idx.gather(1, slot)
+        if self.A_W is not None:
+            fresh = ops.atoms.index_select(0, new_idx.reshape(-1)).view(k, p, -1)
+            self.A_W.scatter_(1, slot.unsqueeze(2).expand(-1, -1, self.A_W.shape[2]), fresh)
+            rows_new = torch.bmm(fresh, self.A_W.transpose(1, 2))
+        else:
+            rows_new = ops.cross(new_idx, self.idx)
+        rows_new = torch.where(self.b.unsqueeze(1) > BLOCKED, rows_new, 0.0)  # padding slots stay decoupled
+        any_new = has[:, :1].unsqueeze(2)  # padding repeats the first new slot; rows without one keep their row
+        rows_new = torch.where(any_new, rows_new, self.G.gather(1, slot.unsqueeze(2).expand(-1, -1, w)))
+        self.G.scatter_(1, slot.unsqueeze(2).expand(-1, -1, w), rows_new)
+        self.G.scatter_(2, slot.unsqueeze(1).expand(-1, w, -1), rows_new.transpose(1, 2))
+
+    def _grow(self, extra: int) -> None:
+        """Append `extra` padding slots (atom 0, b = BLOCKED, decoupled: identity rows in G)."""
+        k, w = self.idx.shape
+        dev, dt = self.v.device, self.v.dtype
+        self.idx = torch.cat([self.idx, self.idx.new_zeros(k, extra)], dim=1)
+        self.v = torch.cat([self.v, self.v.new_zeros(k, extra)], dim=1)
+        self.b = torch.cat([self.b, self.b.new_full((k, extra), BLOCKED)], dim=1)
+        G = torch.zeros(k, w + extra, w + extra, dtype=dt, device=dev)
+        G[:, :w, :w] = self.G
+        G[:, w:, w:] = torch.eye(extra, dtype=dt, device=dev)
+        self.G = G
+        if self.A_W is not None:
+            self.A_W = torch.cat([self.A_W, self.A_W.new_zeros(k, extra, self.A_W.shape[2])], dim=1)
+
+
+class _Certificate:
+    def __init__(self, F: Tensor, gap: Tensor, g: Tensor) -> None:
+        self.F, self.gap, self.g = F, gap, g
+
+    def select(self, keep: Tensor) -> "_Certificate":
+        return _Certificate(self.F[keep], self.gap[keep], self.g[keep])
+
+
+def _certificate(x: Tensor, c: Tensor, u: Tensor | None, xx: Tensor, lam: float, ops: _Ops) -> _Certificate:
+    """F(u), the duality gap on the full dictionary, and the full gradient g = rAᵀ (see the module docstring).
+    `u` holds the codes as CSR (CPU) or dense rows; None: all zero."""
+    if u is None:
+        residual, g, l1 = x, c, torch.zeros_like(xx)  # g aliases c: the first round only reads it
+    else:
+        residual = x - u @ ops.atoms
+        g = ops.gradient(c, u, residual)
+        l1 = _row_sums(u)
+    r64 = residual.double()
+    rr = r64.square().sum(dim=1)
+    xr = (x.double() * r64).sum(dim=1)
+    F = 0.5 * rr + lam * l1
+    return _Certificate(F, duality_gap(F, xr, rr, g.amax(dim=1).double(), lam), g)
+
+
+def _row_sums(u: Tensor) -> Tensor:
+    """Per-row sums (fp64) of a CSR or dense matrix."""
+    if u.layout == torch.sparse_csr:
+        values = u.values().double()
+        crow = u.crow_indices()
+        csum = torch.cat([values.new_zeros(1), values.cumsum(0)])
+        return csum[crow[1:]] - csum[crow[:-1]]
+    return u.double().sum(dim=1)
+
+
+def _rows(t: Tensor, rows: Tensor) -> Tensor:
+    return t if rows.numel() == t.shape[0] else t[rows]
+
+
+def _flat_gather(t: Tensor, rows: Tensor, idx: Tensor) -> Tensor:
+    """t[rows[r], idx[r, s]] without copying t[rows]."""
+    return t.view(-1).index_select(0, ((rows * t.shape[1]).unsqueeze(1) + idx).reshape(-1)).view(idx.shape)
+
+
+def _csr(u: Tensor) -> Tensor:
+    """Dense codes as CSR on CPU (other devices keep dense products)."""
+    if u.device.type != "cpu":
+        return u
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+        return u.to_sparse_csr()
+
+
+def _sparse_rows(idx: Int[Tensor, "k w"], v: Float[Tensor, "k w"], m: int) -> Tensor:
+    """The [k, m] codes with v[r, s] at column idx[r, s], non-zeros only: CSR on CPU, dense elsewhere."""
+    if v.device.type != "cpu":
+        return torch.zeros(v.shape[0], m, dtype=v.dtype, device=v.device).scatter_(1, idx, v)
+    nz = v > 0
+    crow = torch.zeros(v.shape[0] + 1, dtype=torch.long, device=v.device)
+    torch.cumsum(nz.sum(dim=1), 0, out=crow[1:])
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+        return torch.sparse_csr_tensor(crow, idx[nz], v[nz], (v.shape[0], m), check_invariants=False)
+
+
+@contextlib.contextmanager
+def _threads(n: int | None) -> Iterator[None]:
+    """Run torch on at most `n` intra-op threads inside the block (None: leave it)."""
+    old = torch.get_num_threads()
+    if n is None or n >= old:
+        yield
+        return
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
+class _Trace:
+    """F per row after each of its inner iterations ([T, N], row 0 = the start), forward-filled."""
+
+    def __init__(self, n: int, device: torch.device) -> None:
+        self.n, self.device = n, device
+        self.entries: list[tuple[Tensor, Tensor, Tensor]] = []
+
+    def record(self, rows: Tensor, at: Tensor, F: Tensor) -> None:
+        self.entries.append((rows.clone(), at.clone(), F.double().clone()))
+
+    def stack(self) -> Tensor:
+        T = 1 + max((int(a.max()) for _, a, _ in self.entries if a.numel()), default=0)
+        out = torch.full((T, self.n), math.nan, dtype=torch.float64, device=self.device)
+        for rows, at, F in self.entries:
+            out[at, rows] = F
+        for i in range(1, T):
+            out[i] = torch.where(torch.isnan(out[i]), out[i - 1], out[i])
+        return out.float()
+
+
+def _trace_hook(trace: _Trace, rows: Tensor, iter0: Tensor):
+    def on_step(at: Tensor, iters: Tensor, F: Tensor) -> None:
+        trace.record(rows[at], iter0[at] + iters, F)
+
+    return on_step
