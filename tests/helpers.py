@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import importlib
 import os
+import re
+import subprocess
 import importlib.machinery
 import importlib.util
 import sys
@@ -329,3 +331,22 @@ def toy_tokens(n_rows: int = 8, ctx: int = 48, *, seed: int = 2):
             break
     body = torch.tensor(stream[: n_rows * (ctx - 1)], dtype=torch.long).reshape(n_rows, ctx - 1)
     return torch.cat([torch.full((n_rows, 1), tokenizer.bos_token_id, dtype=torch.long), body], dim=1)
+
+
+# --- the CLI in a subprocess ----------------------------------------------------------------------------------------
+
+
+def saeamort(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    full_env = {**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})}
+    return subprocess.run(
+        [sys.executable, "-m", "saelens_amort", *args], capture_output=True, text=True, env=full_env, timeout=300
+    )
+
+
+def assert_user_error(proc: subprocess.CompletedProcess, pattern: str) -> None:
+    assert proc.returncode == 2, (proc.returncode, proc.stderr)
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert "Traceback" not in proc.stderr, proc.stderr
+    errors = [ln for ln in lines if ln.startswith("saeamort: error: ")]
+    assert len(errors) == 1, proc.stderr
+    assert re.search(pattern, errors[0]), errors[0]

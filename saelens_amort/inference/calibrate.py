@@ -63,18 +63,21 @@ def calibrate_lambda(
     tol: float = 0.05,
     steps: int | None = None,
     max_evals: int = 30,
+    strict: bool = True,
     **options: Any,
 ) -> Calibration:
     """λ such that `mode`'s density on `x_cal` matches `target` within relative `tol` (see the module docstring).
 
-    `options` go to the mode (solver tol, init, solver=…). Raises SaeAmortError when the target cannot be bracketed.
+    `options` go to the mode (solver tol, init, solver=…). A target no λ can reach (e.g. a mean L0 near d_in, above
+    what the lasso gives even at tiny λ) raises SaeAmortError, or with `strict=False` warns and returns the λ that
+    came closest (`achieved` says how close).
     """
     dictionary = resolve_dictionary(sae_or_dictionary)
     x, _, _ = _validate_x(x_cal, dictionary, "raise")
     solver_tol = options.pop("solver_tol", 1e-4)
     init = options.pop("init", None)
     opts = ModeOptions(steps=steps, tol=solver_tol, init=init, extra=options)
-    cal, _ = calibrate_options(x, dictionary, mode, opts, target=target, tol=tol, max_evals=max_evals)
+    cal, _ = calibrate_options(x, dictionary, mode, opts, target=target, tol=tol, max_evals=max_evals, strict=strict)
     return cal
 
 
@@ -87,6 +90,7 @@ def calibrate_options(
     target: str | float = "l0",
     tol: float = 0.05,
     max_evals: int = 30,
+    strict: bool = True,
 ) -> tuple[Calibration, ModeOptions]:
     """Calibrate λ for `mode` run with `opts` on validated rows x; returns the record and `opts` with λ set."""
     spec = get_mode(mode)
@@ -123,10 +127,12 @@ def calibrate_options(
     lam = lam_max / 10
     while lo is None:
         if n_evals >= max_evals or lam < lam_max * LAM_FLOOR:
-            raise SaeAmortError(
-                f"could not bracket the {mode} density target {target_value:.4g} ({target!r}): "
-                f"λ={best[1]:.3g} reached {best[2]:.4g} (λ_max={lam_max:.3g}, {n_evals} evaluations)"
-            )
+            msg = (f"could not bracket the {mode} density target {target_value:.4g} ({target!r}): "
+                   f"λ={best[1]:.3g} reached {best[2]:.4g} (λ_max={lam_max:.3g}, {n_evals} evaluations)")
+            if strict:
+                raise SaeAmortError(msg)
+            warnings.warn(f"{msg}; using the closest λ", stacklevel=3)
+            return _done(best[1], target, target_value, best[2], n_evals, opts)
         d = density(lam)
         best = min(best, (abs(d - target_value), lam, d))
         if close(d):

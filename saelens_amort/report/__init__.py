@@ -6,7 +6,9 @@ from saelens_amort.report.figures import (
     gap_distribution,
     metric_bars,
     pareto_scatter,
+    metric_lines,
     semi_curves,
+    step_curves,
 )
 from saelens_amort.report.html import Section, render, table_html, write_report
 
@@ -18,7 +20,9 @@ __all__ = [
     "metric_bars",
     "pareto_scatter",
     "render",
+    "metric_lines",
     "semi_curves",
+    "step_curves",
     "table_html",
     "write_report",
 ]

@@ -126,25 +126,37 @@ def cost_quality(df: pd.DataFrame, cost: str = "flops_per_token", quality: str =
     return fig
 
 
-def semi_curves(df: pd.DataFrame, metrics: Sequence[str], steps: str = "semi_steps") -> go.Figure | None:
-    """Metric vs semi-amortized steps K, one line per SAE; a dropdown picks the metric."""
-    metrics = [m for m in metrics if m in df.columns]
-    if df.empty or steps not in df.columns or not metrics:
+def metric_lines(df: pd.DataFrame, metrics: Sequence[str], x: str, group: str, x_title: str,
+                 log_x: bool = False) -> go.Figure | None:
+    """Metric vs `x`, one line per value of `group`; a dropdown picks the metric."""
+    metrics = [m for m in metrics if m in df.columns and df[m].notna().any()]
+    if df.empty or x not in df.columns or group not in df.columns or not metrics:
         return None
-    saes = list(dict.fromkeys(df["sae"]))
+    groups = list(dict.fromkeys(df[group]))
     fig = go.Figure()
     for mi, metric in enumerate(metrics):
-        for sae in saes:
-            sub = df[df["sae"] == sae].sort_values(steps)
+        for g in groups:
+            sub = df[df[group] == g].sort_values(x)
             fig.add_scatter(
-                x=sub[steps], y=sub[metric], mode="lines+markers", name=sae, visible=mi == 0,
-                hovertemplate=f"{sae}<br>K %{{x}}<br>{metric} %{{y:.4g}}<extra></extra>",
+                x=sub[x], y=sub[metric], mode="lines+markers", name=str(g), visible=mi == 0,
+                line=dict(color=_color(str(g))),
+                hovertemplate=f"{g}<br>{x_title} %{{x}}<br>{metric} %{{y:.4g}}<extra></extra>",
             )
-    n = len(saes)
+    n = len(groups)
     visible = [[j // n == i for j in range(len(metrics) * n)] for i in range(len(metrics))]
     fig.update_layout(
-        title=f"{metrics[0]} vs semi-amortized steps", xaxis_title="K (steps)", yaxis_title=metrics[0],
-        updatemenus=_dropdown(metrics, visible, [{"title": f"{m} vs semi-amortized steps", "yaxis.title": m}
-                                                 for m in metrics]),
+        title=f"{metrics[0]} vs {x_title}", xaxis_title=x_title, yaxis_title=metrics[0],
+        xaxis_type="log" if log_x else None,
+        updatemenus=_dropdown(metrics, visible, [{"title": f"{m} vs {x_title}", "yaxis.title": m} for m in metrics]),
     )
     return fig
+
+
+def semi_curves(df: pd.DataFrame, metrics: Sequence[str], steps: str = "semi_steps") -> go.Figure | None:
+    """Metric vs semi-amortized steps K, one line per SAE; a dropdown picks the metric."""
+    return metric_lines(df, metrics, steps, "sae", "semi-amortized steps K")
+
+
+def step_curves(df: pd.DataFrame, metrics: Sequence[str], step: str = "step") -> go.Figure | None:
+    """Metric vs training step of the SAE checkpoints, one line per mode; a dropdown picks the metric."""
+    return metric_lines(df, metrics, step, "mode", "training step")

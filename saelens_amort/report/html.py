@@ -35,7 +35,8 @@ class Section:
 
 
 def table_html(df: pd.DataFrame, float_format: str = "{:.4g}") -> str:
-    return df.to_html(index=False, border=0, float_format=lambda v: float_format.format(v), na_rep="—")
+    table = df.to_html(index=False, border=0, float_format=lambda v: float_format.format(v), na_rep="—")
+    return f'<div style="overflow-x:auto">{table}</div>'
 
 
 def render(title: str, sections: Sequence[Section], provenance: dict | None = None) -> str:
@@ -59,6 +60,13 @@ def render(title: str, sections: Sequence[Section], provenance: dict | None = No
             f"<style>{_CSS}</style></head><body>{''.join(parts)}</body></html>")
 
 
+def readable_file_mode() -> int:
+    """0o666 minus the process umask (mkstemp's 0o600 would make reports private to the writer)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 def write_report(path: Path, title: str, sections: Sequence[Section], provenance: dict | None = None) -> Path:
     """Write the report to `path` via a temporary file and a rename: a reader never sees half a report."""
     path = Path(path)
@@ -67,6 +75,7 @@ def write_report(path: Path, title: str, sections: Sequence[Section], provenance
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(render(title, sections, provenance))
+        os.chmod(tmp, readable_file_mode())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -209,8 +209,8 @@ def read_dictionary_learning_config(path: str | Path) -> dict[str, Any]:
     return cfg
 
 
-def _read_state(path: Path) -> StateDict:
-    ae_path = path / AE_FILENAME
+def _read_state(path: Path, weights: Path | None = None) -> StateDict:
+    ae_path = weights if weights is not None else path / AE_FILENAME
     if not ae_path.is_file():
         raise SaeAmortError(f"{ae_path} not found; a dictionary_learning SAE directory needs {_FILES}")
     try:
@@ -263,17 +263,18 @@ def _metadata(cfg: dict[str, Any], state: StateDict) -> SAEMetadata:
 
 
 def load_dictionary_learning_sae(
-    path: str | Path, device: str = "cpu", dtype: torch.dtype | None = None
+    path: str | Path, device: str = "cpu", dtype: torch.dtype | None = None, *, weights: str | Path | None = None
 ) -> SAE:
     """Load a dictionary_learning directory as the matching SAE-Lens inference SAE (see the module table).
 
+    `weights` replaces the directory's `ae.pt` (e.g. an intermediate `checkpoints/ae_<step>.pt` of that run).
     `dtype=None` keeps the checkpoint's floating dtype.
     """
     p = Path(path).expanduser()
     if not p.is_dir():
         raise SaeAmortError(f"{p} is not a directory; pass the folder holding {AE_FILENAME} and {CONFIG_FILENAME}")
     cfg = read_dictionary_learning_config(p)
-    state = _read_state(p)
+    state = _read_state(p, None if weights is None else Path(weights).expanduser())
     trainer = cfg["trainer"]
     dict_class = trainer["dict_class"]
     converter = CONVERTERS.get(dict_class)

@@ -5,6 +5,8 @@ Spec forms, tried in this order:
 - `toy/<family>`: the SAE shipped with the embedded toy world (SAE-Lens disk format).
 - an existing local directory: SAE-Lens format (`cfg.json` + `sae_weights.safetensors`) or dictionary_learning
   format (`ae.pt` + `config.json`, converted by `saes.dictionary_learning`).
+- `saebench:[WIDTH/]FAMILY/trainer_I`: a SAEBench pythia-160m-deduped layer-8 SAE (`saes.suites`), fetched into the
+  Hugging Face cache and converted like any dictionary_learning directory.
 - `release/sae_id`: an SAE-Lens pretrained release, split on the first "/" (sae_ids may contain slashes).
 """
 
@@ -23,6 +25,7 @@ from sae_lens import SAE
 from sae_lens.constants import SAE_CFG_FILENAME, SAE_WEIGHTS_FILENAME
 
 from saelens_amort.errors import SaeAmortError
+from saelens_amort.saes import suites
 from saelens_amort.saes.dictionary_learning import (
     AE_FILENAME,
     CONFIG_FILENAME,
@@ -93,7 +96,12 @@ def _load_sae_lens_dir(path: Path, device: str, dtype: torch.dtype | None) -> SA
 
 def _load_local(path: Path, device: str, dtype: torch.dtype | None) -> SAE:
     if path.is_file():
-        raise SaeAmortError(f"{path} is a file; pass the directory that holds it")
+        # dictionary_learning's intermediate checkpoints: <run>/checkpoints/ae_<step>.pt next to <run>/config.json
+        run_dir = next((d for d in (path.parent, path.parent.parent) if (d / CONFIG_FILENAME).is_file()), None)
+        if path.suffix == ".pt" and run_dir is not None:
+            return load_dictionary_learning_sae(run_dir, device=device, dtype=dtype, weights=path)
+        raise SaeAmortError(f"{path} is a file; pass the directory that holds it (or a dictionary_learning "
+                            f"ae_<step>.pt with {CONFIG_FILENAME} in its folder or the one above)")
     if (path / SAE_CFG_FILENAME).is_file() and (path / SAE_WEIGHTS_FILENAME).is_file():
         return _load_sae_lens_dir(path, device, dtype)
     if is_dictionary_learning_dir(path):
@@ -169,6 +177,8 @@ def load_sae(spec: str | Path, *, device: str = "cpu", dtype: torch.dtype | None
     spec = spec.strip()
     if spec.startswith(TOY_PREFIX):
         return _load_toy(spec[len(TOY_PREFIX):], device, dtype)
+    if spec.startswith(suites.PREFIX):
+        return _load_local(suites.fetch(spec), device, dtype)
     path = Path(spec).expanduser()
     if spec and path.exists():
         return _load_local(path, device, dtype)
@@ -179,7 +189,7 @@ def load_sae(spec: str | Path, *, device: str = "cpu", dtype: torch.dtype | None
         return _load_pretrained(release, sae_id, device, dtype)
     raise SaeAmortError(
         f"cannot interpret SAE spec {spec!r}; use toy/<family> ({', '.join(TOY_SAE_FAMILIES)}), "
-        "an SAE directory, or an SAE-Lens release/sae_id"
+        "an SAE directory, saebench:FAMILY/trainer_I, or an SAE-Lens release/sae_id"
     )
 
 

@@ -8,25 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from helpers import assert_user_error, saeamort
+
 from saelens_amort.activations import ActivationStore
-
-
-def saeamort(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    full_env = {**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})}
-    return subprocess.run(
-        [sys.executable, "-m", "saelens_amort", *args], capture_output=True, text=True, env=full_env, timeout=300
-    )
-
-
-def assert_user_error(proc: subprocess.CompletedProcess, pattern: str) -> None:
-    assert proc.returncode == 2, (proc.returncode, proc.stderr)
-    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
-    assert "Traceback" not in proc.stderr, proc.stderr
-    errors = [ln for ln in lines if ln.startswith("saeamort: error: ")]
-    assert len(errors) == 1, proc.stderr
-    import re
-
-    assert re.search(pattern, errors[0]), errors[0]
 
 
 @pytest.fixture(scope="module")

@@ -71,6 +71,9 @@ def test_calibration_failures_say_what_was_reached():
     x = sparse_signals(d, 16, l0=4, seed=12)
     with pytest.raises(SaeAmortError, match="could not bracket .* reached"):
         calibrate_lambda(x, d, target=128.0, max_evals=4)  # every latent on every row: out of reach
+    with pytest.warns(UserWarning, match="using the closest λ"):
+        closest = calibrate_lambda(x, d, target=128.0, max_evals=4, strict=False)
+    assert 0 < closest.achieved < 128.0 and closest.lam > 0
     with pytest.raises(SaeAmortError, match="takes no λ"):
         calibrate_lambda(x, d, "amortized", target=4.0)
     for bad in ("dense@2", "l1", 0.0, 1000.0):

@@ -1,0 +1,101 @@
+"""`saeamort eval` and `saeamort sweep-semi`: the amortization analysis — every SAE × inference mode (or × semi steps),
+metrics table and HTML report."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from saelens_amort.cli import app
+from saelens_amort.errors import SaeAmortError
+
+SHOWN = ("nmse", "l0", "dead_rate", "real/f1@1", "real/absorption_rate", "gap_mean", "ce_recovered", "kl")
+
+MODEL = typer.Option("pythia-160m-deduped", help="TransformerLens name, local HF checkpoint dir, or 'toy'.")
+LAYER = typer.Option(8, help="Block whose hook_resid_post the SAEs read (toy: 2).")
+HOOK = typer.Option(None, help="Any hook name instead of --layer.")
+SAE = typer.Option([], help="SAE spec: toy/<family>, saebench:[WIDTH/]FAMILY/trainer_I, RELEASE/SAE_ID; repeatable.")
+SAE_PATH = typer.Option([], help="Local SAE-Lens or dictionary_learning SAE directory; repeatable.")
+TOKENS = typer.Option(20_000, help="Activation rows evaluated.")
+CALIB = typer.Option(2048, help="Rows of the λ-calibration slice.")
+SOURCE = typer.Option(None, help="Text source: toy, a .txt/.jsonl/.parquet file, hf:DATASET (default: toy for toy, "
+                                 "the Pile otherwise).")
+TARGET = typer.Option("l0", help="λ target: l0 (match the encoder's mean L0) or dense@0.1.")
+BATCH = typer.Option(1024, help="Activation rows per inference batch.")
+SPLICE = typer.Option(16, help="Sequences for spliced CE/KL (0 skips).")
+OUT = typer.Option(None, help="Output directory (default runs/<command>-<model>).")
+OVERWRITE = typer.Option(False, help="Replace results of a different config in --out.")
+DEVICE = typer.Option("cpu", help="cpu, cuda or cuda:N.")
+SEED = typer.Option(0, help="Seed of the toy corpus stream.")
+
+
+@app.command("eval")
+def eval_command(
+    model: str = MODEL, layer: Optional[int] = LAYER, hook: Optional[str] = HOOK, sae: List[str] = SAE,
+    sae_path: List[Path] = SAE_PATH,
+    modes: str = typer.Option("amortized,semi,unamortized", help="Comma-separated registered modes."),
+    semi_steps: int = typer.Option(30, help="K for the semi-amortized mode."),
+    tokens: int = TOKENS, calib_tokens: int = CALIB, source: Optional[str] = SOURCE, lambda_target: str = TARGET,
+    batch_size: int = BATCH, splice_sequences: int = SPLICE, out: Optional[Path] = OUT, overwrite: bool = OVERWRITE,
+    device: str = DEVICE, seed: int = SEED,
+) -> None:
+    """Compare encoder codes with sparse-coding codes on the same dictionary; write results.{parquet,csv,json} and
+    report.html."""
+    mode_list = tuple(m.strip() for m in modes.split(",") if m.strip())
+    _run("eval", out, overwrite, model=model, layer=layer, hook=hook, sae=sae, sae_path=sae_path, modes=mode_list,
+         semi_steps=semi_steps, tokens=tokens, calib_tokens=calib_tokens, source=source, lambda_target=lambda_target,
+         batch_size=batch_size, splice_sequences=splice_sequences, seed=seed, device=device)
+
+
+@app.command("sweep-semi")
+def sweep_semi_command(
+    steps: str = typer.Option("5,10,25,50", help="Comma-separated semi-amortized step counts K."),
+    model: str = MODEL, layer: Optional[int] = LAYER, hook: Optional[str] = HOOK, sae: List[str] = SAE,
+    sae_path: List[Path] = SAE_PATH, tokens: int = TOKENS, calib_tokens: int = CALIB, source: Optional[str] = SOURCE,
+    lambda_target: str = TARGET, batch_size: int = BATCH, splice_sequences: int = SPLICE, out: Optional[Path] = OUT,
+    overwrite: bool = OVERWRITE, device: str = DEVICE, seed: int = SEED,
+) -> None:
+    """Metrics against the number of semi-amortized steps K (amortized = K 0, unamortized = converged), one λ per
+    SAE; same outputs as eval, with the semi-steps curves in report.html."""
+    try:
+        ks = tuple(int(k) for k in steps.split(",") if k.strip())
+    except ValueError:
+        raise SaeAmortError(f"--steps must be comma-separated integers, got {steps!r}") from None
+    if not ks:
+        raise SaeAmortError("--steps needs at least one K")
+    _run("sweep-semi", out, overwrite, model=model, layer=layer, hook=hook, sae=sae, sae_path=sae_path,
+         modes=("amortized", "semi", "unamortized"), semi_sweep=ks, tokens=tokens, calib_tokens=calib_tokens,
+         source=source, lambda_target=lambda_target, batch_size=batch_size, splice_sequences=splice_sequences,
+         seed=seed, device=device)
+
+
+def _run(command: str, out: Path | None, overwrite: bool, *, model: str, layer: int | None, hook: str | None,
+         sae: list[str], sae_path: list[Path], **options) -> None:
+    from saelens_amort.runners.eval import EvalConfig, run_eval
+
+    if model == "toy" and layer == 8 and hook is None:
+        layer = 2  # the toy SAEs read its middle block; --layer 8 is the paper's pythia setting
+    specs = tuple(sae) + tuple(str(p) for p in sae_path)
+    cfg = EvalConfig(model=model, layer=layer, hook=hook, saes=specs, **options)
+    out = out or Path("runs") / f"{command}-{Path(model).name}"
+    df = run_eval(cfg, out, overwrite=overwrite)
+    print_table(df)
+    Console().print(f"results and report in {out}/ (report.html)")
+
+
+def print_table(df, first: tuple[str, ...] = ()) -> None:
+    """The headline metrics, one line per SAE × mode."""
+    table = Table(*first, "SAE", "mode", *SHOWN)
+    for row in df.to_dict("records"):
+        table.add_row(*[_fmt(row.get(c)) for c in (*first, "sae", "mode", *SHOWN)])
+    Console().print(table)
+
+
+def _fmt(v) -> str:
+    if v is None or (isinstance(v, float) and v != v):
+        return "—"
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
