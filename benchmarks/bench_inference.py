@@ -60,7 +60,7 @@ MODES = (
     ("unamortized", {}),
     ("unamortized", {"solver": "fista"}),
     ("semi", {}),
-    ("semi", {"solver": "fista"}),
+    ("semi", {"solver": "working_set"}),
     ("omp", {}),
     ("mp", {}),
 )
@@ -294,6 +294,7 @@ def bench_d_sae(args: argparse.Namespace, d_sae: int) -> None:
         summary["a_target"] = TARGET_SPEEDUP
     summary["b_encoder_equivalents_unamortized"] = modes["unamortized"]["encoder_equivalents"]
     summary["b_encoder_equivalents_semi"] = modes["semi"]["encoder_equivalents"]
+    summary["b_encoder_equivalents_semi_working_set"] = modes["semi_working_set"]["encoder_equivalents"]
     summary["b_targets"] = {"unamortized": TARGET_ENC_EQ_UNAMORTIZED, "semi": TARGET_ENC_EQ_SEMI}
     flops = bench_flops(p, args)
     emit(flops)

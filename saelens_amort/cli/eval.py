@@ -21,7 +21,7 @@ HOOK = typer.Option(None, help="Any hook name instead of --layer.")
 SAE = typer.Option([], help="SAE spec: toy/<family>, saebench:[WIDTH/]FAMILY/trainer_I, RELEASE/SAE_ID; repeatable.")
 SAE_PATH = typer.Option([], help="Local SAE-Lens or dictionary_learning SAE directory; repeatable.")
 TOKENS = typer.Option(20_000, help="Activation rows evaluated.")
-CALIB = typer.Option(2048, help="Rows of the λ-calibration slice.")
+CALIB = typer.Option(1024, help="Rows of the λ-calibration slice.")
 SOURCE = typer.Option(None, help="Text source: toy, a .txt/.jsonl/.parquet file, hf:DATASET (default: toy for toy, "
                                  "the Pile otherwise).")
 TARGET = typer.Option("l0", help="λ target: l0 (match the encoder's mean L0) or dense@0.1.")
@@ -92,7 +92,7 @@ def print_table(df, first: tuple[str, ...] = ()) -> None:
     table = Table(*first, "SAE", "mode", *SHOWN)
     for row in df.to_dict("records"):
         table.add_row(*[_fmt(row.get(c)) for c in (*first, "sae", "mode", *SHOWN)])
-    Console().print(table)
+    Console(width=max(Console().width, 150)).print(table)
 
 
 def _fmt(v) -> str:

@@ -27,6 +27,9 @@ from torch import Tensor
 FISTA_WARMUP = 6
 """FISTA steps before the first Newton step of a block solve (they find most of the support)."""
 
+NEWTON_ENTRANTS = 1
+"""KKT violators that join the face of a Newton step (the largest ones)."""
+
 NEWTON_STEPS = (1.0, 0.5, 0.25)
 """Step lengths tried along the Newton direction (projected onto v ≥ 0); the best one is kept."""
 
@@ -164,7 +167,8 @@ def _newton_step(st: dict[str, Tensor], rows: Tensor, lam: float) -> None:
     G, b, v, Gv = st["G"][sel], st["b"][sel], st["v"][sel], st["Gv"][sel]
     xx, F, gap, noise = st["xx"][sel], st["F"][sel], st["gap"][sel], st["noise"][sel]
     viol = b - Gv  # > 0: the coordinate wants to enter
-    top = viol.argmax(dim=1, keepdim=True)
+    m = min(NEWTON_ENTRANTS, viol.shape[1])
+    top = viol.topk(m, dim=1).indices if m > 1 else viol.argmax(dim=1, keepdim=True)
     S = (v > 0) | torch.zeros_like(v, dtype=torch.bool).scatter_(1, top, viol.gather(1, top) > 0)
     z, ok = _face_minimiser(G, b, S)
     d = torch.where(S & ok.unsqueeze(1), z - v, 0.0)

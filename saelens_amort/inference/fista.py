@@ -258,10 +258,11 @@ def run(
     *,
     default_init: str | None,
     default_steps: int,
+    default_solver: str = DEFAULT_SOLVER,
 ) -> InferenceResult:
     """Shared body of the unamortized and semi modes: chunk rows, warm start, solve, map codes to SAE space.
 
-    Options: solver ('working_set' default, 'fista', 'ista'), restart (dense FISTA), return_trace, batch_rows;
+    Options: solver (`default_solver`: 'working_set' for unamortized, 'fista' for semi; or 'ista'), restart (dense FISTA), return_trace, batch_rows;
     for the working-set solver also ws_size (smallest working set), gram ('auto': use the cached d_sae² Gram when
     it fits max_gram_bytes and the rows pay for building it; True; False) and max_gram_bytes.
     """
@@ -272,7 +273,7 @@ def run(
     batch_rows = options.option("batch_rows", DEFAULT_BATCH_ROWS)
     if not isinstance(batch_rows, int) or isinstance(batch_rows, bool) or batch_rows < 1:
         raise SaeAmortError(f"batch_rows must be a positive integer, got {batch_rows!r}")
-    solver = options.option("solver", DEFAULT_SOLVER)
+    solver = options.option("solver", default_solver)
     if solver not in MODE_SOLVERS:
         raise SaeAmortError(f"solver must be one of {', '.join(MODE_SOLVERS)}, got {solver!r}")
     init = default_init if options.init is None else options.init

@@ -142,11 +142,14 @@ def spliced_metrics(
     lam: float | None,
     keep_error: bool,
     reference: SpliceReference | None = None,
+    cache: dict | None = None,
     **infer_kwargs: Any,
 ) -> SpliceResult:
     """CE clean / spliced / zero-ablated, CE recovered and KL to the clean model for `mode` (module docstring).
 
     reference: `splice_reference(model, tokens, hook_name)` to reuse across modes (computed when None).
+    cache: a dict shared by calls on the same SAE, tokens and hook (e.g. with and without the error term): codes are
+    inferred once per mode and options (the hook's input is the clean activation, the same in every call).
     infer_kwargs: passed to `infer` (steps, tol, k, …).
     """
     from saelens_amort.inference import infer, resolve_dictionary
@@ -165,13 +168,22 @@ def spliced_metrics(
         u = dictionary.from_sae_codes(codes.to(dictionary.atoms.dtype))
         return dictionary.decode_to_input_space(u, x)
 
+    memo = cache if cache is not None else {}
+
+    def codes_of(x: Tensor, mode: str, lam: float | None, **kwargs: Any):
+        key = (mode, lam, tuple(sorted(kwargs.items())), tuple(x.shape))
+        if key not in memo:
+            memo[key] = infer(x, sae_or_dictionary if mode != "amortized" else dictionary.sae or sae_or_dictionary,
+                              mode, lam=lam, **kwargs)
+        return memo[key]
+
     def splice(act: Tensor, hook: Any) -> Tensor:
         x = act[ref.replace]
-        result = infer(x, sae_or_dictionary, mode, lam=lam, **infer_kwargs)
+        result = codes_of(x, mode, lam, **infer_kwargs)
         used_lam.append(result.lam)
         recon = decode(x, result.codes)
         if keep_error:
-            amortized = recon if mode == "amortized" else decode(x, infer(x, dictionary.sae, "amortized").codes)
+            amortized = recon if mode == "amortized" else decode(x, codes_of(x, "amortized", None).codes)
             new = x + (recon - amortized).to(x.dtype)
         else:
             new = recon

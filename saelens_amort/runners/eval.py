@@ -66,7 +66,7 @@ class EvalConfig:
     """`sweep-semi`: evaluate the semi mode at each of these K instead of `semi_steps` (one row each)."""
     tokens: int = 20_000
     """Activation rows evaluated (BOS and padding excluded)."""
-    calib_tokens: int = 2048
+    calib_tokens: int = 1024
     """Rows of the calibration slice used to choose λ (the first rows of the stream)."""
     source: str | None = None
     """Text source (default: the toy corpus for the toy model, the Pile for real models)."""
@@ -200,7 +200,7 @@ def evaluate_sae(spec: str, sae, model, store, hook: str, cfg: EvalConfig, splic
             gaps.append((results["amortized"].objective - star.objective).cpu().numpy())
 
     reference = splice_reference(model, splice_toks, hook) if splice_toks is not None else None
-    rows, freqs = [], {}
+    rows, freqs, splice_cache = [], {}, {}
     for v in variants:
         row: dict[str, Any] = {"sae": spec, "mode": v.label, "inference_mode": v.mode, "semi_steps": v.steps,
                                "architecture": sae.cfg.architecture(), "lam": lam, "lambda_target": cfg.lambda_target,
@@ -215,7 +215,7 @@ def evaluate_sae(spec: str, sae, model, store, hook: str, cfg: EvalConfig, splic
         if reference is not None:
             for keep in (False, True):
                 sp = spliced_metrics(model, sae, v.mode, splice_toks, hook, lam=lam, keep_error=keep,
-                                     reference=reference, **v.options)
+                                     reference=reference, cache=splice_cache, **v.options)
                 tag = "_keep_error" if keep else ""
                 row.update({"ce_clean": sp.ce_clean, "ce_zero": sp.ce_zero, f"ce_spliced{tag}": sp.ce_spliced,
                             f"ce_recovered{tag}": sp.ce_recovered, f"kl{tag}": sp.kl})
