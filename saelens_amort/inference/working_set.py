@@ -63,6 +63,9 @@ FLOOR = 16
 GAP_PROGRESS = 0.999
 """A row whose round lowers F only within rounding must shrink its gap at all (by this factor) to go on."""
 
+NEW_PER_ROUND = 0.5
+"""At most NEW_PER_ROUND · ws_size KKT violators (and at least 4) join a row's working set per round."""
+
 GROW_MIN = 1
 """A row with violators always gets at least this many per round, growing W if it has no free slot."""
 
@@ -169,7 +172,7 @@ class _Run:
                 idx = score.topk(w, dim=1, sorted=False).indices
                 ws = _WorkingSets.build(idx, _flat_gather(u, rows, idx), _flat_gather(c, rows, idx) - lam, ops)
             else:
-                ws.add_violators(cert.g, lam, c, rows, ops, max(4, self.ws_size // 2))
+                ws.add_violators(cert.g, lam, c, rows, ops, max(4, int(NEW_PER_ROUND * self.ws_size)))
             score = None
             target = torch.maximum(INNER_SLACK * self.tol * cert.F, self.floor[rows])
             F_prev, gap_prev = cert.F, cert.gap

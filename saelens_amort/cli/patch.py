@@ -1,0 +1,78 @@
+"""`saeamort patch`: ablate / amplify / set SAE latents and generate original vs patched text side by side."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from saelens_amort.cli import app
+from saelens_amort.cli.eval import DEVICE, HOOK, LAYER, MODEL
+
+
+@app.command("patch")
+def patch_command(
+    prompt: List[str] = typer.Option(..., help="Prompt to continue; repeatable."),
+    sae: Optional[str] = typer.Option(None, help="SAE spec or directory (default for toy: toy/topk)."),
+    ablate: List[str] = typer.Option([], help="Latents to zero, e.g. 12,34; repeatable."),
+    amplify: List[str] = typer.Option([], help="LATENT:FACTOR pairs, e.g. 56:3.0; repeatable."),
+    set_: List[str] = typer.Option([], "--set", help="LATENT:VALUE pairs, e.g. 78:5.0; repeatable."),
+    mode: str = typer.Option("amortized", help="Inference mode that gives the codes to edit."),
+    lam: Optional[float] = typer.Option(None, help="λ for λ-modes (default: calibrated on the prompts to the "
+                                                   "encoder's L0)."),
+    max_new_tokens: int = typer.Option(20, help="Tokens generated per continuation."),
+    sample: bool = typer.Option(False, help="Sample (seeded) instead of greedy decoding."),
+    seed: int = typer.Option(0, help="Sampling seed."),
+    model: str = MODEL, layer: Optional[int] = LAYER, hook: Optional[str] = HOOK, device: str = DEVICE,
+    out: Optional[Path] = typer.Option(None, help="Also write patch.csv and report.html here."),
+) -> None:
+    """Generate each prompt's continuation with and without the latent edit (SAE error term kept)."""
+    from saelens_amort.errors import SaeAmortError
+    from saelens_amort.interventions import parse_edit, patch_generate
+    from saelens_amort.interventions.report import write_patch_outputs
+    from saelens_amort.models import load_model
+    from saelens_amort.saes import check_sae_fits, load_sae
+
+    ablate, amplify, set_ = (",".join(v) for v in (ablate, amplify, set_))
+    edit = parse_edit(ablate, amplify, set_)
+    if not edit.latents:
+        raise SaeAmortError("give at least one latent with --ablate, --amplify or --set")
+    if sae is None:
+        if model != "toy":
+            raise SaeAmortError("--sae is required for models other than the toy")
+        sae = "toy/topk"
+    lm = load_model(model, device=device)
+    sae_obj = load_sae(sae, device=device)
+    hook_name = hook or (f"blocks.{layer if model != 'toy' or layer != 8 else 2}.hook_resid_post")
+    check_sae_fits(sae_obj, lm, hook_name)
+    if lam is None and mode != "amortized":
+        lam = _calibrate_on_prompts(lm, sae_obj, hook_name, prompt, mode)
+    rows = patch_generate(lm, sae_obj, edit, prompt, max_new_tokens=max_new_tokens, greedy=not sample, seed=seed,
+                          hook_name=hook_name, mode=mode, lam=lam)
+    table = Table("prompt", "original", "patched", show_lines=True)
+    for r in rows:
+        table.add_row(r.prompt, r.original, r.patched)
+    Console(width=max(Console().width, 120)).print(table)
+    if out is not None:
+        write_patch_outputs(Path(out), rows, {"model": model, "sae": sae, "hook": hook_name, "mode": mode, "lam": lam,
+                                             "ablate": ablate, "amplify": amplify, "set": set_, "seed": seed,
+                                             "greedy": not sample, "max_new_tokens": max_new_tokens})
+        Console().print(f"patch.csv and report.html in {out}/")
+
+
+def _calibrate_on_prompts(model, sae, hook_name: str, prompts: list[str], mode: str) -> float:
+    import torch
+
+    from saelens_amort.inference import calibrate_lambda, get_mode
+
+    if not get_mode(mode).needs_lambda:
+        return None
+    acts = []
+    with torch.no_grad():
+        for p in prompts:
+            _, cache = model.run_with_cache(model.to_tokens(p), names_filter=hook_name)
+            acts.append(cache[hook_name][0, 1:])
+    return calibrate_lambda(torch.cat(acts), sae, mode, strict=False).lam
