@@ -1,0 +1,73 @@
+"""`saeamort select-latents` and `saeamort tpp`: targeted probe perturbation with any inference mode."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+
+from saelens_amort.cli import app
+from saelens_amort.cli.eval import DEVICE, HOOK, SEED, SOURCE, TOKENS
+
+MODEL = typer.Option("toy", help="TransformerLens name, local HF checkpoint dir, or 'toy'.")
+LAYER = typer.Option(2, help="Block whose hook_resid_post the SAE reads.")
+SAE = typer.Option(None, help="SAE spec or directory (default for toy: toy/topk).")
+POOLING = typer.Option("mean", help="Pool tokens per document: mean or last.")
+
+
+def _cfg(**kw):
+    from saelens_amort.runners.tpp import TppConfig
+
+    return TppConfig(**kw)
+
+
+@app.command("select-latents")
+def select_latents_command(
+    class_id: int = typer.Option(..., help="Class whose latents to select (index into the source's labels)."),
+    top_m: int = typer.Option(10, help="Latents to keep."),
+    mode: str = typer.Option("amortized", help="Inference mode giving the codes."),
+    out: Path = typer.Option(Path("latents.json"), help="Output JSON (mode, λ, latents, scores)."),
+    model: str = MODEL, layer: Optional[int] = LAYER, hook: Optional[str] = HOOK, sae: Optional[str] = SAE,
+    tokens: int = TOKENS, source: Optional[str] = SOURCE, pooling: str = POOLING, seed: int = SEED,
+    device: str = DEVICE,
+) -> None:
+    """Top-M latents for one class by s_j = ⟨D_j, w_c⟩ · (E[z_j | c] − E[z_j | ¬c])."""
+    from saelens_amort.runners.tpp import run_select
+
+    cfg = _cfg(model=model, layer=layer, hook=hook, sae=sae, modes=(mode,), tokens=tokens, source=source,
+               pooling=pooling, seed=seed, device=device)
+    rec = run_select(cfg, class_id, top_m, mode, out)
+    Console().print(f"class {class_id} ({rec['class_name']}), mode {mode}, λ {rec['lam']}: latents {rec['latents']}"
+                    f" → {out}")
+
+
+@app.command("tpp")
+def tpp_command(
+    top_m: str = typer.Option("2,5,10,20,50,100", help="Comma-separated numbers of ablated latents M."),
+    modes: str = typer.Option("amortized,semi,unamortized", help="Comma-separated registered modes."),
+    out: Optional[Path] = typer.Option(None, help="Output directory (default runs/tpp-<model>)."),
+    model: str = MODEL, layer: Optional[int] = LAYER, hook: Optional[str] = HOOK, sae: Optional[str] = SAE,
+    tokens: int = TOKENS, source: Optional[str] = SOURCE, pooling: str = POOLING, seed: int = SEED,
+    device: str = DEVICE,
+) -> None:
+    """Ablate each class's top-M latents and report the TPP score per M and mode (random latents as baseline)."""
+    from rich.table import Table
+
+    from saelens_amort.errors import SaeAmortError
+    from saelens_amort.runners.tpp import run_tpp
+
+    try:
+        ms = tuple(int(m) for m in top_m.split(",") if m.strip())
+    except ValueError:
+        raise SaeAmortError(f"--top-m must be comma-separated integers, got {top_m!r}") from None
+    cfg = _cfg(model=model, layer=layer, hook=hook, sae=sae, tokens=tokens, source=source, pooling=pooling,
+               seed=seed, device=device, modes=tuple(m.strip() for m in modes.split(",") if m.strip()))
+    out = out or Path("runs") / f"tpp-{Path(model).name}"
+    df = run_tpp(cfg, ms, out)
+    table = Table("mode", "M", "TPP", "random")
+    for r in df.to_dict("records"):
+        table.add_row(r["mode"], str(r["top_m"]), f"{r['tpp']:.3f}", f"{r['tpp_random']:.3f}")
+    Console().print(table)
+    Console().print(f"tpp.csv, tpp.json and report.html in {out}/")

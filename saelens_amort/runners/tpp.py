@@ -1,0 +1,132 @@
+"""Runners for `saeamort select-latents` and `saeamort tpp` (orchestration; the method is interventions/tpp.py).
+
+One activation store (cached), one SAE, one λ per λ-mode calibrated on the first `calib_tokens` rows to the encoder's
+mean L0 (as in eval); per mode the codes are pooled per document, class probes are fitted once, latents selected per
+class, and the TPP score computed for every M, with random latents of the same count as the baseline.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from saelens_amort.errors import SaeAmortError
+from saelens_amort.provenance import provenance
+
+RANDOM_SEED = 0
+
+
+@dataclass(frozen=True)
+class TppConfig:
+    model: str = "toy"
+    layer: int | None = 2
+    hook: str | None = None
+    sae: str | None = None
+    """SAE spec (default for the toy: toy/topk)."""
+    modes: tuple[str, ...] = ("amortized", "semi", "unamortized")
+    tokens: int = 20_000
+    calib_tokens: int = 1024
+    source: str | None = None
+    pooling: str = "mean"
+    seed: int = 0
+    device: str = "cpu"
+
+    def resolved_sae(self) -> str:
+        if self.sae:
+            return self.sae
+        if self.model == "toy":
+            return "toy/topk"
+        raise SaeAmortError("--sae is required for models other than the toy")
+
+
+def prepare(cfg: TppConfig):
+    """Model, SAE, hook and the (cached) activation store of `cfg`."""
+    from saelens_amort.activations import CollectConfig, collect_activations, resolve_source
+    from saelens_amort.inference import list_modes
+    from saelens_amort.models import load_model
+    from saelens_amort.runners.collect import resolve_hook
+    from saelens_amort.saes import check_sae_fits, load_sae
+
+    unknown = [m for m in cfg.modes if m not in list_modes()]
+    if unknown or not cfg.modes:
+        raise SaeAmortError(f"unknown mode(s) {', '.join(unknown) or '(none given)'}; registered modes: "
+                            f"{', '.join(list_modes())}")
+    model = load_model(cfg.model, device=cfg.device)
+    hook = resolve_hook(model.cfg.n_layers, cfg.layer, cfg.hook)
+    sae = load_sae(cfg.resolved_sae(), device=cfg.device)
+    check_sae_fits(sae, model, hook)
+    source = resolve_source(cfg.source or ("toy" if cfg.model == "toy" else "hf:fancyzhx/ag_news"), seed=cfg.seed)
+    store = collect_activations(model, source, CollectConfig(hook_name=hook, n_tokens=cfg.tokens, seed=cfg.seed),
+                                None, model_name=cfg.model, progress=False)
+    return model, sae, hook, store
+
+
+def pooled(cfg: TppConfig, sae, store, mode: str):
+    from saelens_amort.inference import calibrate_lambda, get_mode
+    from saelens_amort.interventions.tpp import ClassProbes, pool_documents
+
+    lam = None
+    if get_mode(mode).needs_lambda:
+        lam = calibrate_lambda(store.load(cfg.calib_tokens).acts, sae, "unamortized", strict=False).lam
+    docs = pool_documents(store, sae, mode, lam=lam, pooling=cfg.pooling)
+    return docs, ClassProbes(docs, seed=cfg.seed)
+
+
+def run_select(cfg: TppConfig, class_id: int, top_m: int, mode: str, out: Path) -> dict:
+    """Class `class_id`'s top-M latents in `mode`; written to `out` (JSON) with the mode, λ and scores."""
+    from saelens_amort.interventions.tpp import select_latents
+    from saelens_amort.runners.eval import _write_atomic
+
+    _, sae, hook, store = prepare(TppConfig(**{**asdict(cfg), "modes": (mode,)}))
+    docs, probes = pooled(cfg, sae, store, mode)
+    latents, scores = select_latents(docs, sae, probes, class_id, top_m)
+    record = {"class_id": class_id, "class_name": docs.label_names[class_id] if class_id < len(docs.label_names)
+              else None, "top_m": top_m, "mode": mode, "lam": docs.lam, "latents": latents,
+              "scores": [float(scores[j]) for j in latents], "sae": cfg.resolved_sae(), "hook": hook,
+              "config": asdict(cfg), "provenance": provenance()}
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    _write_atomic(out, lambda p: p.write_text(json.dumps(record, indent=2, default=str)))
+    return record
+
+
+def run_tpp(cfg: TppConfig, top_ms: tuple[int, ...], out: Path) -> pd.DataFrame:
+    """TPP(M) per mode with the random baseline; tpp.csv, tpp.json and report.html in `out`."""
+    from saelens_amort.interventions.tpp import select_latents, tpp_matrix, tpp_score
+    from saelens_amort.report import Section, metric_lines, table_html, write_report
+    from saelens_amort.runners.eval import _write_atomic
+
+    if not top_ms or any(m < 1 for m in top_ms):
+        raise SaeAmortError(f"--top-m needs positive integers, got {list(top_ms)}")
+    _, sae, hook, store = prepare(cfg)
+    if max(top_ms) > sae.cfg.d_sae:
+        raise SaeAmortError(f"--top-m {max(top_ms)} exceeds d_sae={sae.cfg.d_sae}")
+    rows = []
+    for mode in cfg.modes:
+        docs, probes = pooled(cfg, sae, store, mode)
+        rng = np.random.default_rng(RANDOM_SEED)
+        for m in top_ms:
+            sel = {c: select_latents(docs, sae, probes, c, m)[0] for c in probes.classes}
+            rnd = {c: rng.choice(sae.cfg.d_sae, m, replace=False).tolist() for c in probes.classes}
+            score, per = tpp_score(tpp_matrix(docs, sae, probes, sel, cfg.pooling))
+            baseline, _ = tpp_score(tpp_matrix(docs, sae, probes, rnd, cfg.pooling))
+            rows.append({"mode": mode, "top_m": m, "lam": docs.lam, "tpp": score, "tpp_random": baseline,
+                         **{f"tpp/{docs.label_names[c]}": v for c, v in per.items()}})
+    df = pd.DataFrame(rows)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    _write_atomic(out / "tpp.csv", lambda p: df.to_csv(p, index=False))
+    meta = {"config": asdict(cfg), "top_m": list(top_ms), "sae": cfg.resolved_sae(), "hook": hook,
+            "provenance": provenance(), "rows": json.loads(df.to_json(orient="records"))}
+    metrics = ["tpp", "tpp_random", *[c for c in df.columns if c.startswith("tpp/")]]
+    write_report(out / "report.html", f"TPP — {cfg.resolved_sae()} @ {hook}", [
+        Section("TPP score vs number of ablated latents", metric_lines(df, metrics, "top_m", "mode", "latents M",
+                                                                         log_x=True)),
+        Section("Table", html=table_html(df)),
+    ], provenance={k: v for k, v in meta.items() if k != "rows"})
+    _write_atomic(out / "tpp.json", lambda p: p.write_text(json.dumps(meta, indent=2, default=str)))
+    return df
