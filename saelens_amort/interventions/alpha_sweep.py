@@ -1,0 +1,139 @@
+"""Feature α-sweep (DESIGN §5, GPT-2 res-jb style): scale one latent by α where it is live and measure the effect.
+
+Per feature (layer, latent j) and α: the latent's codes are multiplied by α at positions where it is live, i.e. above
+the `percentile`-th percentile of its positive activations on the evaluation tokens (the SAE error term is kept, so
+α = 1 changes nothing), and against the clean run we measure ΔCE (mean next-token loss, edited − clean), the mean
+KL(clean ‖ edited) over next-token distributions, and the top-k logit deltas (mean over live positions, decoded).
+Features come from a CSV (`layer,feature[,label]`, a Neuronpedia list export) or from `select-latents` JSON files.
+On CUDA out-of-memory the batch is halved and retried (logged), down to one sequence.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pandas as pd
+import torch
+from torch import Tensor
+
+from saelens_amort.errors import SaeAmortError
+from saelens_amort.interventions.hooks import LatentEdit, latent_edit
+
+if TYPE_CHECKING:
+    from sae_lens import SAE
+    from transformer_lens import HookedTransformer
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_ALPHAS = (0.0, 0.5, 1.0, 2.0, 4.0)
+TOP_LOGITS = 5
+
+
+@dataclass(frozen=True)
+class Feature:
+    layer: int
+    latent: int
+    label: str = ""
+
+
+def read_features(path: Path) -> list[Feature]:
+    """Features from a CSV with columns layer, feature[, label] or a select-latents JSON."""
+    path = Path(path)
+    if not path.is_file():
+        raise SaeAmortError(f"feature file {path} does not exist")
+    if path.suffix == ".json":
+        try:
+            rec = json.loads(path.read_text())
+            layer = int(rec["hook"].split(".")[1])
+            return [Feature(layer, int(j), f"{rec.get('class_name') or ''}") for j in rec["latents"]]
+        except (json.JSONDecodeError, KeyError, ValueError, IndexError, TypeError) as e:
+            raise SaeAmortError(f"{path} is not a select-latents JSON ({type(e).__name__}: {e})") from None
+    try:
+        df = pd.read_csv(path)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
+        raise SaeAmortError(f"cannot read {path} as CSV ({e})") from None
+    missing = [c for c in ("layer", "feature") if c not in df.columns]
+    if missing:
+        raise SaeAmortError(f"{path} lacks column(s) {', '.join(missing)}; expected layer,feature[,label] "
+                            f"(found {', '.join(map(str, df.columns))})")
+    try:
+        return [Feature(int(r["layer"]), int(r["feature"]), str(r.get("label", "") if pd.notna(r.get("label", ""))
+                                                                  else "")) for r in df.to_dict("records")]
+    except (ValueError, TypeError) as e:
+        raise SaeAmortError(f"{path}: layer and feature must be integers ({e})") from None
+
+
+def _batched(fn, tokens: Tensor, batch: int):
+    """fn over row batches of tokens, halving the batch on CUDA out-of-memory (down to 1)."""
+    outs, start = [], 0
+    while start < tokens.shape[0]:
+        try:
+            outs.append(fn(tokens[start:start + batch]))
+            start += batch
+        except torch.cuda.OutOfMemoryError:
+            if batch == 1:
+                raise
+            batch //= 2
+            logger.warning("CUDA out of memory: retrying with batch %d", batch)
+            torch.cuda.empty_cache()
+    return torch.cat(outs)
+
+
+@torch.no_grad()
+def sweep_feature(
+    model: "HookedTransformer", sae: "SAE", hook_name: str, tokens: Tensor, latent: int,
+    alphas: Sequence[float] = DEFAULT_ALPHAS, *, percentile: float = 90.0, batch: int = 16,
+    clean_logits: Tensor | None = None, top_k: int = TOP_LOGITS,
+) -> list[dict]:
+    """One row per α for `latent` (module docstring); an empty list (with a logged reason) if it never fires."""
+    if not 0 <= latent < sae.cfg.d_sae:
+        raise SaeAmortError(f"latent index {latent} is out of range for an SAE with d_sae={sae.cfg.d_sae}")
+    acts = _batched(lambda t: model.run_with_cache(t, names_filter=hook_name)[1][hook_name], tokens, batch)
+    z = sae.encode(acts[:, 1:].reshape(-1, acts.shape[-1]))[:, latent]
+    fired = z[z > 0]
+    if fired.numel() == 0:
+        return []
+    threshold = float(torch.quantile(fired.float(), percentile / 100)) if percentile > 0 else 0.0
+    live = torch.zeros(acts.shape[:2], dtype=torch.bool)
+    live[:, 1:] = (z > threshold).reshape(acts.shape[0], -1) if percentile > 0 else (z > 0).reshape(acts.shape[0], -1)
+    clean = clean_logits if clean_logits is not None else _batched(model, tokens, batch)
+    clean_lp = clean[:, :-1].float().log_softmax(-1)
+    ce_clean = -clean_lp.gather(-1, tokens[:, 1:, None]).mean()
+    rows = []
+    for alpha in alphas:
+        edit = LatentEdit(scale={latent: float(alpha)}, live_threshold={latent: threshold})
+        with latent_edit(model, sae, edit, hook_name=hook_name):
+            logits = _batched(model, tokens, batch)
+        lp = logits[:, :-1].float().log_softmax(-1)
+        ce = -lp.gather(-1, tokens[:, 1:, None]).mean()
+        kl = torch.nn.functional.kl_div(lp, clean_lp, log_target=True, reduction="none").sum(-1).mean()
+        delta = (logits - clean)[live].float().mean(0) if bool(live.any()) else torch.zeros(clean.shape[-1])
+        top = delta.topk(min(top_k, delta.numel()))
+        rows.append({"alpha": float(alpha), "delta_ce": float(ce - ce_clean), "kl": float(kl),
+                     "live_positions": int(live.sum()), "threshold": threshold,
+                     "top_logit_tokens": " | ".join(model.to_string(int(t)) for t in top.indices),
+                     "top_logit_deltas": " | ".join(f"{v:.3g}" for v in top.values.tolist())})
+    return rows
+
+
+def top_snippets(model: "HookedTransformer", sae: "SAE", hook_name: str, tokens: Tensor, latent: int, n: int = 3,
+                 window: int = 8) -> list[str]:
+    """The `n` contexts where the latent is most active: `window` tokens before, the token in [brackets]."""
+    with torch.no_grad():
+        acts = model.run_with_cache(tokens, names_filter=hook_name)[1][hook_name]
+        z = sae.encode(acts)[..., latent]
+    z[:, 0] = 0
+    flat = z.flatten().topk(min(n, z.numel()))
+    out = []
+    for v, idx in zip(flat.values.tolist(), flat.indices.tolist()):
+        if v <= 0:
+            break
+        r, p = divmod(idx, z.shape[1])
+        before = model.to_string(tokens[r, max(1, p - window):p])
+        out.append(f"{before} [{model.to_string(tokens[r, p:p + 1])}] ({v:.3g})")
+    return out
