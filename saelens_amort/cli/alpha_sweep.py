@@ -22,6 +22,7 @@ def alpha_sweep_command(
     sequences: int = typer.Option(16, help="Evaluation sequences."),
     context_size: int = typer.Option(64, help="Tokens per sequence."),
     batch: int = typer.Option(16, help="Sequences per forward pass (halved on CUDA OOM)."),
+    mode: str = typer.Option("amortized", help="Inference mode of the codes that are scaled."),
     model: str = typer.Option("toy", help="TransformerLens name, local HF checkpoint dir, or 'toy'."),
     source: Optional[str] = SOURCE, seed: int = SEED, device: str = DEVICE,
     out: Path = typer.Option(Path("runs/alpha-sweep"), help="Output directory."),
@@ -39,7 +40,7 @@ def alpha_sweep_command(
         raise SaeAmortError(f"--percentile must be in [0, 100), got {percentile}")
     saes = parse_layer_saes(sae) if sae else ((2, "toy/topk"),) if model == "toy" else ()
     cfg = SweepConfig(model=model, saes=saes, alphas=alpha_values, percentile=percentile, sequences=sequences,
-                      context_size=context_size, source=source, batch=batch, seed=seed, device=device)
+                      context_size=context_size, source=source, batch=batch, mode=mode, seed=seed, device=device)
     df = run_alpha_sweep(cfg, read_features(features), out)
     Console().print(f"{df['feature'].nunique() if len(df) else 0} features × {len(alpha_values)} α → {out}/ "
                     "(per_feature_metrics.csv, per_layer_summary.csv, report.md, report.html)")

@@ -1,6 +1,6 @@
 """Feature α-sweep (DESIGN §5, GPT-2 res-jb style): scale one latent by α where it is live and measure the effect.
 
-Per feature (layer, latent j) and α: the latent's codes are multiplied by α at positions where it is live, i.e. above
+Per feature (layer, latent j) and α: the latent's codes (from any inference mode; amortized by default) are multiplied by α at positions where it is live, i.e. above
 the `percentile`-th percentile of its positive activations on the evaluation tokens (the SAE error term is kept, so
 α = 1 changes nothing), and against the clean run we measure ΔCE (mean next-token loss, edited − clean), the mean
 KL(clean ‖ edited) over next-token distributions, and the top-k logit deltas (mean over live positions, decoded).
@@ -88,13 +88,15 @@ def _batched(fn, tokens: Tensor, batch: int):
 def sweep_feature(
     model: "HookedTransformer", sae: "SAE", hook_name: str, tokens: Tensor, latent: int,
     alphas: Sequence[float] = DEFAULT_ALPHAS, *, percentile: float = 90.0, batch: int = 16,
-    clean_logits: Tensor | None = None, top_k: int = TOP_LOGITS,
+    clean_logits: Tensor | None = None, top_k: int = TOP_LOGITS, mode: str = "amortized", lam: float | None = None,
 ) -> list[dict]:
     """One row per α for `latent` (module docstring); an empty list (with a logged reason) if it never fires."""
     if not 0 <= latent < sae.cfg.d_sae:
         raise SaeAmortError(f"latent index {latent} is out of range for an SAE with d_sae={sae.cfg.d_sae}")
     acts = _batched(lambda t: model.run_with_cache(t, names_filter=hook_name)[1][hook_name], tokens, batch)
-    z = sae.encode(acts[:, 1:].reshape(-1, acts.shape[-1]))[:, latent]
+    from saelens_amort.inference import infer
+
+    z = infer(acts[:, 1:].reshape(-1, acts.shape[-1]), sae, mode, lam=lam).codes[:, latent]
     fired = z[z > 0]
     if fired.numel() == 0:
         return []
@@ -107,7 +109,7 @@ def sweep_feature(
     rows = []
     for alpha in alphas:
         edit = LatentEdit(scale={latent: float(alpha)}, live_threshold={latent: threshold})
-        with latent_edit(model, sae, edit, hook_name=hook_name):
+        with latent_edit(model, sae, edit, hook_name=hook_name, mode=mode, lam=lam):
             logits = _batched(model, tokens, batch)
         lp = logits[:, :-1].float().log_softmax(-1)
         ce = -lp.gather(-1, tokens[:, 1:, None]).mean()

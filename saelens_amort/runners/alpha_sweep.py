@@ -30,6 +30,8 @@ class SweepConfig:
     context_size: int = 64
     source: str | None = None
     batch: int = 16
+    mode: str = "amortized"
+    """Inference mode of the codes that are scaled (λ-modes get λ calibrated per SAE to the encoder's L0)."""
     seed: int = 0
     device: str = "cpu"
 
@@ -85,13 +87,14 @@ def run_alpha_sweep(cfg: SweepConfig, features: Sequence[Feature], out: Path) ->
             raise SaeAmortError(f"feature {bad[0]} at layer {layer} is out of range (d_sae={sae.cfg.d_sae})")
         saes[layer] = (hook, sae)
     tokens = eval_tokens(model, cfg, saes[min(saes)][0]).to(cfg.device)
+    lams = {layer: _lam(model, sae, hook, tokens, cfg.mode) for layer, (hook, sae) in saes.items()}
     with torch.no_grad():
         clean = model(tokens)
     rows, snippets, skipped = [], {}, []
     for f in features:
         hook, sae = saes[f.layer]
         res = sweep_feature(model, sae, hook, tokens, f.latent, cfg.alphas, percentile=cfg.percentile,
-                            batch=cfg.batch, clean_logits=clean)
+                            batch=cfg.batch, clean_logits=clean, mode=cfg.mode, lam=lams[f.layer])
         if not res:
             skipped.append(f"layer {f.layer} latent {f.latent}: never fires on the evaluation tokens")
             continue
@@ -117,6 +120,16 @@ def run_alpha_sweep(cfg: SweepConfig, features: Sequence[Feature], out: Path) ->
         Section("Skipped", html="<ul>" + "".join(f"<li>{s}</li>" for s in skipped) + "</ul>"),
     ], provenance={"config": asdict(cfg), **provenance()})
     return df
+
+
+def _lam(model, sae, hook: str, tokens: torch.Tensor, mode: str) -> float | None:
+    from saelens_amort.inference import calibrate_lambda, get_mode
+
+    if not get_mode(mode).needs_lambda:
+        return None
+    with torch.no_grad():
+        acts = model.run_with_cache(tokens, names_filter=hook)[1][hook][:, 1:]
+    return calibrate_lambda(acts.reshape(-1, acts.shape[-1]), sae, "unamortized", strict=False).lam
 
 
 def _markdown(cfg: SweepConfig, df: pd.DataFrame, summary: pd.DataFrame, snippets: dict, skipped: list[str]) -> str:

@@ -30,6 +30,9 @@ def test_alpha_one_is_a_noop_and_ablation_acts(world):
     assert len(rows[4.0]["top_logit_tokens"].split(" | ")) == 5
     narrow = sweep_feature(model, sae, HOOK, tokens, j, (0.0,), percentile=90)[0]
     assert narrow["live_positions"] < rows[0.0]["live_positions"]
+    semi = {r["alpha"]: r for r in sweep_feature(model, sae, HOOK, tokens, j, (1.0, 0.0), percentile=0, mode="semi",
+                                                lam=3.0)}
+    assert semi[1.0]["kl"] == pytest.approx(0.0, abs=1e-7) and semi[0.0]["kl"] > 0
 
 
 def test_oom_retry_halves_the_batch():

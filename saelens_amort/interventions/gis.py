@@ -1,0 +1,158 @@
+"""Generative intervention scoring (GIS, DESIGN §5): an intervention of calibrated strength, then generation.
+
+The intervention at the SAE's hook, on every position but BOS:
+
+    x_new = x + α · rms(x) · Δ / rms(Δ)        (rms over the batch's edited positions)
+
+- kind 'steer':  Δ = Σ_{j∈S} D_j / ‖D_j‖, the latents' unit decoder directions (the same at every position);
+- kind 'ablate': Δ = −(decode(z) − decode(z with S zeroed)), the latents' per-token contribution in the chosen
+  inference mode, removed (α = rms(Δ)/rms(x) is exact ablation).
+
+The RMS normalisation makes α mean the same across SAEs and modes. α is found by bisection in log α so that the mean
+next-token KL(intervened ‖ clean) over the prompts is within `rel_tol` of the target, in at most `max_passes`
+forward passes (reported). Then each prompt is continued with and without the intervention (greedy and seeded
+sampling), and scored by a class probe on the generated text's pooled activations (shift of the target class's
+probability) and by fluency: the CE of the generated tokens under the clean model.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import Tensor
+
+from saelens_amort.errors import SaeAmortError
+from saelens_amort.interventions.hooks import checked_latents
+
+if TYPE_CHECKING:
+    from sae_lens import SAE
+    from transformer_lens import HookedTransformer
+
+KINDS = ("steer", "ablate")
+ALPHA_RANGE = (1e-3, 1e3)
+
+
+@dataclass(frozen=True)
+class Calibrated:
+    alpha: float
+    kl: float
+    target: float
+    passes: int
+    reached: bool
+
+
+@contextlib.contextmanager
+def gis_hook(model: "HookedTransformer", sae: "SAE", hook_name: str, latents: Sequence[int], alpha: float, *,
+             kind: str = "steer", mode: str = "amortized", lam: float | None = None,
+             **infer_kwargs: Any) -> Iterator[None]:
+    """The intervention of the module docstring, active inside the block only."""
+    from saelens_amort.inference import infer
+    from saelens_amort.saes import Dictionary
+
+    if kind not in KINDS:
+        raise SaeAmortError(f"kind must be one of {', '.join(KINDS)}, got {kind!r}")
+    d = Dictionary.of(sae)
+    latents = checked_latents(latents, d.d_sae)
+
+    def hook(act: Tensor, hook: Any) -> Tensor:
+        first = 1 if act.shape[1] > 1 else 0
+        x = act[:, first:].reshape(-1, act.shape[-1]).float()
+        if kind == "steer":
+            direction = d.to_input_space(d.atoms[latents].sum(0, keepdim=True).expand(x.shape[0], -1) + d.bias, x) \
+                - d.to_input_space(d.bias.expand(x.shape[0], -1), x)
+        else:
+            z = infer(x, sae, mode, lam=lam, **infer_kwargs).codes
+            u = z[:, latents].to(d.atoms.dtype) * d.norms[latents]
+            bias = d.bias.expand(x.shape[0], -1)
+            direction = -(d.to_input_space(u @ d.atoms[latents] + bias, x) - d.to_input_space(bias, x))
+        rms_dir = direction.float().pow(2).sum(-1).mean().sqrt()
+        if rms_dir == 0:
+            return act
+        rms_x = x.pow(2).sum(-1).mean().sqrt()
+        new = x + alpha * rms_x * direction.float() / rms_dir
+        out = act.clone()
+        out[:, first:] = new.reshape(act.shape[0], -1, act.shape[-1]).to(act.dtype)
+        return out
+
+    with model.hooks(fwd_hooks=[(hook_name, hook)]):
+        yield
+
+
+@torch.no_grad()
+def mean_kl(model: "HookedTransformer", tokens: Tensor, clean_lp: Tensor, mask: Tensor, **hook_kw: Any) -> float:
+    """Mean next-token KL(intervened ‖ clean) over the `mask`ed positions."""
+    with gis_hook(model, **hook_kw):
+        lp = model(tokens).float().log_softmax(-1)
+    kl = torch.nn.functional.kl_div(clean_lp, lp, log_target=True, reduction="none").sum(-1)
+    return float(kl[mask].mean())
+
+
+@torch.no_grad()
+def calibrate_alpha(model: "HookedTransformer", tokens: Tensor, mask: Tensor, target: float, *, rel_tol: float = 0.05,
+                    max_passes: int = 24, **hook_kw: Any) -> Calibrated:
+    """α with mean KL within rel_tol of `target` by bracketing and bisection in log α; at most `max_passes`."""
+    if not target > 0:
+        raise SaeAmortError(f"--kl target must be > 0, got {target}")
+    clean_lp = model(tokens).float().log_softmax(-1)
+    passes = 1
+    best = (math.inf, 0.0, 0.0)
+
+    def kl_at(a: float) -> float:
+        nonlocal passes, best
+        passes += 1
+        v = mean_kl(model, tokens, clean_lp, mask, alpha=a, **hook_kw)
+        best = min(best, (abs(v - target), a, v))
+        return v
+
+    def done(a: float, v: float, ok: bool) -> Calibrated:
+        return Calibrated(alpha=a, kl=v, target=target, passes=passes, reached=ok)
+
+    lo, hi, a = None, None, 1.0
+    while passes < max_passes:  # bracket
+        v = kl_at(a)
+        if abs(v - target) <= rel_tol * target:
+            return done(a, v, True)
+        if v < target:
+            lo = a
+            if hi is not None:
+                break
+            if a >= ALPHA_RANGE[1]:
+                break
+            a = min(a * 4, ALPHA_RANGE[1])
+        else:
+            hi = a
+            if lo is not None:
+                break
+            if a <= ALPHA_RANGE[0]:
+                break
+            a = max(a / 4, ALPHA_RANGE[0])
+    while lo is not None and hi is not None and passes < max_passes:
+        a = math.sqrt(lo * hi)
+        v = kl_at(a)
+        if abs(v - target) <= rel_tol * target:
+            return done(a, v, True)
+        lo, hi = (a, hi) if v < target else (lo, a)
+    _, a, v = best
+    raise SaeAmortError(f"KL target {target:g} not reached within α ∈ [{ALPHA_RANGE[0]:g}, {ALPHA_RANGE[1]:g}] in "
+                        f"{passes} forward passes; the best reached was KL {v:.4g} at α {a:.4g}")
+
+
+@torch.no_grad()
+def continuation_scores(model: "HookedTransformer", hook_name: str, tokens: Tensor, n_prompt: int, probe=None,
+                        class_id: int | None = None) -> tuple[float, float | None]:
+    """Fluency (mean CE of the generated tokens under the clean model) and the probe's P(class) on their pooled
+    activations."""
+    logits, cache = model.run_with_cache(tokens, names_filter=hook_name)
+    lp = logits[:, :-1].float().log_softmax(-1)
+    ce = -lp.gather(-1, tokens[:, 1:, None]).squeeze(-1)[:, n_prompt - 1:]
+    prob = None
+    if probe is not None and class_id is not None:
+        pooled = cache[hook_name][0, n_prompt:].float().mean(0, keepdim=True).numpy()
+        clf = probe.probes[class_id]
+        prob = float(clf.predict_proba((pooled - probe.mean) / probe.std)[0, 1])
+    return float(ce.mean()), prob

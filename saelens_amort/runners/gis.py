@@ -1,0 +1,116 @@
+"""Runner for `saeamort gis`: calibrate the intervention's α to a KL target, generate, score (interventions/gis.py).
+
+Outputs in --out: gis.csv (one row per KL target × prompt × decoding: clean and intervened text, fluency CE, target
+class probability), gis.json (config, α per target, KL reached, forward passes) and report.html (side by side).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from saelens_amort.errors import SaeAmortError
+from saelens_amort.provenance import provenance
+
+PROMPT_TOKENS = 6
+
+
+@dataclass(frozen=True)
+class GisConfig:
+    model: str = "toy"
+    sae: str = "toy/topk"
+    layer: int = 2
+    latents: tuple[int, ...] = ()
+    class_id: int | None = None
+    kind: str = "steer"
+    mode: str = "amortized"
+    kl_targets: tuple[float, ...] = (0.33,)
+    prompts: tuple[str, ...] = ()
+    """Empty: the first words of `n_prompts` documents of the source."""
+    n_prompts: int = 4
+    max_new_tokens: int = 16
+    sequences: int = 16
+    context_size: int = 64
+    probe_tokens: int = 12_000
+    source: str | None = None
+    seed: int = 0
+    device: str = "cpu"
+
+
+def run_gis(cfg: GisConfig, out: Path) -> pd.DataFrame:
+    from saelens_amort.inference import calibrate_lambda, get_mode
+    from saelens_amort.interventions.gis import calibrate_alpha, continuation_scores, gis_hook
+    from saelens_amort.interventions.hooks import checked_latents
+    from saelens_amort.interventions.patching import prompt_tokens
+    from saelens_amort.report import Section, table_html, write_report
+    from saelens_amort.runners.alpha_sweep import SweepConfig, eval_tokens
+    from saelens_amort.runners.eval import _write_atomic
+    from saelens_amort.runners.tpp import TppConfig, pooled, prepare
+
+    if not cfg.kl_targets or any(t <= 0 for t in cfg.kl_targets):
+        raise SaeAmortError(f"--kl needs positive targets, got {list(cfg.kl_targets)}")
+    tcfg = TppConfig(model=cfg.model, layer=cfg.layer, sae=cfg.sae, modes=(cfg.mode,), tokens=cfg.probe_tokens,
+                     source=cfg.source, seed=cfg.seed, device=cfg.device)
+    model, sae, hook, store = prepare(tcfg)
+    latents = checked_latents(cfg.latents, sae.cfg.d_sae)
+    probe = None
+    if cfg.class_id is not None:
+        docs, probe = pooled(TppConfig(**{**asdict(tcfg), "modes": ("amortized",)}), sae, store, "amortized")
+        if cfg.class_id not in probe.classes:
+            raise SaeAmortError(f"class id {cfg.class_id} is not among the labels {probe.classes} "
+                                f"({', '.join(docs.label_names)})")
+    lam = None
+    if get_mode(cfg.mode).needs_lambda:
+        lam = calibrate_lambda(store.load(1024).acts, sae, "unamortized", strict=False).lam
+    hook_kw = {"model": model, "sae": sae, "hook_name": hook, "latents": latents, "kind": cfg.kind, "mode": cfg.mode,
+               "lam": lam}
+    seqs = eval_tokens(model, SweepConfig(model=cfg.model, sequences=cfg.sequences, context_size=cfg.context_size,
+                                          source=cfg.source, seed=cfg.seed), hook).to(cfg.device)
+    pad = model.tokenizer.pad_token_id if model.tokenizer.pad_token_id is not None else -1
+    mask = seqs != pad
+    prompts = list(cfg.prompts) or [model.to_string(seqs[i, 1:1 + PROMPT_TOKENS]) for i in range(cfg.n_prompts)]
+    rows, calibrations = [], []
+    for target in cfg.kl_targets:
+        cal = calibrate_alpha(model, seqs, mask, target, **{k: v for k, v in hook_kw.items() if k != "model"})
+        calibrations.append(asdict(cal))
+        for prompt in prompts:
+            toks = prompt_tokens(model, prompt, cfg.max_new_tokens).to(cfg.device)
+            for decoding in ("greedy", "sampled"):
+                texts = {}
+                for arm in ("clean", "intervened"):
+                    torch.manual_seed(cfg.seed)
+                    ctx = gis_hook(alpha=cal.alpha, **hook_kw) if arm == "intervened" else _null()
+                    with ctx:
+                        gen = model.generate(toks, max_new_tokens=cfg.max_new_tokens, do_sample=decoding == "sampled",
+                                             stop_at_eos=False, use_past_kv_cache=False, verbose=False)
+                    ce, prob = continuation_scores(model, hook, gen, toks.shape[1], probe, cfg.class_id)
+                    texts[arm] = (model.to_string(gen[0, toks.shape[1]:]), ce, prob)
+                rows.append({"kl_target": target, "alpha": cal.alpha, "kl": cal.kl, "prompt": prompt,
+                             "decoding": decoding, "clean": texts["clean"][0], "intervened": texts["intervened"][0],
+                             "ce_clean": texts["clean"][1], "ce_intervened": texts["intervened"][1],
+                             "p_class_clean": texts["clean"][2], "p_class_intervened": texts["intervened"][2]})
+    df = pd.DataFrame(rows)
+    df["class_shift"] = df["p_class_intervened"] - df["p_class_clean"] if probe is not None else None
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    meta = {"config": asdict(cfg), "hook": hook, "lam": lam, "calibration": calibrations, "provenance": provenance()}
+    _write_atomic(out / "gis.csv", lambda p: df.to_csv(p, index=False))
+    shown = df[["kl_target", "decoding", "prompt", "clean", "intervened", "ce_clean", "ce_intervened", "class_shift"]]
+    write_report(out / "report.html", f"GIS — latents {latents} of {cfg.sae} ({cfg.kind}, {cfg.mode})", [
+        Section("Calibration (α per KL target)", html=table_html(pd.DataFrame(calibrations))),
+        Section("Generations side by side", html=table_html(shown)),
+    ], provenance=meta)
+    _write_atomic(out / "gis.json", lambda p: p.write_text(json.dumps(meta, indent=2, default=str)))
+    return df
+
+
+class _null:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc):
+        return False

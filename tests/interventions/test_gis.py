@@ -1,0 +1,63 @@
+"""GIS on the toy world: the KL calibration hits its target in a bounded number of passes, α = 0 and an inactive
+hook change nothing, an unreachable target names the best reached, and the command writes side-by-side outputs."""
+
+import json
+
+import pandas as pd
+import pytest
+import torch
+from helpers import assert_user_error, saeamort, toy_model, toy_tokens
+
+from saelens_amort import SaeAmortError
+from saelens_amort.interventions import active_hooks
+from saelens_amort.interventions.gis import calibrate_alpha, gis_hook, mean_kl
+from saelens_amort.saes import load_sae
+
+HOOK = "blocks.2.hook_resid_post"
+
+
+@pytest.fixture(scope="module")
+def world():
+    return toy_model(), load_sae("toy/topk"), toy_tokens(6, 32)
+
+
+@pytest.mark.parametrize("kind", ["steer", "ablate"])
+def test_calibration_hits_the_target(world, kind):
+    model, sae, tokens = world
+    mask = torch.ones_like(tokens, dtype=torch.bool)
+    kw = {"sae": sae, "hook_name": HOOK, "latents": [399, 987, 568], "kind": kind}
+    cal = calibrate_alpha(model, tokens, mask, 0.2, **kw)
+    assert cal.reached and abs(cal.kl - 0.2) <= 0.05 * 0.2 and cal.passes <= 24
+    clean_lp = model(tokens).float().log_softmax(-1)
+    assert mean_kl(model, tokens, clean_lp, mask, alpha=cal.alpha, **kw) == pytest.approx(cal.kl, rel=1e-4)
+    assert mean_kl(model, tokens, clean_lp, mask, alpha=0.0, **kw) == pytest.approx(0.0, abs=1e-6)
+    assert active_hooks(model) == 0
+
+
+def test_unreachable_target_names_the_best(world):
+    model, sae, tokens = world
+    mask = torch.ones_like(tokens, dtype=torch.bool)
+    with pytest.raises(SaeAmortError, match="best reached was KL .* at α"):
+        calibrate_alpha(model, tokens, mask, 5.0, sae=sae, hook_name=HOOK, latents=[399], max_passes=3)
+    with pytest.raises(SaeAmortError, match="empty"):
+        with gis_hook(model, sae, HOOK, [], 1.0):
+            pass
+    assert active_hooks(model) == 0
+
+
+@pytest.mark.slow
+def test_gis_command(tmp_path):
+    lat = tmp_path / "l.json"
+    lat.write_text(json.dumps({"latents": [399, 987, 568, 176, 369], "class_id": 1}))
+    out = tmp_path / "gis"
+    proc = saeamort("gis", "--latents-file", str(lat), "--kl", "0.5", "--max-new-tokens", "8", "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    df = pd.read_csv(out / "gis.csv")
+    assert len(df) == 8 and set(df["decoding"]) == {"greedy", "sampled"}
+    assert (df["intervened"] != df["clean"]).any() and df["class_shift"].notna().all()
+    cal = json.loads((out / "gis.json").read_text())["calibration"][0]
+    assert cal["reached"] and abs(cal["kl"] - 0.5) <= 0.025
+    assert_user_error(saeamort("gis", "--latents", "5000", "--out", str(tmp_path / "x")), "out of range")
+    assert_user_error(saeamort("gis", "--latents", "1", "--class-id", "9", "--out", str(tmp_path / "y")),
+                      "class id 9")
+    assert_user_error(saeamort("gis", "--latents", "1", "--kl", "0", "--out", str(tmp_path / "z")), "positive")
