@@ -7,6 +7,7 @@ SaeAmortError.
 
 from saelens_amort.errors import SaeAmortError
 from saelens_amort.models import load_model
+from saelens_amort.training import loca as _loca  # noqa: F401  registers SAE-Lens architecture "loca" (idempotent)
 
 __version__ = "0.1.0"
 

@@ -102,3 +102,20 @@ def test_merge_equals_one_pass(doc_ids, caps):
     assert a.merge(b).compute() == whole.compute()
     if caps:
         assert whole.compute()["n_train"] == 150 and whole.compute()["n_test"] == 30
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_balanced_logistic_matches_sklearn(seed):
+    from sklearn.linear_model import LogisticRegression
+
+    from saelens_amort.metrics.probes import balanced_logistic
+
+    gen = torch.Generator().manual_seed(seed)
+    X = torch.randn(3000, 4, generator=gen, dtype=torch.float64)
+    y = ((X @ torch.tensor([1.0, -2.0, 0.5, 0.0], dtype=torch.float64) + 0.3 * torch.randn(3000, generator=gen,
+          dtype=torch.float64)) > 1.2).double()  # imbalanced classes
+    w, b = balanced_logistic(X, y)
+    ref = LogisticRegression(class_weight="balanced", max_iter=10_000, tol=1e-10).fit(X.numpy(), y.numpy())
+    torch.testing.assert_close(w, torch.from_numpy(ref.coef_[0]), atol=1e-4, rtol=1e-4)
+    assert b == pytest.approx(float(ref.intercept_[0]), abs=1e-4)
+    assert ((X @ w + b > 0).numpy() == ref.predict(X.numpy()).astype(bool)).mean() > 0.999

@@ -1,0 +1,56 @@
+"""`saeamort train`: train any SAE family (or LocA-SAE) with SAE-Lens' trainer on cached activations."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+
+from saelens_amort.cli import app
+
+
+@app.command("train")
+def train_command(
+    arch: Optional[str] = typer.Option(None, help="standard | topk | batchtopk | matryoshka_batchtopk | jumprelu | "
+                                                  "gated | loca (default topk)."),
+    config: Optional[Path] = typer.Option(None, help="Recipe YAML from configs/ (options given here override it)."),
+    model: Optional[str] = typer.Option(None, help="TransformerLens name, local HF checkpoint dir, or 'toy'."),
+    layer: Optional[int] = typer.Option(None, help="Block whose hook_resid_post to train on (toy default 2)."),
+    source: Optional[str] = typer.Option(None, help="Text source (default: toy for toy, the Pile otherwise)."),
+    tokens: Optional[int] = typer.Option(None, help="Training tokens (one pass)."),
+    steps: Optional[int] = typer.Option(None, help="Optimiser steps (default tokens // batch size)."),
+    batch_size: Optional[int] = typer.Option(None, help="Tokens per step."),
+    expansion: Optional[int] = typer.Option(None, help="d_sae / d_in."),
+    k: Optional[int] = typer.Option(None, help="Active latents per token (TopK families)."),
+    budgets: Optional[str] = typer.Option(None, help="LocA group budgets, e.g. 6,5,4,3,3,2,2,1."),
+    lr: Optional[float] = typer.Option(None, help="Learning rate."),
+    checkpoint_every: Optional[int] = typer.Option(None, help="Checkpoint every N steps (for saeamort dynamics)."),
+    device: Optional[str] = typer.Option(None, help="cpu, cuda or cuda:N."),
+    seed: Optional[int] = typer.Option(None, help="Seed."),
+    wandb: bool = typer.Option(False, help="Also log to Weights & Biases (needs a wandb login)."),
+    out: Path = typer.Option(..., help="Run directory."),
+    overwrite: bool = typer.Option(False, help="Replace a run with a different config in --out."),
+    resume: bool = typer.Option(False, help="Continue the run in --out from its newest checkpoint."),
+) -> None:
+    """Train one SAE; the final SAE (SAE-Lens format), checkpoints, per-step log and summary go to --out."""
+    from saelens_amort.errors import SaeAmortError
+    from saelens_amort.training.families import TrainConfig
+    from saelens_amort.training.run import run_train
+
+    try:
+        budget_tuple = tuple(int(b) for b in budgets.split(",") if b.strip()) if budgets else None
+    except ValueError:
+        raise SaeAmortError(f"--budgets must be comma-separated integers, got {budgets!r}") from None
+    given = dict(arch=arch, model=model, layer=layer, source=source, tokens=tokens, steps=steps, batch_size=batch_size,
+                 expansion=expansion, k=k, budgets=budget_tuple, lr=lr, checkpoint_every=checkpoint_every,
+                 device=device, seed=seed, wandb=wandb or None)
+    if config is not None:
+        cfg = TrainConfig.from_yaml(config, **given)
+    else:
+        cfg = TrainConfig(**{key: v for key, v in given.items() if v is not None})
+    summary = run_train(cfg, out, overwrite=overwrite, resume=resume)
+    Console().print(f"{cfg.arch}: {summary['steps']} steps in {summary['train_seconds']:.0f} s "
+                    f"({summary['tokens_per_second']:.0f} tokens/s); held-out NMSE {summary['nmse']:.4g}, "
+                    f"L0 {summary['l0']:.3g}, dead {summary['dead_fraction']:.1%} → {out}/sae")

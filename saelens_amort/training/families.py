@@ -1,0 +1,139 @@
+"""SAE-Lens training SAEs for every family this toolkit trains, built from one TrainConfig."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from saelens_amort.errors import SaeAmortError
+from saelens_amort.training.loca import PAPER_BUDGETS, check_budgets
+
+ARCHS = ("standard", "topk", "batchtopk", "matryoshka_batchtopk", "jumprelu", "gated", "loca")
+K_ARCHS = ("topk", "batchtopk", "matryoshka_batchtopk")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    arch: str = "topk"
+    model: str = "toy"
+    layer: int | None = 2
+    hook: str | None = None
+    source: str | None = None
+    tokens: int = 204_800
+    """Training tokens (one pass; steps = tokens // batch_size unless `steps` is given)."""
+    steps: int | None = None
+    batch_size: int = 1024
+    expansion: int = 8
+    k: int = 16
+    """Active latents per token (TopK families)."""
+    budgets: tuple[int, ...] = PAPER_BUDGETS
+    """LocA: TopK budget per angular-variance group (G = len(budgets))."""
+    loca_pretrain_fraction: float = 0.5
+    """LocA: share of the steps spent pretraining the global TopK SAE (k = sum of budgets)."""
+    l1_coefficient: float = 3.0
+    l1_warm_up_steps: int = 0
+    l0_coefficient: float = 2.0
+    lr: float = 1e-3
+    lr_end: float | None = None
+    lr_scheduler: str = "constant"
+    lr_warm_up_steps: int = 0
+    lr_decay_steps: int = 0
+    normalize_activations: str = "none"
+    checkpoint_every: int = 0
+    """Save a checkpoint every this many steps (0: none); `saeamort dynamics` reads them."""
+    context_size: int = 128
+    seed: int = 0
+    device: str = "cpu"
+    wandb: bool = False
+
+    def __post_init__(self) -> None:
+        if self.arch not in ARCHS:
+            raise SaeAmortError(f"unknown architecture {self.arch!r}; registered: {', '.join(ARCHS)}")
+        if min(self.tokens, self.batch_size, self.expansion, self.k) < 1 or (self.steps is not None and self.steps < 1):
+            raise SaeAmortError("--tokens, --batch-size, --expansion, --k and --steps must be positive")
+        need = self.n_steps * self.batch_size
+        if need > self.tokens:
+            raise SaeAmortError(f"{self.n_steps} steps of {self.batch_size} tokens need {need} training tokens; "
+                                f"--tokens is {self.tokens} (pass --tokens {need} or fewer --steps)")
+        if self.checkpoint_every < 0:
+            raise SaeAmortError("--checkpoint-every must be ≥ 0")
+
+    @property
+    def n_steps(self) -> int:
+        return self.steps if self.steps is not None else self.tokens // self.batch_size
+
+    def check_fits(self, d_in: int) -> None:
+        d_sae = d_in * self.expansion
+        if self.arch in K_ARCHS and self.k > d_sae:
+            raise SaeAmortError(f"k={self.k} exceeds d_sae={d_sae} (d_in {d_in} × expansion {self.expansion})")
+        if self.arch == "matryoshka_batchtopk" and d_sae % 8:
+            raise SaeAmortError(f"matryoshka widths d_sae/8, /4, /2, 1 need d_sae divisible by 8, got {d_sae}")
+        if self.arch == "loca":
+            check_budgets(self.budgets, d_sae)
+
+    def as_json(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["budgets"] = list(self.budgets)
+        return d
+
+    @classmethod
+    def from_yaml(cls, path: Path, **overrides: Any) -> "TrainConfig":
+        """A recipe file (keys = TrainConfig fields), then the explicitly given options on top."""
+        import yaml
+
+        try:
+            data = yaml.safe_load(Path(path).read_text()) or {}
+        except (OSError, yaml.YAMLError) as e:
+            raise SaeAmortError(f"cannot read --config {path} ({e})") from None
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise SaeAmortError(f"--config {path} has unknown keys {unknown}; known: {sorted(known)}")
+        merged = {**data, **{k: v for k, v in overrides.items() if v is not None}}
+        if "budgets" in merged:
+            merged["budgets"] = tuple(int(b) for b in merged["budgets"])
+        return cls(**merged)
+
+
+def make_training_sae(cfg: TrainConfig, d_in: int, hook_name: str, model_name: str, k: int | None = None):
+    """The SAE-Lens training SAE of `cfg.arch` ('loca' starts as its global TopK SAE with k = sum(budgets))."""
+    from sae_lens import (
+        BatchTopKTrainingSAE,
+        BatchTopKTrainingSAEConfig,
+        GatedTrainingSAE,
+        GatedTrainingSAEConfig,
+        JumpReLUTrainingSAE,
+        JumpReLUTrainingSAEConfig,
+        MatryoshkaBatchTopKTrainingSAE,
+        MatryoshkaBatchTopKTrainingSAEConfig,
+        StandardTrainingSAE,
+        StandardTrainingSAEConfig,
+        TopKTrainingSAE,
+        TopKTrainingSAEConfig,
+    )
+    from sae_lens.saes.sae import SAEMetadata
+
+    cfg.check_fits(d_in)
+    d_sae = d_in * cfg.expansion
+    meta = SAEMetadata(model_name=model_name, hook_name=hook_name, context_size=cfg.context_size, prepend_bos=True,
+                       dataset_path=cfg.source or "")
+    common: dict[str, Any] = dict(d_in=d_in, d_sae=d_sae, metadata=meta, device=cfg.device,
+                                  normalize_activations=cfg.normalize_activations)
+    arch = cfg.arch
+    if arch == "standard":
+        return StandardTrainingSAE(StandardTrainingSAEConfig(**common, l1_coefficient=cfg.l1_coefficient,
+                                                             l1_warm_up_steps=cfg.l1_warm_up_steps))
+    if arch == "gated":
+        return GatedTrainingSAE(GatedTrainingSAEConfig(**common, l1_coefficient=cfg.l1_coefficient,
+                                                       l1_warm_up_steps=cfg.l1_warm_up_steps))
+    if arch == "jumprelu":
+        return JumpReLUTrainingSAE(JumpReLUTrainingSAEConfig(**common, l0_coefficient=cfg.l0_coefficient,
+                                                             l0_warm_up_steps=cfg.l1_warm_up_steps))
+    if arch == "batchtopk":
+        return BatchTopKTrainingSAE(BatchTopKTrainingSAEConfig(**common, k=cfg.k))
+    if arch == "matryoshka_batchtopk":
+        widths = [d_sae // 8, d_sae // 4, d_sae // 2, d_sae]
+        return MatryoshkaBatchTopKTrainingSAE(MatryoshkaBatchTopKTrainingSAEConfig(**common, k=cfg.k,
+                                                                                   matryoshka_widths=widths))
+    return TopKTrainingSAE(TopKTrainingSAEConfig(**common, k=k or (sum(cfg.budgets) if arch == "loca" else cfg.k)))

@@ -1,0 +1,259 @@
+"""`saeamort train`: one SAE family on a model's cached activations with SAE-Lens' trainer.
+
+Layout of --out:
+    train_config.json       the resolved TrainConfig (a different config in the same --out is refused)
+    train_log.jsonl         per step: loss terms, loss, L0, dead fraction, explained variance
+    checkpoints/<samples>/  SAE-Lens checkpoints every --checkpoint-every steps (weights + trainer state)
+    pretrain_topk/          LocA only: the global TopK SAE it starts from (inference format)
+    sae/                    the final SAE in SAE-Lens inference format (`SAE.load_from_disk`; LocA after
+                            `import saelens_amort`), written to a temporary folder and renamed
+    summary.json            final held-out NMSE, explained variance, L0, dead fraction, wall time
+
+`--resume` continues from the newest checkpoint (weights, optimiser, schedulers, counters; the data stream skips the
+batches already seen).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+
+from saelens_amort.errors import SaeAmortError
+from saelens_amort.training.families import TrainConfig, make_training_sae
+
+logger = logging.getLogger(__name__)
+
+HELD_OUT_ROWS = 4096
+
+
+def store_batches(store, batch_size: int, seed: int, skip: int = 0, limit: int | None = None
+                  ) -> Iterator[torch.Tensor]:
+    """Endless minibatches over the store's first `limit` rows, shuffled within each shard (memory: one shard); the
+    first `skip` batches are dropped (resume)."""
+    epoch, carry, produced = 0, None, 0
+    while True:
+        offset = 0
+        for i, shard in enumerate(store.iter_shards()):
+            acts = shard.acts.float()
+            if limit is not None:
+                acts = acts[: max(0, limit - offset)]
+            offset += shard.acts.shape[0]
+            if acts.shape[0] == 0:
+                continue
+            gen = torch.Generator().manual_seed(seed * 1_000_003 + epoch * 10_007 + i)
+            acts = acts[torch.randperm(acts.shape[0], generator=gen)]
+            if carry is not None:
+                acts = torch.cat([carry, acts])
+            n_full = acts.shape[0] // batch_size
+            for b in range(n_full):
+                produced += 1
+                if produced > skip:
+                    yield acts[b * batch_size:(b + 1) * batch_size]
+            carry = acts[n_full * batch_size:]
+        epoch += 1
+
+
+def _trainer_class():
+    from sae_lens import SAETrainer
+
+    class LoggingTrainer(SAETrainer):
+        """SAETrainer that appends one JSON line per step and drives a rich progress bar."""
+
+        log_file = None
+        progress = None
+        task = None
+
+        def _update_pbar(self, step_output, pbar, update_interval: int = 100) -> None:
+            with torch.no_grad():
+                x, x_hat = step_output.sae_in.float(), step_output.sae_out.float()
+                resid = (x - x_hat).pow(2).sum()
+                ev = 1 - resid / (x - x.mean(0)).pow(2).sum().clamp_min(1e-12)
+                acts = step_output.feature_acts
+                acts = acts.to_dense() if acts.is_sparse else acts
+                record = {"step": self.n_training_steps, "loss": float(step_output.loss),
+                          **{k: float(v) for k, v in step_output.losses.items()},
+                          "l0": float((acts > 0).sum(-1).float().mean()),
+                          "dead_fraction": float(self.dead_neurons.float().mean()),
+                          "explained_variance": float(ev)}
+            if self.log_file is not None:
+                self.log_file.write(json.dumps(record) + "\n")
+            if self.progress is not None:
+                self.progress.update(self.task, completed=self.n_training_steps,
+                                     description=f"loss {record['loss']:.4g} L0 {record['l0']:.3g}")
+
+    return LoggingTrainer
+
+
+def _fit(sae, cfg: TrainConfig, store, steps: int, out: Path, ckpt_dir: Path, resume_from: Path | None,
+         progress: bool) -> None:
+    from rich.progress import Progress
+    from sae_lens.config import LoggingConfig, SAETrainerConfig
+
+    trainer_cfg = SAETrainerConfig(
+        total_training_samples=steps * cfg.batch_size, train_batch_size_samples=cfg.batch_size, lr=cfg.lr,
+        lr_end=cfg.lr if cfg.lr_end is None else cfg.lr_end, lr_scheduler_name=cfg.lr_scheduler, lr_warm_up_steps=cfg.lr_warm_up_steps,
+        lr_decay_steps=cfg.lr_decay_steps, device=cfg.device, dead_feature_window=max(1, min(1000, steps // 4)),
+        feature_sampling_window=max(1, min(2000, steps // 4)),
+        n_checkpoints=max(0, steps // cfg.checkpoint_every - 1) if cfg.checkpoint_every else 0,
+        checkpoint_path=str(ckpt_dir), logger=LoggingConfig(log_to_wandb=cfg.wandb),
+    )
+    skip = 0
+    trainer_cls = _trainer_class()
+    data = store_batches(store, cfg.batch_size, cfg.seed, limit=cfg.tokens)
+    trainer = trainer_cls(trainer_cfg, sae, data)
+    if resume_from is not None:
+        trainer.load_trainer_state(resume_from)
+        skip = trainer.n_training_samples // cfg.batch_size  # batches consumed (steps lag by one at a checkpoint)
+        trainer.data_provider = store_batches(store, cfg.batch_size, cfg.seed, skip=skip, limit=cfg.tokens)
+        trainer.checkpoint_thresholds = [t for t in trainer.checkpoint_thresholds if t > trainer.n_training_samples]
+        logger.info("resuming from %s at step %d", resume_from, skip)
+    with open(out / "train_log.jsonl", "a") as log, Progress(disable=not progress, transient=True) as bar, \
+            _quiet_tqdm():
+        trainer.log_file, trainer.progress = log, bar
+        trainer.task = bar.add_task("training", total=steps, completed=skip)
+        trainer.fit()
+
+
+@contextlib.contextmanager
+def _quiet_tqdm():
+    """SAETrainer.fit draws its own tqdm bar; ours (rich, with L0) replaces it for the duration of the fit."""
+    import sae_lens.training.sae_trainer as trainer_module
+
+    original = trainer_module.tqdm
+    trainer_module.tqdm = functools.partial(original, disable=True)
+    try:
+        yield
+    finally:
+        trainer_module.tqdm = original
+
+
+def _latest_checkpoint(ckpt_dir: Path) -> Path | None:
+    found = [p for p in ckpt_dir.glob("*") if (p / "trainer_state.pt").is_file() and p.name.isdigit()]
+    return max(found, key=lambda p: int(p.name)) if found else None
+
+
+def _save_atomic(sae, final: Path) -> None:
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
+    try:
+        sae.save_inference_model(tmp)
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def check_out(out: Path, cfg: TrainConfig, overwrite: bool, resume: bool) -> None:
+    saved = out / "train_config.json"
+    if not saved.exists():
+        if resume:
+            raise SaeAmortError(f"--resume: {out} holds no training run to resume")
+        return
+    same = json.loads(saved.read_text()) == cfg.as_json()
+    if overwrite:
+        shutil.rmtree(out)
+    elif not same:
+        raise SaeAmortError(f"{out} holds a training run with a different config; use another --out or --overwrite")
+    elif not resume and (out / "sae").exists():
+        raise SaeAmortError(f"{out} already holds this finished run; pass --overwrite to train it again")
+    elif not resume:
+        raise SaeAmortError(f"{out} holds an unfinished run of this config; pass --resume to continue it or "
+                            "--overwrite to start over")
+
+
+def run_train(cfg: TrainConfig, out: Path, *, overwrite: bool = False, resume: bool = False,
+              progress: bool = True) -> dict:
+    from sae_lens import TopKTrainingSAE
+
+    from saelens_amort.activations import CollectConfig, collect_activations, resolve_source
+    from saelens_amort.models import load_model
+    from saelens_amort.runners.collect import resolve_hook
+    from saelens_amort.training.loca import loca_from_topk
+
+    out = Path(out)
+    check_out(out, cfg, overwrite, resume)
+    model = load_model(cfg.model, device=cfg.device)
+    hook = resolve_hook(model.cfg.n_layers, cfg.layer, cfg.hook)
+    cfg.check_fits(model.cfg.d_model)
+    source = resolve_source(cfg.source or ("toy" if cfg.model == "toy" else "hf:monology/pile-uncopyrighted"),
+                            seed=cfg.seed)
+    store = collect_activations(model, source, CollectConfig(hook_name=hook, n_tokens=cfg.tokens + HELD_OUT_ROWS,
+                                                             context_size=cfg.context_size, seed=cfg.seed),
+                                None, model_name=cfg.model, progress=progress)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "train_config.json").write_text(json.dumps(cfg.as_json(), indent=2))
+    torch.manual_seed(cfg.seed)
+    start = time.perf_counter()
+    steps = cfg.n_steps
+    ckpt_dir = out / "checkpoints"
+    if cfg.arch == "loca":
+        pre_steps = max(1, int(steps * cfg.loca_pretrain_fraction))
+        pre_dir = out / "pretrain_topk"
+        if (pre_dir / "done").exists():
+            topk = TopKTrainingSAE.load_from_disk(pre_dir / "training")
+        else:
+            topk = make_training_sae(cfg, model.cfg.d_model, hook, cfg.model)
+            pre_ckpt = out / "pretrain_checkpoints"
+            _fit(topk, cfg, store, pre_steps, out, pre_ckpt, _latest_checkpoint(pre_ckpt) if resume else None,
+                 progress)
+            pre_dir.mkdir(exist_ok=True)
+            topk.save_model(str(pre_dir / "training"))
+            topk.save_inference_model(pre_dir / "inference")
+            (pre_dir / "done").write_text("")
+        resume_ckpt = _latest_checkpoint(ckpt_dir) if resume else None
+        sample = store.load(min(store.n_tokens, 32_768)).acts.float()
+        sae = loca_from_topk(topk, sample, cfg.budgets)
+        if resume_ckpt is not None:
+            sae.load_state_dict(_load_training_weights(resume_ckpt))
+        _fit(sae, cfg, store, steps - pre_steps, out, ckpt_dir, resume_ckpt, progress)
+    else:
+        sae = make_training_sae(cfg, model.cfg.d_model, hook, cfg.model)
+        resume_ckpt = _latest_checkpoint(ckpt_dir) if resume else None
+        if resume_ckpt is not None:
+            sae.load_state_dict(_load_training_weights(resume_ckpt))
+        _fit(sae, cfg, store, steps, out, ckpt_dir, resume_ckpt, progress)
+    seconds = time.perf_counter() - start
+    _save_atomic(sae, out / "sae")
+    held_out = _held_out(store, cfg.tokens)
+    from saelens_amort.saes import load_sae
+
+    final = load_sae(str(out / "sae"))
+    with torch.no_grad():
+        z = final.encode(held_out)
+        recon = final.decode(z)
+    x = held_out.double()
+    summary = {"arch": cfg.arch, "steps": steps, "train_seconds": seconds, "tokens_per_second": steps *
+               cfg.batch_size / seconds, "held_out_rows": int(held_out.shape[0]),
+               "nmse": float((x - recon.double()).pow(2).sum() / x.pow(2).sum()),
+               "explained_variance": float(1 - (x - recon.double()).pow(2).sum() / (x - x.mean(0)).pow(2).sum()),
+               "l0": float((z > 0).sum(-1).float().mean()), "dead_fraction": float(((z > 0).sum(0) == 0).float().mean())}
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+def _held_out(store, train_tokens: int) -> torch.Tensor:
+    rows = []
+    seen = 0
+    for shard in store.iter_shards():
+        n = shard.acts.shape[0]
+        if seen + n > train_tokens:
+            rows.append(shard.acts[max(0, train_tokens - seen):].float())
+        seen += n
+    return torch.cat(rows) if rows else torch.zeros(0, store.d_in)
+
+
+def _load_training_weights(path: Path) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(str(path / "sae_weights.safetensors"))

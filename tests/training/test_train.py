@@ -1,0 +1,106 @@
+"""`saeamort train` on the toy world: every family learns, LocA beats its global initialisation, checkpoints feed
+dynamics, resume continues exactly, and bad input gets one line."""
+
+import json
+import shutil
+
+import pytest
+import torch
+from helpers import assert_user_error, saeamort
+from sae_lens import SAE, TopKTrainingSAE
+
+from saelens_amort import SaeAmortError
+from saelens_amort.training.families import ARCHS, TrainConfig
+from saelens_amort.training.loca import loca_from_topk
+from saelens_amort.training.run import _held_out, run_train
+
+SMALL = dict(model="toy", layer=2, tokens=51_200, batch_size=256, expansion=4, k=8, lr=3e-3, seed=0)
+
+
+def _losses(out):
+    return [json.loads(line)["loss"] for line in (out / "train_log.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("arch", [a for a in ARCHS if a != "loca"])
+def test_every_family_learns(arch, tmp_path):
+    summary = run_train(TrainConfig(arch=arch, **SMALL), tmp_path / arch, progress=False)
+    losses = _losses(tmp_path / arch)
+    assert len(losses) == 200 and sum(losses[-20:]) < 0.5 * sum(losses[:20])
+    sae = SAE.load_from_disk(tmp_path / arch / "sae")
+    assert sae.cfg.d_sae == 512 and summary["explained_variance"] > 0.5 and summary["l0"] > 0
+
+
+@pytest.mark.slow
+def test_loca_beats_its_global_initialisation(tmp_path):
+    out = tmp_path / "loca"
+    cfg = TrainConfig(arch="loca", budgets=(4, 3, 2, 1), **{**SMALL, "tokens": 102_400})
+    run_train(cfg, out, progress=False)
+    from saelens_amort.activations import CollectConfig, collect_activations, resolve_source
+    from saelens_amort.models import load_model
+
+    store = collect_activations(load_model("toy"), resolve_source("toy"), CollectConfig(
+        hook_name="blocks.2.hook_resid_post", n_tokens=cfg.tokens + 4096, context_size=128), None, model_name="toy",
+        progress=False)
+    held = _held_out(store, cfg.tokens)
+    init = loca_from_topk(TopKTrainingSAE.load_from_disk(out / "pretrain_topk" / "training"),
+                          store.load(32_768).acts.float(), cfg.budgets)
+    final = SAE.load_from_disk(out / "sae")
+    with torch.no_grad():
+        mse = lambda s: float((s.decode(s.encode(held)) - held).pow(2).sum(-1).mean())  # noqa: E731
+        assert mse(final) < mse(init)
+    assert final.cfg.budgets == [4, 3, 2, 1]
+
+
+@pytest.mark.slow
+def test_checkpoints_resume_and_dynamics(tmp_path):
+    cfg = TrainConfig(arch="topk", checkpoint_every=20, **{**SMALL, "tokens": 15_360})
+    a = tmp_path / "a"
+    run_train(cfg, a, progress=False)
+    ckpts = sorted((a / "checkpoints").iterdir(), key=lambda p: int(p.name))
+    assert len(ckpts) == 2
+    b = tmp_path / "b"
+    shutil.copytree(a, b)
+    shutil.rmtree(b / "sae")
+    shutil.rmtree(b / "checkpoints" / ckpts[-1].name)
+    (b / "summary.json").unlink()
+    with pytest.raises(SaeAmortError, match="unfinished run"):
+        run_train(cfg, b, progress=False)
+    run_train(cfg, b, resume=True, progress=False)
+    x = torch.randn(64, 128)
+    sa, sb = SAE.load_from_disk(a / "sae"), SAE.load_from_disk(b / "sae")
+    torch.testing.assert_close(sb.W_dec, sa.W_dec, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(sb.encode(x), sa.encode(x), atol=1e-4, rtol=1e-4)
+    from saelens_amort.runners.dynamics import index_checkpoints
+
+    assert list(index_checkpoints(a / "checkpoints")["step_source"]) == ["metadata", "metadata"]
+
+
+def test_bad_inputs(tmp_path):
+    with pytest.raises(SaeAmortError, match="unknown architecture 'nope'; registered: standard"):
+        TrainConfig(arch="nope")
+    with pytest.raises(SaeAmortError, match="need 20480 training tokens"):
+        TrainConfig(tokens=10_000, steps=20, batch_size=1024)
+    with pytest.raises(SaeAmortError, match="k=5000 exceeds d_sae=1024"):
+        TrainConfig(k=5000).check_fits(128)
+    with pytest.raises(SaeAmortError, match="do not fit"):
+        TrainConfig(arch="loca", budgets=(600, 1)).check_fits(128)
+    assert_user_error(saeamort("train", "--arch", "nope", "--out", str(tmp_path / "x")), "unknown architecture")
+    assert_user_error(saeamort("train", "--resume", "--out", str(tmp_path / "y")), "no training run to resume")
+    (tmp_path / "bad.yaml").write_text("arch: topk\nlearning_rate: 3\n")
+    assert_user_error(saeamort("train", "--config", str(tmp_path / "bad.yaml"), "--out", str(tmp_path / "z")),
+                      "unknown keys")
+    assert not (tmp_path / "x").exists() and not (tmp_path / "z").exists()
+
+
+def test_shipped_recipes_load():
+    from pathlib import Path
+
+    recipes = sorted((Path(__file__).resolve().parents[2] / "configs").glob("*.yaml"))
+    assert {p.stem for p in recipes} >= {"relu_l1", "topk", "batchtopk", "loca"}
+    for path in recipes:
+        cfg = TrainConfig.from_yaml(path, tokens=1 << 20)
+        assert cfg.arch in ARCHS
+    classic = TrainConfig.from_yaml(recipes[[p.stem for p in recipes].index("relu_l1")], tokens=1 << 20, lr=1e-3)
+    assert (classic.expansion, classic.l1_coefficient, classic.lr_warm_up_steps, classic.lr_end) == (8, 3e-4, 500, 1.5e-3)
+    assert classic.lr == 1e-3 and classic.normalize_activations == "layer_norm"  # given options override the recipe
