@@ -83,6 +83,10 @@ def _run(command: str, out: Path | None, overwrite: bool, *, model: str, layer: 
     cfg = EvalConfig(model=model, layer=layer, hook=hook, saes=specs, **options)
     out = out or Path("runs") / f"{command}-{Path(model).name}"
     df = run_eval(cfg, out, overwrite=overwrite)
+    from saelens_amort import distributed
+
+    if not distributed.is_main():
+        return
     print_table(df)
     Console().print(f"results and report in {out}/ (report.html)")
 

@@ -165,6 +165,7 @@ def _write_atomic(path: Path, write) -> None:
 
 def evaluate_sae(spec: str, sae, model, store, hook: str, cfg: EvalConfig, splice_toks) -> tuple[list[dict], dict]:
     """All variants of one SAE: rows for the results table and artifacts for the report."""
+    from saelens_amort import distributed as dist
     from saelens_amort.inference import calibrate_lambda, infer
     from saelens_amort.metrics import make_metric, metric_batch, splice_reference, spliced_metrics
     from saelens_amort.saes import Dictionary
@@ -173,15 +174,20 @@ def evaluate_sae(spec: str, sae, model, store, hook: str, cfg: EvalConfig, splic
     dictionary = Dictionary.of(sae)
     needs_lam = any(v.mode != "amortized" for v in variants)
     cal = None
-    if needs_lam:
-        x_cal = store.load(cfg.calib_tokens).acts.to(cfg.device)
-        cal = calibrate_lambda(x_cal, sae, "unamortized", target=cfg.lambda_target, strict=False)
+    if needs_lam:  # on rank 0, broadcast: every rank solves at the same λ
+        if dist.is_main():
+            x_cal = store.load(cfg.calib_tokens).acts.to(cfg.device)
+            cal = calibrate_lambda(x_cal, sae, "unamortized", target=cfg.lambda_target, strict=False)
+        cal = dist.broadcast(cal)
     lam = cal.lam if cal else None
     label_names = store.label_names
     metrics = {v.label: {name: (make_metric(name, label_names=label_names) if name in ("probes", "absorption")
                                 else make_metric(name)) for name in BATCH_METRICS} for v in variants}
     gaps: list[np.ndarray] = []
-    for batch in store.iter_batches(cfg.batch_size):
+    mine = dist.block(-(-store.n_tokens // cfg.batch_size))  # this rank's contiguous batches
+    for i, batch in enumerate(store.iter_batches(cfg.batch_size)):
+        if i not in mine:
+            continue
         x = batch.acts.to(cfg.device)
         star = infer(x, sae, "unamortized", lam=lam) if lam is not None else None
         results = {}
@@ -199,6 +205,10 @@ def evaluate_sae(spec: str, sae, model, store, hook: str, cfg: EvalConfig, splic
         if star is not None and "amortized" in results and sum(map(len, gaps)) < GAP_SAMPLE:
             gaps.append((results["amortized"].objective - star.objective).cpu().numpy())
 
+    merged, all_gaps = dist.merge_metrics(metrics), dist.gather(gaps)
+    if not dist.is_main():
+        return [], {"freqs": {}, "gap": np.zeros(0)}
+    metrics, gaps = merged, [g for part in all_gaps for g in part]
     reference = splice_reference(model, splice_toks, hook) if splice_toks is not None else None
     rows, freqs, splice_cache = [], {}, {}
     for v in variants:
@@ -245,10 +255,15 @@ def run_eval(cfg: EvalConfig, out: Path, *, overwrite: bool = False, progress: b
     """`saeamort eval` / `sweep-semi`: evaluate, then write results.{parquet,csv,json} and report.html in `out`."""
     from saelens_amort.saes.suites import default_suite
 
+    from saelens_amort import distributed as dist
+
+    dist.init(cfg.device)
     out = Path(out)
     check_out_dir(out, cfg, overwrite)
     ev = evaluate(cfg, cfg.saes or default_suite(cfg.model, cfg.layer), out, progress=progress)
-    write_outputs(out, ev, cfg)
+    if dist.is_main():
+        write_outputs(out, ev, cfg)
+    dist.barrier()  # the other ranks return once the outputs exist
     return ev.df
 
 
@@ -274,9 +289,15 @@ def evaluate(cfg: EvalConfig, specs: tuple[str, ...], out: Path, *, progress: bo
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise SaeAmortError(f"cannot create --out {out} ({e.strerror or e})") from None
-    store = collect_activations(
-        model, source, CollectConfig(hook_name=hook, n_tokens=cfg.tokens, context_size=cfg.context_size,
-                                     seed=cfg.seed), None, model_name=cfg.model, progress=progress)
+    from saelens_amort import distributed as dist
+
+    request = CollectConfig(hook_name=hook, n_tokens=cfg.tokens, context_size=cfg.context_size, seed=cfg.seed)
+    if not dist.is_main():
+        dist.barrier()  # rank 0 fills the activation cache; the others then read it
+    store = collect_activations(model, source, request, None, model_name=cfg.model,
+                                progress=progress and dist.is_main())
+    if dist.is_main():
+        dist.barrier()
     tok = model.tokenizer
     bos = tok.bos_token_id if tok is not None else None
     pad = (tok.pad_token_id if tok is not None and tok.pad_token_id is not None else 0)
