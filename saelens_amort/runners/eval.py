@@ -12,6 +12,7 @@ import json
 import logging
 import math
 import os
+import shutil
 import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -303,14 +304,57 @@ def evaluate(cfg: EvalConfig, specs: tuple[str, ...], out: Path, *, progress: bo
     pad = (tok.pad_token_id if tok is not None and tok.pad_token_id is not None else 0)
     splice_toks = splice_tokens(store, cfg.splice_sequences, bos, pad)
     rows, freqs, gaps = [], {}, {}
+    done = dist.broadcast(load_partials(out, cfg) if dist.is_main() else None)
     for i, spec in enumerate(specs):
-        logger.info("[%d/%d] evaluating %s (%s)", i + 1, len(specs), spec, ", ".join(v.label for v in cfg.variants()))
-        r, art = evaluate_sae(spec, load_sae(spec, device=cfg.device), model, store, hook, cfg, splice_toks)
+        if i in done:  # finished by an interrupted earlier run of this config (rank 0 holds its results)
+            logger.info("[%d/%d] %s: already evaluated, reusing its results", i + 1, len(specs), spec)
+            r, art = done[i] if dist.is_main() else ([], {"freqs": {}, "gap": np.zeros(0)})
+        else:
+            logger.info("[%d/%d] evaluating %s (%s)", i + 1, len(specs), spec,
+                        ", ".join(v.label for v in cfg.variants()))
+            r, art = evaluate_sae(spec, load_sae(spec, device=cfg.device), model, store, hook, cfg, splice_toks)
+            if dist.is_main():
+                save_partial(out, cfg, i, (r, art))
         rows += r
         freqs.update(art["freqs"])
         if art["gap"].size:
             gaps[spec] = art["gap"]
     return Evaluation(pd.DataFrame(rows), freqs, gaps, hook, store)
+
+
+PARTIAL_DIR = ".partial"
+"""Per-SAE results of a run in progress (removed once the outputs are written); a rerun of the same config reuses
+them, whatever the number of processes (each holds a whole SAE's merged results)."""
+
+
+def save_partial(out: Path, cfg: EvalConfig, index: int, result: tuple) -> None:
+    import pickle
+
+    part = out / PARTIAL_DIR
+    part.mkdir(exist_ok=True)
+    if not (part / "config.json").exists():
+        (part / "config.json").write_text(json.dumps(cfg.as_json()))
+    _write_atomic(part / f"{index}.pkl", lambda p: p.write_bytes(pickle.dumps(result)))
+
+
+def load_partials(out: Path, cfg: EvalConfig) -> dict[int, tuple]:
+    """index → (rows, artifacts) of the SAEs an interrupted run of this same config finished."""
+    import pickle
+
+    part = out / PARTIAL_DIR
+    try:
+        if json.loads((part / "config.json").read_text()) != cfg.as_json():
+            shutil.rmtree(part)  # another config's leftovers (the results check has already allowed this --out)
+            return {}
+    except (OSError, json.JSONDecodeError):
+        return {}
+    found = {}
+    for f in part.glob("*.pkl"):
+        try:
+            found[int(f.stem)] = pickle.loads(f.read_bytes())
+        except (ValueError, OSError, pickle.UnpicklingError, EOFError):
+            continue
+    return found
 
 
 def write_outputs(out: Path, ev: Evaluation, cfg: EvalConfig, *, extra_meta: dict | None = None,
@@ -326,6 +370,7 @@ def write_outputs(out: Path, ev: Evaluation, cfg: EvalConfig, *, extra_meta: dic
     _write_atomic(out / "results.csv", lambda p: df.to_csv(p, index=False))
     build_report(out / "report.html", df, ev.freqs, ev.gaps, meta, extra_sections=extra_sections)
     _write_atomic(out / "results.json", lambda p: p.write_text(json.dumps(meta, indent=2, default=_json_default)))
+    shutil.rmtree(out / PARTIAL_DIR, ignore_errors=True)
 
 
 def _json_default(v: Any) -> Any:
