@@ -30,6 +30,8 @@ SPLICE = typer.Option(16, help="Sequences for spliced CE/KL (0 skips).")
 OUT = typer.Option(None, help="Output directory (default runs/<command>-<model>).")
 OVERWRITE = typer.Option(False, help="Replace results of a different config in --out.")
 DEVICE = typer.Option("cpu", help="cpu, cuda or cuda:N.")
+LLM_DTYPE = typer.Option(None, help="Language-model dtype: fp32, bf16 or fp16 (default: as loaded).")
+SAE_DTYPE = typer.Option(None, help="SAE dtype: fp32, bf16 or fp16 (default: as stored; objectives stay fp32).")
 SEED = typer.Option(0, help="Seed of the toy corpus stream.")
 
 
@@ -41,14 +43,15 @@ def eval_command(
     semi_steps: int = typer.Option(30, help="K for the semi-amortized mode."),
     tokens: int = TOKENS, calib_tokens: int = CALIB, source: Optional[str] = SOURCE, lambda_target: str = TARGET,
     batch_size: int = BATCH, splice_sequences: int = SPLICE, out: Optional[Path] = OUT, overwrite: bool = OVERWRITE,
-    device: str = DEVICE, seed: int = SEED,
+    device: str = DEVICE, seed: int = SEED, llm_dtype: Optional[str] = LLM_DTYPE, sae_dtype: Optional[str] = SAE_DTYPE,
 ) -> None:
     """Compare encoder codes with sparse-coding codes on the same dictionary; write results.{parquet,csv,json} and
     report.html."""
     mode_list = tuple(m.strip() for m in modes.split(",") if m.strip())
     _run("eval", out, overwrite, model=model, layer=layer, hook=hook, sae=sae, sae_path=sae_path, modes=mode_list,
          semi_steps=semi_steps, tokens=tokens, calib_tokens=calib_tokens, source=source, lambda_target=lambda_target,
-         batch_size=batch_size, splice_sequences=splice_sequences, seed=seed, device=device)
+         batch_size=batch_size, splice_sequences=splice_sequences, seed=seed, device=device, llm_dtype=llm_dtype,
+         sae_dtype=sae_dtype)
 
 
 @app.command("sweep-semi")

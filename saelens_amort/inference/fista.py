@@ -17,6 +17,7 @@
 from __future__ import annotations
 
 import warnings
+from dataclasses import replace
 
 import torch
 from jaxtyping import Float
@@ -300,11 +301,15 @@ def run(
         L = dictionary.lipschitz
         info.update(restart=restart, lipschitz=L)
 
+        wd = gram_cache.work_dtype(dictionary.atoms.dtype)  # bf16/fp16 dictionaries are solved in fp32
+        atoms = dictionary.atoms.to(wd)
+
         def solve_chunk(x_t: Tensor, u0: Tensor | None) -> SolveOutput:
-            return solve(
-                x_t, dictionary.atoms, lam, L, u0=u0, max_iter=max_iter, tol=float(options.tol), solver=solver,
-                restart=restart, return_trace=return_trace,
+            out = solve(
+                x_t.to(wd), atoms, lam, L, u0=None if u0 is None else u0.to(wd), max_iter=max_iter,
+                tol=float(options.tol), solver=solver, restart=restart, return_trace=return_trace,
             )
+            return replace(out, u=out.u.to(dictionary.atoms.dtype))
 
     parts: list[SolveOutput] = []
     for start in range(0, x.shape[0], batch_rows):

@@ -83,6 +83,10 @@ class EvalConfig:
     """Seed of the toy corpus stream."""
     device: str = "cpu"
     """cpu, cuda or cuda:N."""
+    llm_dtype: str | None = None
+    """fp32 | bf16 | fp16 for the language model (None: as loaded)."""
+    sae_dtype: str | None = None
+    """fp32 | bf16 | fp16 for the SAEs (None: as stored); solves accumulate objectives in fp32 regardless."""
     extra: dict[str, Any] = field(default_factory=dict)
     """Free-form options recorded with the results."""
 
@@ -276,8 +280,13 @@ def evaluate(cfg: EvalConfig, specs: tuple[str, ...], out: Path, *, progress: bo
     from saelens_amort.runners.collect import resolve_hook
     from saelens_amort.saes import check_sae_fits, load_sae
 
+    from saelens_amort.devices import check_device, resolve_dtype
+
+    check_device(cfg.device)
+    llm_dtype = resolve_dtype(cfg.llm_dtype, cfg.device, "--llm-dtype")
+    sae_dtype = resolve_dtype(cfg.sae_dtype, cfg.device, "--sae-dtype")
     try:  # the model and the text source are what an offline machine lacks: say how to run the study anyway
-        model = load_model(cfg.model, device=cfg.device)
+        model = load_model(cfg.model, device=cfg.device, dtype=llm_dtype)
         source = resolve_source(cfg.resolved_source(), seed=cfg.seed)
     except SaeAmortError as e:
         if cfg.model == "toy":
@@ -285,7 +294,7 @@ def evaluate(cfg: EvalConfig, specs: tuple[str, ...], out: Path, *, progress: bo
         raise SaeAmortError(f"{str(e).rstrip('.')}; the same study offline: saeamort eval --model toy") from None
     hook = resolve_hook(model.cfg.n_layers, cfg.layer, cfg.hook)
     for spec in specs:
-        check_sae_fits(load_sae(spec, device=cfg.device), model, hook)
+        check_sae_fits(load_sae(spec, device=cfg.device, dtype=sae_dtype), model, hook)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -312,7 +321,8 @@ def evaluate(cfg: EvalConfig, specs: tuple[str, ...], out: Path, *, progress: bo
         else:
             logger.info("[%d/%d] evaluating %s (%s)", i + 1, len(specs), spec,
                         ", ".join(v.label for v in cfg.variants()))
-            r, art = evaluate_sae(spec, load_sae(spec, device=cfg.device), model, store, hook, cfg, splice_toks)
+            r, art = evaluate_sae(spec, load_sae(spec, device=cfg.device, dtype=sae_dtype), model, store, hook, cfg,
+                                  splice_toks)
             if dist.is_main():
                 save_partial(out, cfg, i, (r, art))
         rows += r
