@@ -41,6 +41,8 @@ def eval_command(
     sae_path: List[Path] = SAE_PATH,
     modes: str = typer.Option("amortized,semi,unamortized", help="Comma-separated registered modes."),
     semi_steps: int = typer.Option(30, help="K for the semi-amortized mode."),
+    metrics: str = typer.Option("reconstruction,sparsity,probes,absorption,gap,cost,splice",
+                                help="Comma-separated registered metric families."),
     tokens: int = TOKENS, calib_tokens: int = CALIB, source: Optional[str] = SOURCE, lambda_target: str = TARGET,
     batch_size: int = BATCH, splice_sequences: int = SPLICE, out: Optional[Path] = OUT, overwrite: bool = OVERWRITE,
     device: str = DEVICE, seed: int = SEED, llm_dtype: Optional[str] = LLM_DTYPE, sae_dtype: Optional[str] = SAE_DTYPE,
@@ -51,7 +53,7 @@ def eval_command(
     _run("eval", out, overwrite, model=model, layer=layer, hook=hook, sae=sae, sae_path=sae_path, modes=mode_list,
          semi_steps=semi_steps, tokens=tokens, calib_tokens=calib_tokens, source=source, lambda_target=lambda_target,
          batch_size=batch_size, splice_sequences=splice_sequences, seed=seed, device=device, llm_dtype=llm_dtype,
-         sae_dtype=sae_dtype)
+         sae_dtype=sae_dtype, metrics=tuple(m.strip() for m in metrics.split(",") if m.strip()))
 
 
 @app.command("sweep-semi")

@@ -61,6 +61,8 @@ class EvalConfig:
     """SAE specs (toy/<family>, release/sae_id, a directory); empty = the model's default suite."""
     modes: tuple[str, ...] = ("amortized", "semi", "unamortized")
     """Registered inference modes to compare."""
+    metrics: tuple[str, ...] = (*BATCH_METRICS, "splice")
+    """Registered metric families to compute ('splice' = spliced CE / KL, which runs the model)."""
     semi_steps: int = 30
     """K for the semi-amortized mode."""
     semi_sweep: tuple[int, ...] = ()
@@ -98,6 +100,12 @@ class EvalConfig:
             raise SaeAmortError(f"unknown mode(s) {', '.join(unknown)}; registered modes: {', '.join(list_modes())}")
         if not self.modes:
             raise SaeAmortError("give at least one mode")
+        from saelens_amort.metrics import list_metrics
+
+        unknown = [m for m in self.metrics if m not in list_metrics()]
+        if unknown or not self.metrics:
+            raise SaeAmortError(f"unknown metric(s) {', '.join(unknown) or '(none given)'}; registered metrics: "
+                                f"{', '.join(list_metrics())}")
         if self.lambda_target not in LAMBDA_TARGETS:
             raise SaeAmortError(f"unknown --lambda-target {self.lambda_target!r}; use one of {', '.join(LAMBDA_TARGETS)}")
         if self.tokens <= 0 or self.calib_tokens <= 0 or self.batch_size <= 0 or self.semi_steps < 0:
@@ -186,8 +194,9 @@ def evaluate_sae(spec: str, sae, model, store, hook: str, cfg: EvalConfig, splic
         cal = dist.broadcast(cal)
     lam = cal.lam if cal else None
     label_names = store.label_names
+    families = [m for m in cfg.metrics if m != "splice"]
     metrics = {v.label: {name: (make_metric(name, label_names=label_names) if name in ("probes", "absorption")
-                                else make_metric(name)) for name in BATCH_METRICS} for v in variants}
+                                else make_metric(name)) for name in families} for v in variants}
     gaps: list[np.ndarray] = []
     mine = dist.block(-(-store.n_tokens // cfg.batch_size))  # this rank's contiguous batches
     for i, batch in enumerate(store.iter_batches(cfg.batch_size)):
@@ -214,7 +223,8 @@ def evaluate_sae(spec: str, sae, model, store, hook: str, cfg: EvalConfig, splic
     if not dist.is_main():
         return [], {"freqs": {}, "gap": np.zeros(0)}
     metrics, gaps = merged, [g for part in all_gaps for g in part]
-    reference = splice_reference(model, splice_toks, hook) if splice_toks is not None else None
+    use_splice = splice_toks is not None and "splice" in cfg.metrics
+    reference = splice_reference(model, splice_toks, hook) if use_splice else None
     rows, freqs, splice_cache = [], {}, {}
     for v in variants:
         row: dict[str, Any] = {"sae": spec, "mode": v.label, "inference_mode": v.mode, "semi_steps": v.steps,

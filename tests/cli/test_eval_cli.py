@@ -50,9 +50,20 @@ def test_metric_that_cannot_apply_is_skipped_with_reason(tmp_path):
     assert row["real/f1@1"] >= 0 and row["nmse"] > 0
 
 
+@pytest.mark.slow
+def test_metric_subset(tmp_path):
+    proc = saeamort("eval", *SMALL, "--sae", "toy/topk", "--modes", "amortized", "--metrics",
+                    "reconstruction,sparsity", "--out", str(tmp_path / "m"))
+    assert proc.returncode == 0, proc.stderr
+    cols = set(pd.read_csv(tmp_path / "m" / "results.csv").columns)
+    assert {"nmse", "l0"} <= cols and not any(c.startswith(("real/", "ce_", "gap")) for c in cols)
+
+
 def test_bad_inputs(tmp_path):
     assert_user_error(saeamort("eval", *SMALL, "--modes", "amortized,nope", "--out", str(tmp_path / "a")),
                       "unknown mode.*registered modes: .*amortized")
+    assert_user_error(saeamort("eval", *SMALL, "--metrics", "nmse", "--out", str(tmp_path / "a")),
+                      "unknown metric.*registered metrics: reconstruction")
     assert_user_error(saeamort("eval", *SMALL, "--tokens", "100", "--out", str(tmp_path / "b")),
                       "smaller than the calibration slice")
     bad = _tiny_sae_dir(tmp_path / "wide", d_in=64)

@@ -89,3 +89,19 @@ def test_bad_budgets():
         LocATrainingSAE(loca.LocATrainingSAEConfig(d_in=16, d_sae=8, budgets=[3, 3, 3]))
     with pytest.raises(SaeAmortError, match="positive"):
         LocATrainingSAE(loca.LocATrainingSAEConfig(d_in=16, d_sae=64, budgets=[2, 0]))
+
+
+def test_loca_in_every_mode(tmp_path):
+    from saelens_amort import infer
+    from saelens_amort.saes import Dictionary, load_sae
+
+    model = loca_from_topk(_global(), torch.randn(300, 16), (3, 2, 1, 1))
+    model.save_inference_model(tmp_path / "sae")
+    sae = load_sae(str(tmp_path / "sae"))  # the true form: LocASAE with its groups
+    x = torch.randn(64, 16)
+    d = Dictionary.of(sae)
+    assert d.d_sae == 64
+    amort = infer(x, sae, "amortized", lam=0.1)
+    torch.testing.assert_close(amort.codes, sae.encode(x).detach())
+    semi, star = infer(x, sae, "semi", lam=0.1), infer(x, sae, "unamortized", lam=0.1)
+    assert (semi.objective <= amort.objective + 1e-4).all() and star.objective.mean() <= semi.objective.mean() + 1e-4
