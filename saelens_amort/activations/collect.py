@@ -212,6 +212,17 @@ def run_to_hook(
     return captured[0]
 
 
+def live_activations(model: HookedTransformer, source: TextSource, cfg: CollectConfig,
+                     dtype: torch.dtype = torch.float32) -> Iterator[ActivationBatch]:
+    """The rows `collect_activations` would store, produced on the fly batch by batch (nothing written, no
+    `n_tokens` limit: the stream ends with the source)."""
+    check_hook(model, cfg.hook_name)
+    bos, pad = _special_ids(model, cfg)
+    chunks = _iter_chunks(source, model, cfg, bos, ResumePoint(0, 0, 0))
+    while batch := list(islice(chunks, cfg.batch_size)):
+        yield _forward_rows(model, batch, cfg.hook_name, 1 if bos is not None else 0, pad, dtype)
+
+
 def _forward_rows(model: HookedTransformer, chunks: list[_Chunk], hook_name: str, first_pos: int, pad: int,
                   dtype: torch.dtype) -> ActivationBatch:
     """Run one right-padded batch up to the hook; rows of every real, non-BOS position in chunk-major order."""

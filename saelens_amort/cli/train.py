@@ -30,6 +30,7 @@ def train_command(
     device: Optional[str] = typer.Option(None, help="cpu, cuda or cuda:N."),
     seed: Optional[int] = typer.Option(None, help="Seed."),
     wandb: bool = typer.Option(False, help="Also log to Weights & Biases (needs a wandb login)."),
+    live: bool = typer.Option(False, help="Compute activations on the fly from the model instead of caching them."),
     out: Path = typer.Option(..., help="Run directory."),
     overwrite: bool = typer.Option(False, help="Replace a run with a different config in --out."),
     resume: bool = typer.Option(False, help="Continue the run in --out from its newest checkpoint."),
@@ -45,7 +46,7 @@ def train_command(
         raise SaeAmortError(f"--budgets must be comma-separated integers, got {budgets!r}") from None
     given = dict(arch=arch, model=model, layer=layer, source=source, tokens=tokens, steps=steps, batch_size=batch_size,
                  expansion=expansion, k=k, budgets=budget_tuple, lr=lr, checkpoint_every=checkpoint_every,
-                 device=device, seed=seed, wandb=wandb or None)
+                 device=device, seed=seed, wandb=wandb or None, live=live or None)
     if config is not None:
         cfg = TrainConfig.from_yaml(config, **given)
     else:

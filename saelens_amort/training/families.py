@@ -43,6 +43,8 @@ class TrainConfig:
     checkpoint_every: int = 0
     """Save a checkpoint every this many steps (0: none); `saeamort dynamics` reads them."""
     context_size: int = 128
+    live: bool = False
+    """Train on activations computed on the fly from the model (nothing cached) instead of the activation cache."""
     seed: int = 0
     device: str = "cpu"
     wandb: bool = False

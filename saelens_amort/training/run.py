@@ -10,7 +10,8 @@ Layout of --out:
     summary.json            final held-out NMSE, explained variance, L0, dead fraction, wall time
 
 `--resume` continues from the newest checkpoint (weights, optimiser, schedulers, counters; the data stream skips the
-batches already seen).
+batches already seen). `--live` trains on activations computed on the fly (nothing cached; rows shuffled within a
+buffer of SHUFFLE_BATCHES batches; the first HELD_OUT_ROWS rows of the stream are held out).
 """
 
 from __future__ import annotations
@@ -63,6 +64,30 @@ def store_batches(store, batch_size: int, seed: int, skip: int = 0, limit: int |
         epoch += 1
 
 
+SHUFFLE_BATCHES = 16
+"""Live training shuffles rows within a buffer of this many batches."""
+
+
+def live_batches(rows, batch_size: int, seed: int, skip: int = 0) -> Iterator[torch.Tensor]:
+    """Minibatches from a live stream of ActivationBatch rows, shuffled within a buffer of SHUFFLE_BATCHES batches;
+    the first `skip` are dropped (resume: the stream is deterministic for a seeded source)."""
+    gen = torch.Generator().manual_seed(seed)
+    buffer, produced = [], 0
+    for batch in rows:
+        buffer.append(batch.acts.float())
+        while sum(b.shape[0] for b in buffer) >= SHUFFLE_BATCHES * batch_size:
+            pool = torch.cat(buffer)
+            pool = pool[torch.randperm(pool.shape[0], generator=gen)]
+            n = pool.shape[0] // batch_size * batch_size
+            buffer = [pool[n:]]
+            for b in pool[:n].split(batch_size):
+                produced += 1
+                if produced > skip:
+                    yield b
+    raise SaeAmortError("the live source ran out of text before training finished; use a larger source or fewer "
+                        "--tokens")
+
+
 def _trainer_class():
     from sae_lens import SAETrainer
 
@@ -94,8 +119,9 @@ def _trainer_class():
     return LoggingTrainer
 
 
-def _fit(sae, cfg: TrainConfig, store, steps: int, out: Path, ckpt_dir: Path, resume_from: Path | None,
+def _fit(sae, cfg: TrainConfig, data_fn, steps: int, out: Path, ckpt_dir: Path, resume_from: Path | None,
          progress: bool) -> None:
+    """SAETrainer on `data_fn(skip)` (minibatches after the first `skip`) for `steps` steps."""
     from rich.progress import Progress
     from sae_lens.config import LoggingConfig, SAETrainerConfig
 
@@ -109,12 +135,11 @@ def _fit(sae, cfg: TrainConfig, store, steps: int, out: Path, ckpt_dir: Path, re
     )
     skip = 0
     trainer_cls = _trainer_class()
-    data = store_batches(store, cfg.batch_size, cfg.seed, limit=cfg.tokens)
-    trainer = trainer_cls(trainer_cfg, sae, data)
+    trainer = trainer_cls(trainer_cfg, sae, data_fn(0))
     if resume_from is not None:
         trainer.load_trainer_state(resume_from)
         skip = trainer.n_training_samples // cfg.batch_size  # batches consumed (steps lag by one at a checkpoint)
-        trainer.data_provider = store_batches(store, cfg.batch_size, cfg.seed, skip=skip, limit=cfg.tokens)
+        trainer.data_provider = data_fn(skip)
         trainer.checkpoint_thresholds = [t for t in trainer.checkpoint_thresholds if t > trainer.n_training_samples]
         logger.info("resuming from %s at step %d", resume_from, skip)
     with open(out / "train_log.jsonl", "a") as log, Progress(disable=not progress, transient=True) as bar, \
@@ -177,6 +202,7 @@ def run_train(cfg: TrainConfig, out: Path, *, overwrite: bool = False, resume: b
     from sae_lens import TopKTrainingSAE
 
     from saelens_amort.activations import CollectConfig, collect_activations, resolve_source
+    from saelens_amort.activations.collect import live_activations
     from saelens_amort.models import load_model
     from saelens_amort.runners.collect import resolve_hook
     from saelens_amort.training.loca import loca_from_topk
@@ -188,9 +214,27 @@ def run_train(cfg: TrainConfig, out: Path, *, overwrite: bool = False, resume: b
     cfg.check_fits(model.cfg.d_model)
     source = resolve_source(cfg.source or ("toy" if cfg.model == "toy" else "hf:monology/pile-uncopyrighted"),
                             seed=cfg.seed)
-    store = collect_activations(model, source, CollectConfig(hook_name=hook, n_tokens=cfg.tokens + HELD_OUT_ROWS,
-                                                             context_size=cfg.context_size, seed=cfg.seed),
-                                None, model_name=cfg.model, progress=progress)
+    request = CollectConfig(hook_name=hook, n_tokens=cfg.tokens + HELD_OUT_ROWS, context_size=cfg.context_size,
+                            seed=cfg.seed)
+    if cfg.live:  # held-out rows: the first HELD_OUT_ROWS of the stream; training: everything after them
+        store = None
+        held_out = _first_rows(live_activations(model, source, request), HELD_OUT_ROWS)
+
+        def data_fn(skip: int) -> Iterator[torch.Tensor]:
+            stream = _drop_rows(live_activations(model, source, request), HELD_OUT_ROWS)
+            return live_batches(stream, cfg.batch_size, cfg.seed, skip)
+
+        def sample(n: int) -> torch.Tensor:
+            return _first_rows(_drop_rows(live_activations(model, source, request), HELD_OUT_ROWS), n)
+    else:
+        store = collect_activations(model, source, request, None, model_name=cfg.model, progress=progress)
+        held_out = _held_out(store, cfg.tokens)
+
+        def data_fn(skip: int) -> Iterator[torch.Tensor]:
+            return store_batches(store, cfg.batch_size, cfg.seed, skip=skip, limit=cfg.tokens)
+
+        def sample(n: int) -> torch.Tensor:
+            return store.load(min(store.n_tokens, n)).acts.float()
     out.mkdir(parents=True, exist_ok=True)
     (out / "train_config.json").write_text(json.dumps(cfg.as_json(), indent=2))
     torch.manual_seed(cfg.seed)
@@ -205,27 +249,25 @@ def run_train(cfg: TrainConfig, out: Path, *, overwrite: bool = False, resume: b
         else:
             topk = make_training_sae(cfg, model.cfg.d_model, hook, cfg.model)
             pre_ckpt = out / "pretrain_checkpoints"
-            _fit(topk, cfg, store, pre_steps, out, pre_ckpt, _latest_checkpoint(pre_ckpt) if resume else None,
+            _fit(topk, cfg, data_fn, pre_steps, out, pre_ckpt, _latest_checkpoint(pre_ckpt) if resume else None,
                  progress)
             pre_dir.mkdir(exist_ok=True)
             topk.save_model(str(pre_dir / "training"))
             topk.save_inference_model(pre_dir / "inference")
             (pre_dir / "done").write_text("")
         resume_ckpt = _latest_checkpoint(ckpt_dir) if resume else None
-        sample = store.load(min(store.n_tokens, 32_768)).acts.float()
-        sae = loca_from_topk(topk, sample, cfg.budgets)
+        sae = loca_from_topk(topk, sample(32_768), cfg.budgets)
         if resume_ckpt is not None:
             sae.load_state_dict(_load_training_weights(resume_ckpt))
-        _fit(sae, cfg, store, steps - pre_steps, out, ckpt_dir, resume_ckpt, progress)
+        _fit(sae, cfg, data_fn, steps - pre_steps, out, ckpt_dir, resume_ckpt, progress)
     else:
         sae = make_training_sae(cfg, model.cfg.d_model, hook, cfg.model)
         resume_ckpt = _latest_checkpoint(ckpt_dir) if resume else None
         if resume_ckpt is not None:
             sae.load_state_dict(_load_training_weights(resume_ckpt))
-        _fit(sae, cfg, store, steps, out, ckpt_dir, resume_ckpt, progress)
+        _fit(sae, cfg, data_fn, steps, out, ckpt_dir, resume_ckpt, progress)
     seconds = time.perf_counter() - start
     _save_atomic(sae, out / "sae")
-    held_out = _held_out(store, cfg.tokens)
     from saelens_amort.saes import load_sae
 
     final = load_sae(str(out / "sae"))
@@ -257,3 +299,24 @@ def _load_training_weights(path: Path) -> dict:
     from safetensors.torch import load_file
 
     return load_file(str(path / "sae_weights.safetensors"))
+
+
+def _drop_rows(batches, n: int):
+    """The ActivationBatch stream after its first `n` rows."""
+    for b in batches:
+        if n >= b.n_rows:
+            n -= b.n_rows
+            continue
+        yield b.rows(n) if n else b
+        n = 0
+
+
+def _first_rows(batches, n: int) -> torch.Tensor:
+    """The first `n` activation rows of an ActivationBatch stream (fewer if it ends)."""
+    out, have = [], 0
+    for b in batches:
+        out.append(b.acts.float()[: n - have])
+        have += out[-1].shape[0]
+        if have >= n:
+            break
+    return torch.cat(out) if out else torch.zeros(0)

@@ -104,3 +104,13 @@ def test_shipped_recipes_load():
     classic = TrainConfig.from_yaml(recipes[[p.stem for p in recipes].index("relu_l1")], tokens=1 << 20, lr=1e-3)
     assert (classic.expansion, classic.l1_coefficient, classic.lr_warm_up_steps, classic.lr_end) == (8, 3e-4, 500, 1.5e-3)
     assert classic.lr == 1e-3 and classic.normalize_activations == "layer_norm"  # given options override the recipe
+
+
+@pytest.mark.slow
+def test_live_training_caches_nothing(tmp_path, monkeypatch):
+    monkeypatch.setenv("SAEAMORT_CACHE", str(tmp_path / "cache"))
+    summary = run_train(TrainConfig(arch="topk", live=True, **{**SMALL, "tokens": 25_600}), tmp_path / "live",
+                        progress=False)
+    losses = _losses(tmp_path / "live")
+    assert len(losses) == 100 and sum(losses[-10:]) < 0.5 * sum(losses[:10])
+    assert summary["held_out_rows"] == 4096 and not (tmp_path / "cache").exists()
