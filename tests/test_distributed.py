@@ -41,3 +41,31 @@ def test_block_split_covers_every_item_once(monkeypatch):
             monkeypatch.setattr(distributed, "world", lambda w=world: w)
             seen += list(distributed.block(10))
         assert seen == list(range(10))
+
+
+FAILING_WORKER = """
+import os, sys
+from saelens_amort.runners import eval as ev
+real = ev.evaluate_sae
+def failing(*args, **kwargs):
+    if int(os.environ["RANK"]) == 1:
+        raise RuntimeError("rank 1 fails mid-run")
+    return real(*args, **kwargs)
+ev.evaluate_sae = failing
+from saelens_amort.cli import main
+sys.argv = ["saeamort", *sys.argv[1:]]
+main()
+"""
+
+
+@pytest.mark.slow
+def test_a_failing_rank_stops_the_run_without_outputs(tmp_path):
+    script = tmp_path / "worker.py"
+    script.write_text(FAILING_WORKER)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                           str(script), *ARGS, "--out", str(tmp_path / "out")], capture_output=True, text=True,
+                          env=env, timeout=900, cwd=tmp_path)
+    assert proc.returncode != 0 and "rank 1 fails mid-run" in proc.stderr
+    out = tmp_path / "out"
+    assert not any((out / name).exists() for name in ("results.csv", "results.json", "results.parquet", "report.html"))
