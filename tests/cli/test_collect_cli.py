@@ -1,9 +1,6 @@
 """`saeamort collect` end to end in a subprocess: the main job on the toy world, and every bad input the issue
 names gets one clear stderr line, a non-zero exit, no traceback and no partial output."""
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
