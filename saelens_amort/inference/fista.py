@@ -16,7 +16,6 @@
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import replace
 
 import torch
@@ -32,6 +31,7 @@ from saelens_amort.inference.result import (
     SolveOutput,
     make_result,
 )
+from saelens_amort.inference.sparse_codes import row_sums, to_csr
 from saelens_amort.inference.working_set import default_ws_size, solve_working_set
 from saelens_amort.saes.dictionary import Dictionary
 
@@ -212,15 +212,9 @@ class _TimesAtoms:
 
     def __call__(self, u: Tensor, acc: torch.dtype) -> tuple[Tensor, Tensor]:
         if self.sparse and u.numel():
-            with warnings.catch_warnings():
-                warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
-                csr = u.to_sparse_csr()
-            values = csr.values()
-            if values.numel() <= SPARSE_DENSITY * u.numel():
-                # Row sums by differences of one running sum: in fp64, or the batch-long sum swamps each row's.
-                csum = torch.cat([values.new_zeros(1, dtype=torch.float64), values.double().cumsum(0)])
-                crow = csr.crow_indices()
-                return csr @ self.atoms, (csum[crow[1:]] - csum[crow[:-1]]).to(acc)
+            csr = to_csr(u)
+            if csr.values().numel() <= SPARSE_DENSITY * u.numel():
+                return csr @ self.atoms, row_sums(csr).to(acc)
             self.sparse = False
         elif self.cpu and u.numel():
             self.sparse = int(torch.count_nonzero(u)) <= SPARSE_DENSITY * u.numel()

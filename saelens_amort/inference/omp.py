@@ -24,7 +24,6 @@ matmul per step. The rest is O(N k²) triangular algebra, in fp32 (fp64 for fp64
 
 from __future__ import annotations
 
-import warnings
 from typing import NamedTuple
 
 import torch
@@ -33,6 +32,7 @@ from torch import Tensor
 
 from saelens_amort.errors import SaeAmortError
 from saelens_amort.inference.gram import atom_gram, has_gram, work_dtype  # noqa: F401  (re-exported for mp)
+from saelens_amort.inference.sparse_codes import csr_tensor
 from saelens_amort.inference.registry import register_mode
 from saelens_amort.inference.result import InferenceResult, ModeOptions, make_result, objective_from_residual
 from saelens_amort.saes.dictionary import Dictionary
@@ -197,9 +197,7 @@ def _sparse_rows(idx: Int[Tensor, "n T"], values: Float[Tensor, "n T"], m: int) 
     """The [n, m] CSR matrix with values[r, s] at column idx[r, s] (repeated columns add up)."""
     n, T = idx.shape
     crow = torch.arange(0, n * T + 1, T, device=idx.device)
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
-        return torch.sparse_csr_tensor(crow, idx.reshape(-1), values.reshape(-1), (n, m), check_invariants=False)
+    return csr_tensor(crow, idx.reshape(-1), values.reshape(-1), (n, m))
 
 
 def use_gram(dictionary: Dictionary, n_rows: int, k: int) -> bool:

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import warnings
 from collections.abc import Iterator
 
 import torch
@@ -47,6 +46,7 @@ from saelens_amort.inference.block_solver import (
 )
 from saelens_amort.inference.gram import work_dtype
 from saelens_amort.inference.result import SolveOutput
+from saelens_amort.inference.sparse_codes import csr_tensor, row_sums, to_csr
 
 DEFAULT_WS_SIZE = 64
 """Atoms per working set in the first round (and the least it ever holds), at most; see `default_ws_size`."""
@@ -113,7 +113,7 @@ def solve_working_set(
         run.rounds(torch.arange(n, device=x.device), cert, cert.g, 0)
     else:
         run.u = u0.to(wd).clamp_min(0)
-        cert = _certificate(x, c, _csr(run.u), xx, lam, ops)
+        cert = _certificate(x, c, to_csr(run.u), xx, lam, ops)
         support = run.u > 0
         score = cert.g.masked_fill_(support, torch.inf)  # cert.g is fresh here (c − u0 G)
         # Rows are solved in groups of similar support size, so that one wide code does not widen every block.
@@ -319,22 +319,12 @@ def _certificate(x: Tensor, c: Tensor, u: Tensor | None, xx: Tensor, lam: float,
     else:
         residual = x - u @ ops.atoms
         g = ops.gradient(c, u, residual)
-        l1 = _row_sums(u)
+        l1 = row_sums(u)
     r64 = residual.double()
     rr = r64.square().sum(dim=1)
     xr = (x.double() * r64).sum(dim=1)
     F = 0.5 * rr + lam * l1
     return _Certificate(F, duality_gap(F, xr, rr, g.amax(dim=1).double(), lam), g)
-
-
-def _row_sums(u: Tensor) -> Tensor:
-    """Per-row sums (fp64) of a CSR or dense matrix."""
-    if u.layout == torch.sparse_csr:
-        values = u.values().double()
-        crow = u.crow_indices()
-        csum = torch.cat([values.new_zeros(1), values.cumsum(0)])
-        return csum[crow[1:]] - csum[crow[:-1]]
-    return u.double().sum(dim=1)
 
 
 def _rows(t: Tensor, rows: Tensor) -> Tensor:
@@ -346,15 +336,6 @@ def _flat_gather(t: Tensor, rows: Tensor, idx: Tensor) -> Tensor:
     return t.view(-1).index_select(0, ((rows * t.shape[1]).unsqueeze(1) + idx).reshape(-1)).view(idx.shape)
 
 
-def _csr(u: Tensor) -> Tensor:
-    """Dense codes as CSR on CPU (other devices keep dense products)."""
-    if u.device.type != "cpu":
-        return u
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
-        return u.to_sparse_csr()
-
-
 def _sparse_rows(idx: Int[Tensor, "k w"], v: Float[Tensor, "k w"], m: int) -> Tensor:
     """The [k, m] codes with v[r, s] at column idx[r, s], non-zeros only: CSR on CPU, dense elsewhere."""
     if v.device.type != "cpu":
@@ -362,9 +343,7 @@ def _sparse_rows(idx: Int[Tensor, "k w"], v: Float[Tensor, "k w"], m: int) -> Te
     nz = v > 0
     crow = torch.zeros(v.shape[0] + 1, dtype=torch.long, device=v.device)
     torch.cumsum(nz.sum(dim=1), 0, out=crow[1:])
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
-        return torch.sparse_csr_tensor(crow, idx[nz], v[nz], (v.shape[0], m), check_invariants=False)
+    return csr_tensor(crow, idx[nz], v[nz], (v.shape[0], m))
 
 
 @contextlib.contextmanager

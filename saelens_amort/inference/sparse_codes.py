@@ -1,0 +1,39 @@
+"""Sparse code rows shared by the solvers: CSR construction (without torch's beta warning) and fp64 row sums.
+
+On CPU, products with mostly-zero codes go through CSR; elsewhere dense products are used."""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+from torch import Tensor
+
+_BETA = "Sparse CSR tensor support is in beta"
+
+
+def to_csr(u: Tensor) -> Tensor:
+    """Dense codes as CSR on CPU (other devices keep dense rows)."""
+    if u.device.type != "cpu":
+        return u
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=_BETA)
+        return u.to_sparse_csr()
+
+
+def csr_tensor(crow: Tensor, col: Tensor, values: Tensor, shape: tuple[int, int]) -> Tensor:
+    """torch.sparse_csr_tensor without invariant checks or the beta warning."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=_BETA)
+        return torch.sparse_csr_tensor(crow, col, values, shape, check_invariants=False)
+
+
+def row_sums(u: Tensor) -> Tensor:
+    """Per-row sums in fp64 of a CSR or dense matrix (CSR: differences of one running sum, in fp64 so the
+    batch-long sum does not swamp each row's)."""
+    if u.layout == torch.sparse_csr:
+        values = u.values().double()
+        crow = u.crow_indices()
+        csum = torch.cat([values.new_zeros(1), values.cumsum(0)])
+        return csum[crow[1:]] - csum[crow[:-1]]
+    return u.double().sum(dim=1)
