@@ -11,7 +11,7 @@ import pandas as pd
 from saelens_amort.interventions.patching import Patched
 from saelens_amort.provenance import provenance
 from saelens_amort.report import Section, table_html, write_report
-from saelens_amort.runners.eval import _write_atomic
+from saelens_amort.atomic import write_atomic
 
 
 def side_by_side_html(rows: Sequence[Patched]) -> str:
@@ -24,7 +24,7 @@ def side_by_side_html(rows: Sequence[Patched]) -> str:
 def write_patch_outputs(out: Path, rows: Sequence[Patched], config: dict) -> None:
     out.mkdir(parents=True, exist_ok=True)
     df = pd.DataFrame([r.__dict__ for r in rows])
-    _write_atomic(out / "patch.csv", lambda p: df.to_csv(p, index=False))
+    write_atomic(out / "patch.csv", lambda p: df.to_csv(p, index=False))
     sections = [Section("Original vs patched", html=side_by_side_html(rows)),
                 Section("Configuration", html=table_html(pd.DataFrame([config])))]
     write_report(out / "report.html", "Patching", sections, provenance=provenance())

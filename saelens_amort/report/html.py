@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import html
 import json
-import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,6 +11,8 @@ from pathlib import Path
 import pandas as pd
 import plotly.graph_objects as go
 import plotly.io as pio
+
+from saelens_amort.atomic import write_text_atomic
 
 _CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2rem auto;max-width:1100px;color:#222}
@@ -60,24 +60,9 @@ def render(title: str, sections: Sequence[Section], provenance: dict | None = No
             f"<style>{_CSS}</style></head><body>{''.join(parts)}</body></html>")
 
 
-def readable_file_mode() -> int:
-    """0o666 minus the process umask (mkstemp's 0o600 would make reports private to the writer)."""
-    mask = os.umask(0)
-    os.umask(mask)
-    return 0o666 & ~mask
-
-
 def write_report(path: Path, title: str, sections: Sequence[Section], provenance: dict | None = None) -> Path:
     """Write the report to `path` via a temporary file and a rename: a reader never sees half a report."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(render(title, sections, provenance))
-        os.chmod(tmp, readable_file_mode())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_text_atomic(path, render(title, sections, provenance))
     return path

@@ -65,7 +65,7 @@ def eval_tokens(model, cfg: SweepConfig, hook: str) -> torch.Tensor:
 def run_alpha_sweep(cfg: SweepConfig, features: Sequence[Feature], out: Path) -> pd.DataFrame:
     from saelens_amort.models import load_model
     from saelens_amort.report import Section, metric_lines, table_html, write_report
-    from saelens_amort.runners.eval import _write_atomic
+    from saelens_amort.atomic import write_atomic
     from saelens_amort.saes import check_sae_fits, load_sae
 
     if not features:
@@ -105,10 +105,10 @@ def run_alpha_sweep(cfg: SweepConfig, features: Sequence[Feature], out: Path) ->
     out.mkdir(parents=True, exist_ok=True)
     summary = (df.groupby(["layer", "alpha"], as_index=False)[["delta_ce", "kl"]].mean() if len(df)
                else pd.DataFrame(columns=["layer", "alpha", "delta_ce", "kl"]))
-    _write_atomic(out / "per_feature_metrics.csv", lambda p: df.to_csv(p, index=False))
-    _write_atomic(out / "per_layer_summary.csv", lambda p: summary.to_csv(p, index=False))
-    _write_atomic(out / "snippets.json", lambda p: p.write_text(json.dumps(snippets, indent=2)))
-    _write_atomic(out / "report.md", lambda p: p.write_text(_markdown(cfg, df, summary, snippets, skipped)))
+    write_atomic(out / "per_feature_metrics.csv", lambda p: df.to_csv(p, index=False))
+    write_atomic(out / "per_layer_summary.csv", lambda p: summary.to_csv(p, index=False))
+    write_atomic(out / "snippets.json", lambda p: p.write_text(json.dumps(snippets, indent=2)))
+    write_atomic(out / "report.md", lambda p: p.write_text(_markdown(cfg, df, summary, snippets, skipped)))
     by_alpha = summary.assign(alpha=summary["alpha"].map(lambda a: f"α={a:g}"))
     write_report(out / "report.html", f"Feature α-sweep — {cfg.model}", [
         Section("ΔCE and KL vs layer, one line per α (features averaged)",

@@ -23,7 +23,8 @@ import pandas as pd
 import torch
 
 from saelens_amort.errors import SaeAmortError
-from saelens_amort.runners.eval import EvalConfig, _write_atomic, check_out_dir, evaluate, write_outputs
+from saelens_amort.atomic import write_atomic
+from saelens_amort.runners.eval import EvalConfig, check_out_dir, evaluate, write_outputs
 
 logger = logging.getLogger(__name__)
 
@@ -100,7 +101,7 @@ def run_dynamics(cfg: EvalConfig, checkpoints: Path, out: Path, *, overwrite: bo
     check_out_dir(out, cfg, overwrite)
     ev = evaluate(cfg, cfg.saes, out, progress=progress)
     ev.df.insert(1, "step", ev.df["sae"].map(dict(zip(index["path"], index["step"]))))
-    _write_atomic(out / INDEX_FILENAME, lambda p: index.to_parquet(p, index=False))
+    write_atomic(out / INDEX_FILENAME, lambda p: index.to_parquet(p, index=False))
     sections = [
         Section("Metrics over training", step_curves(ev.df, STEP_METRICS),
                 missing="no metric could be computed for these checkpoints"),

@@ -11,9 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import shutil
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,7 +22,7 @@ import torch
 
 from saelens_amort.errors import SaeAmortError
 from saelens_amort.provenance import provenance
-from saelens_amort.report.html import readable_file_mode
+from saelens_amort.atomic import write_atomic, write_text_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -162,18 +160,6 @@ def splice_tokens(store, n_sequences: int, bos: int | None, pad: int) -> torch.T
     for i, s in enumerate(seqs):
         out[i, : len(s)] = torch.tensor(s)
     return out
-
-
-def _write_atomic(path: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.chmod(tmp, readable_file_mode())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def evaluate_sae(spec: str, sae, model, store, hook: str, cfg: EvalConfig, splice_toks) -> tuple[list[dict], dict]:
@@ -353,8 +339,8 @@ def save_partial(out: Path, cfg: EvalConfig, index: int, result: tuple) -> None:
     part = out / PARTIAL_DIR
     part.mkdir(exist_ok=True)
     if not (part / "config.json").exists():
-        (part / "config.json").write_text(json.dumps(cfg.as_json()))
-    _write_atomic(part / f"{index}.pkl", lambda p: p.write_bytes(pickle.dumps(result)))
+        write_text_atomic(part / "config.json", json.dumps(cfg.as_json()))
+    write_atomic(part / f"{index}.pkl", lambda p: p.write_bytes(pickle.dumps(result)))
 
 
 def load_partials(out: Path, cfg: EvalConfig) -> dict[int, tuple]:
@@ -386,10 +372,10 @@ def write_outputs(out: Path, ev: Evaluation, cfg: EvalConfig, *, extra_meta: dic
     meta = {"config": cfg.as_json(), "hook_name": ev.hook, "activation_store": str(ev.store.path),
             "lambda": {r["sae"]: r["lam"] for r in df.to_dict("records")}, "provenance": provenance(),
             **(extra_meta or {}), "rows": json.loads(df.to_json(orient="records"))}
-    _write_atomic(out / "results.parquet", lambda p: df.to_parquet(p, index=False))
-    _write_atomic(out / "results.csv", lambda p: df.to_csv(p, index=False))
+    write_atomic(out / "results.parquet", lambda p: df.to_parquet(p, index=False))
+    write_atomic(out / "results.csv", lambda p: df.to_csv(p, index=False))
     build_report(out / "report.html", df, ev.freqs, ev.gaps, meta, extra_sections=extra_sections)
-    _write_atomic(out / "results.json", lambda p: p.write_text(json.dumps(meta, indent=2, default=_json_default)))
+    write_atomic(out / "results.json", lambda p: p.write_text(json.dumps(meta, indent=2, default=_json_default)))
     shutil.rmtree(out / PARTIAL_DIR, ignore_errors=True)
 
 

@@ -48,7 +48,7 @@ def run_gis(cfg: GisConfig, out: Path) -> pd.DataFrame:
     from saelens_amort.interventions.patching import prompt_tokens
     from saelens_amort.report import Section, table_html, write_report
     from saelens_amort.runners.alpha_sweep import SweepConfig, eval_tokens
-    from saelens_amort.runners.eval import _write_atomic
+    from saelens_amort.atomic import write_atomic
     from saelens_amort.runners.tpp import TppConfig, pooled, prepare
 
     if not cfg.kl_targets or any(t <= 0 for t in cfg.kl_targets):
@@ -98,13 +98,13 @@ def run_gis(cfg: GisConfig, out: Path) -> pd.DataFrame:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     meta = {"config": asdict(cfg), "hook": hook, "lam": lam, "calibration": calibrations, "provenance": provenance()}
-    _write_atomic(out / "gis.csv", lambda p: df.to_csv(p, index=False))
+    write_atomic(out / "gis.csv", lambda p: df.to_csv(p, index=False))
     shown = df[["kl_target", "decoding", "prompt", "clean", "intervened", "ce_clean", "ce_intervened", "class_shift"]]
     write_report(out / "report.html", f"GIS — latents {latents} of {cfg.sae} ({cfg.kind}, {cfg.mode})", [
         Section("Calibration (α per KL target)", html=table_html(pd.DataFrame(calibrations))),
         Section("Generations side by side", html=table_html(shown)),
     ], provenance=meta)
-    _write_atomic(out / "gis.json", lambda p: p.write_text(json.dumps(meta, indent=2, default=str)))
+    write_atomic(out / "gis.json", lambda p: p.write_text(json.dumps(meta, indent=2, default=str)))
     return df
 
 

@@ -79,7 +79,7 @@ def pooled(cfg: TppConfig, sae, store, mode: str):
 def run_select(cfg: TppConfig, class_id: int, top_m: int, mode: str, out: Path) -> dict:
     """Class `class_id`'s top-M latents in `mode`; written to `out` (JSON) with the mode, λ and scores."""
     from saelens_amort.interventions.tpp import select_latents
-    from saelens_amort.runners.eval import _write_atomic
+    from saelens_amort.atomic import write_atomic
 
     _, sae, hook, store = prepare(TppConfig(**{**asdict(cfg), "modes": (mode,)}))
     docs, probes = pooled(cfg, sae, store, mode)
@@ -90,7 +90,7 @@ def run_select(cfg: TppConfig, class_id: int, top_m: int, mode: str, out: Path) 
               "config": asdict(cfg), "provenance": provenance()}
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    _write_atomic(out, lambda p: p.write_text(json.dumps(record, indent=2, default=str)))
+    write_atomic(out, lambda p: p.write_text(json.dumps(record, indent=2, default=str)))
     return record
 
 
@@ -98,7 +98,7 @@ def run_tpp(cfg: TppConfig, top_ms: tuple[int, ...], out: Path) -> pd.DataFrame:
     """TPP(M) per mode with the random baseline; tpp.csv, tpp.json and report.html in `out`."""
     from saelens_amort.interventions.tpp import select_latents, tpp_matrix, tpp_score
     from saelens_amort.report import Section, metric_lines, table_html, write_report
-    from saelens_amort.runners.eval import _write_atomic
+    from saelens_amort.atomic import write_atomic
 
     if not top_ms or any(m < 1 for m in top_ms):
         raise SaeAmortError(f"--top-m needs positive integers, got {list(top_ms)}")
@@ -119,7 +119,7 @@ def run_tpp(cfg: TppConfig, top_ms: tuple[int, ...], out: Path) -> pd.DataFrame:
     df = pd.DataFrame(rows)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    _write_atomic(out / "tpp.csv", lambda p: df.to_csv(p, index=False))
+    write_atomic(out / "tpp.csv", lambda p: df.to_csv(p, index=False))
     meta = {"config": asdict(cfg), "top_m": list(top_ms), "sae": cfg.resolved_sae(), "hook": hook,
             "provenance": provenance(), "rows": json.loads(df.to_json(orient="records"))}
     metrics = ["tpp", "tpp_random", *[c for c in df.columns if c.startswith("tpp/")]]
@@ -128,5 +128,5 @@ def run_tpp(cfg: TppConfig, top_ms: tuple[int, ...], out: Path) -> pd.DataFrame:
                                                                          log_x=True)),
         Section("Table", html=table_html(df)),
     ], provenance={k: v for k, v in meta.items() if k != "rows"})
-    _write_atomic(out / "tpp.json", lambda p: p.write_text(json.dumps(meta, indent=2, default=str)))
+    write_atomic(out / "tpp.json", lambda p: p.write_text(json.dumps(meta, indent=2, default=str)))
     return df

@@ -29,6 +29,7 @@ from pathlib import Path
 
 import torch
 
+from saelens_amort.atomic import write_text_atomic
 from saelens_amort.errors import SaeAmortError
 from saelens_amort.training.families import TrainConfig, make_training_sae
 
@@ -236,7 +237,7 @@ def run_train(cfg: TrainConfig, out: Path, *, overwrite: bool = False, resume: b
         def sample(n: int) -> torch.Tensor:
             return store.load(min(store.n_tokens, n)).acts.float()
     out.mkdir(parents=True, exist_ok=True)
-    (out / "train_config.json").write_text(json.dumps(cfg.as_json(), indent=2))
+    write_text_atomic(out / "train_config.json", json.dumps(cfg.as_json(), indent=2))
     torch.manual_seed(cfg.seed)
     start = time.perf_counter()
     steps = cfg.n_steps
@@ -280,7 +281,7 @@ def run_train(cfg: TrainConfig, out: Path, *, overwrite: bool = False, resume: b
                "nmse": float((x - recon.double()).pow(2).sum() / x.pow(2).sum()),
                "explained_variance": float(1 - (x - recon.double()).pow(2).sum() / (x - x.mean(0)).pow(2).sum()),
                "l0": float((z > 0).sum(-1).float().mean()), "dead_fraction": float(((z > 0).sum(0) == 0).float().mean())}
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    write_text_atomic(out / "summary.json", json.dumps(summary, indent=2))
     return summary
 
 

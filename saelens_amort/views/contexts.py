@@ -122,21 +122,21 @@ def _context_html(item: dict) -> str:
 
 def write_views(views: LatentViews, out: Path, title: str, provenance: dict) -> None:
     from saelens_amort.report import Section, write_report
-    from saelens_amort.runners.eval import _write_atomic
+    from saelens_amort.atomic import write_atomic
 
     out.mkdir(parents=True, exist_ok=True)
     freq = views.frequency
     data = {"mode": views.mode, "lam": views.lam, "rows": views.n_rows, "dead": int((freq <= DEAD).sum()),
             "dense": int((freq > DENSE).sum()), "latents": {
                 str(j): {"frequency": float(freq[j]), "contexts": views.contexts[j]} for j in views.latents}}
-    _write_atomic(out / "contexts.json", lambda p: p.write_text(json.dumps(data, indent=2)))
+    write_atomic(out / "contexts.json", lambda p: p.write_text(json.dumps(data, indent=2)))
     md = [f"# {title}", "", f"mode {views.mode}, λ {views.lam}, {views.n_rows} tokens; {data['dead']} dead, "
           f"{data['dense']} dense latents", ""]
     for j in views.latents:
         md += [f"## latent {j} (firing frequency {freq[j]:.3g})", ""]
         md += [f"- {c['activation']:.3g}: " + "".join(c["tokens"][:-1]) + f"**{c['tokens'][-1]}**"
                for c in views.contexts[j]] + [""]
-    _write_atomic(out / "contexts.md", lambda p: p.write_text("\n".join(md)))
+    write_atomic(out / "contexts.md", lambda p: p.write_text("\n".join(md)))
     sections = [Section("Feature density", density_figure(freq))]
     for j in views.latents:
         fig = go.Figure(go.Histogram(x=views.values[j], nbinsx=40))

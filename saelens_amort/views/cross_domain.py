@@ -36,7 +36,7 @@ def run_cross_domain(cfg: TrainConfig, domain_a: str, domain_b: str, out: Path, 
     from saelens_amort.provenance import provenance
     from saelens_amort.report import Section, table_html, write_report
     from saelens_amort.runners.collect import resolve_hook
-    from saelens_amort.runners.eval import _write_atomic
+    from saelens_amort.atomic import write_atomic, write_text_atomic
     from saelens_amort.saes import load_sae
     from saelens_amort.training.run import HELD_OUT_ROWS, _held_out, run_train
 
@@ -73,12 +73,12 @@ def run_cross_domain(cfg: TrainConfig, domain_a: str, domain_b: str, out: Path, 
     fig.update_layout(barmode="overlay", title="Per-latent selectivity: mean activation on A − on B",
                       xaxis_title="selectivity", yaxis_title="latents")
     sel_df = pd.DataFrame(sel_rows)
-    _write_atomic(out / "cross_domain.csv", lambda p: df.to_csv(p, index=False))
-    _write_atomic(out / "selectivity.csv", lambda p: sel_df.to_csv(p, index=False))
+    write_atomic(out / "cross_domain.csv", lambda p: df.to_csv(p, index=False))
+    write_atomic(out / "selectivity.csv", lambda p: sel_df.to_csv(p, index=False))
     meta = {"domains": domains, "train_config": cfg.as_json(), "hook": hook, "provenance": provenance()}
     write_report(out / "report.html", f"Cross-domain generalisation — {domain_a} vs {domain_b}", [
         Section("Reconstruction and sparsity across domains", html=table_html(df)),
         Section("Latent selectivity", fig),
     ], provenance=meta)
-    (out / "cross_domain.json").write_text(json.dumps({**meta, "rows": rows}, indent=2, default=str))
+    write_text_atomic(out / "cross_domain.json", json.dumps({**meta, "rows": rows}, indent=2, default=str))
     return df
