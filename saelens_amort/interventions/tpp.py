@@ -32,7 +32,7 @@ POOLING = ("mean", "last")
 
 @dataclass
 class PooledDocs:
-    """Per document: pooled activations, pooled per-token contributions of latents (via `contribution`), label."""
+    """Per document: pooled activations and codes, label, split; and the per-token rows they were pooled from."""
 
     acts: Tensor
     """[n_docs, d_in] pooled activations."""
@@ -42,12 +42,27 @@ class PooledDocs:
     test: np.ndarray
     """Held-out documents (doc_id % 5 == 0)."""
     label_names: tuple[str, ...]
-    token_codes: list[Tensor] = field(default_factory=list, repr=False)
-    token_acts: list[Tensor] = field(default_factory=list, repr=False)
-    doc_index: Tensor | None = None
+    token_codes: Tensor = field(repr=False)
+    """[n_tokens, d_sae] codes of the labelled tokens."""
+    token_acts: Tensor = field(repr=False)
+    doc_index: Tensor = field(repr=False)
     """[n_tokens] position of each kept token's document in the pooled arrays."""
+    pooling: str = "mean"
     lam: float | None = None
     mode: str = "amortized"
+
+    def pool(self, t: Tensor) -> Tensor:
+        """Per-token rows [n_tokens, …] pooled per document [n_docs, …] (this collection's pooling)."""
+        return pool_rows(t, self.doc_index, self.acts.shape[0], self.pooling)
+
+
+def pool_rows(t: Tensor, index: Tensor, n: int, pooling: str) -> Tensor:
+    """Mean over each document's rows, or its last row (rows in stream order); fp32."""
+    if pooling == "mean":
+        count = torch.zeros(n).index_add_(0, index, torch.ones(len(index)))
+        return torch.zeros(n, t.shape[1]).index_add_(0, index, t.float()) / count[:, None]
+    last = torch.full((n,), -1, dtype=torch.long).scatter_reduce_(0, index, torch.arange(len(index)), "amax")
+    return t[last].float()
 
 
 def pool_documents(store, sae, mode: str = "amortized", *, lam: float | None = None, pooling: str = "mean",
@@ -76,33 +91,22 @@ def pool_documents(store, sae, mode: str = "amortized", *, lam: float | None = N
     x, z, doc, lab = torch.cat(acts), torch.cat(codes), torch.cat(docs), torch.cat(labels)
     uniq, index = torch.unique(doc, return_inverse=True)
     n = uniq.numel()
-    if pooling == "mean":
-        count = torch.zeros(n).index_add_(0, index, torch.ones(len(index)))
-        pool = lambda t: torch.zeros(n, t.shape[1]).index_add_(0, index, t.float()) / count[:, None]  # noqa: E731
-    else:
-        last = torch.full((n,), -1, dtype=torch.long).scatter_reduce_(0, index, torch.arange(len(index)), "amax")
-        pool = lambda t: t[last].float()  # noqa: E731
     doc_label = torch.zeros(n, dtype=torch.long).scatter_(0, index, lab)
-    return PooledDocs(pool(x), pool(z), doc_label.numpy(), (uniq % HELD_OUT_MODULUS == 0).numpy(),
-                      tuple(store.label_names), token_codes=[z], token_acts=[x], doc_index=index, lam=lam, mode=mode)
+    return PooledDocs(pool_rows(x, index, n, pooling), pool_rows(z, index, n, pooling), doc_label.numpy(),
+                      (uniq % HELD_OUT_MODULUS == 0).numpy(), tuple(store.label_names), token_codes=z, token_acts=x,
+                      doc_index=index, pooling=pooling, lam=lam, mode=mode)
 
 
-def removal(docs: PooledDocs, sae, latents: list[int], pooling: str = "mean") -> Tensor:
+def removal(docs: PooledDocs, sae, latents: list[int]) -> Tensor:
     """[n_docs, d_in] pooled contribution of `latents` (what ablating them subtracts from the activations)."""
     from saelens_amort.saes import Dictionary
 
     d = Dictionary.of(sae)
-    x, z = docs.token_acts[0], docs.token_codes[0]
+    x, z = docs.token_acts, docs.token_codes
     u_s = z[:, latents].to(d.atoms.dtype) * d.norms[latents]
     bias = d.bias.expand(x.shape[0], -1)
     contrib = d.to_input_space(u_s @ d.atoms[latents] + bias, x) - d.to_input_space(bias, x)
-    n = docs.acts.shape[0]
-    if pooling == "mean":
-        count = torch.zeros(n).index_add_(0, docs.doc_index, torch.ones(len(docs.doc_index)))
-        return torch.zeros(n, x.shape[1]).index_add_(0, docs.doc_index, contrib.float()) / count[:, None]
-    last = torch.full((n,), -1, dtype=torch.long).scatter_reduce_(
-        0, docs.doc_index, torch.arange(len(docs.doc_index)), "amax")
-    return contrib[last].float()
+    return docs.pool(contrib)
 
 
 class ClassProbes:
@@ -155,14 +159,14 @@ def select_latents(docs: PooledDocs, sae, probes: ClassProbes, c: int, top_m: in
     return np.argsort(-scores)[:top_m].tolist(), scores
 
 
-def tpp_matrix(docs: PooledDocs, sae, probes: ClassProbes, selections: dict[int, list[int]],
-               pooling: str = "mean") -> dict[int, dict[int, float]]:
+def tpp_matrix(docs: PooledDocs, sae, probes: ClassProbes, selections: dict[int, list[int]]
+               ) -> dict[int, dict[int, float]]:
     """Δacc_c(S_i) for every selected class i and every probe class c, on the held-out documents."""
     X, test, labels = docs.acts.numpy(), docs.test, docs.labels
     clean = {c: probes.accuracy(X[test], labels[test], c) for c in probes.classes}
     out = {}
     for i, latents in selections.items():
-        X_abl = (docs.acts - removal(docs, sae, latents, pooling)).numpy()
+        X_abl = (docs.acts - removal(docs, sae, latents)).numpy()
         out[i] = {c: clean[c] - probes.accuracy(X_abl[test], labels[test], c) for c in probes.classes}
     return out
 

@@ -6,6 +6,7 @@ class probability), gis.json (config, α per target, KL reached, forward passes)
 
 from __future__ import annotations
 
+import contextlib
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -83,7 +84,7 @@ def run_gis(cfg: GisConfig, out: Path) -> pd.DataFrame:
                 texts = {}
                 for arm in ("clean", "intervened"):
                     torch.manual_seed(cfg.seed)
-                    ctx = gis_hook(alpha=cal.alpha, **hook_kw) if arm == "intervened" else _null()
+                    ctx = gis_hook(alpha=cal.alpha, **hook_kw) if arm == "intervened" else contextlib.nullcontext()
                     with ctx:
                         gen = model.generate(toks, max_new_tokens=cfg.max_new_tokens, do_sample=decoding == "sampled",
                                              stop_at_eos=False, use_past_kv_cache=False, verbose=False)
@@ -106,11 +107,3 @@ def run_gis(cfg: GisConfig, out: Path) -> pd.DataFrame:
     ], provenance=meta)
     write_atomic(out / "gis.json", lambda p: p.write_text(json.dumps(meta, indent=2, default=str)))
     return df
-
-
-class _null:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False

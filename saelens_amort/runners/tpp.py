@@ -112,8 +112,8 @@ def run_tpp(cfg: TppConfig, top_ms: tuple[int, ...], out: Path) -> pd.DataFrame:
         for m in top_ms:
             sel = {c: select_latents(docs, sae, probes, c, m)[0] for c in probes.classes}
             rnd = {c: rng.choice(sae.cfg.d_sae, m, replace=False).tolist() for c in probes.classes}
-            score, per = tpp_score(tpp_matrix(docs, sae, probes, sel, cfg.pooling))
-            baseline, _ = tpp_score(tpp_matrix(docs, sae, probes, rnd, cfg.pooling))
+            score, per = tpp_score(tpp_matrix(docs, sae, probes, sel))
+            baseline, _ = tpp_score(tpp_matrix(docs, sae, probes, rnd))
             rows.append({"mode": mode, "top_m": m, "lam": docs.lam, "tpp": score, "tpp_random": baseline,
                          **{f"tpp/{docs.label_names[c]}": v for c, v in per.items()}})
     df = pd.DataFrame(rows)

@@ -31,7 +31,7 @@ def world():
 def test_removal_is_the_decode_difference(world):
     sae, _, docs, _ = world
     latents = [3, 17, 400]
-    z = docs.token_codes[0]
+    z = docs.token_codes
     z_off = z.clone()
     z_off[:, latents] = 0
     per_token = sae.decode(z) - sae.decode(z_off)  # SAE-Lens' own decode
