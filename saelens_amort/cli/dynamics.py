@@ -11,6 +11,7 @@ from rich.console import Console
 from saelens_amort.cli import app
 from saelens_amort.cli.eval import (
     BATCH, CALIB, DEVICE, HOOK, LAYER, MODEL, OUT, OVERWRITE, SEED, SOURCE, SPLICE, TARGET, TOKENS, print_table,
+    toy_layer,
 )
 
 
@@ -30,8 +31,7 @@ def dynamics_command(
     from saelens_amort.runners.dynamics import run_dynamics
     from saelens_amort.runners.eval import EvalConfig
 
-    if model == "toy" and layer == 8 and hook is None:
-        layer = 2
+    layer = toy_layer(model, layer, hook)
     cfg = EvalConfig(model=model, layer=layer, hook=hook, modes=tuple(m.strip() for m in modes.split(",") if m.strip()),
                      semi_steps=semi_steps, tokens=tokens, calib_tokens=calib_tokens, source=source,
                      lambda_target=lambda_target, batch_size=batch_size, splice_sequences=splice_sequences, seed=seed,

@@ -82,8 +82,7 @@ def _run(command: str, out: Path | None, overwrite: bool, *, model: str, layer: 
          sae: list[str], sae_path: list[Path], **options) -> None:
     from saelens_amort.runners.eval import EvalConfig, run_eval
 
-    if model == "toy" and layer == 8 and hook is None:
-        layer = 2  # the toy SAEs read its middle block; --layer 8 is the paper's pythia setting
+    layer = toy_layer(model, layer, hook)
     specs = tuple(sae) + tuple(str(p) for p in sae_path)
     cfg = EvalConfig(model=model, layer=layer, hook=hook, saes=specs, **options)
     out = out or Path("runs") / f"{command}-{Path(model).name}"
@@ -94,6 +93,11 @@ def _run(command: str, out: Path | None, overwrite: bool, *, model: str, layer: 
         return
     print_table(df)
     Console().print(f"results and report in {out}/ (report.html)")
+
+
+def toy_layer(model: str, layer: int | None, hook: str | None) -> int | None:
+    """--layer 8 (the paper's pythia default) means the toy SAEs' block 2 on the toy model."""
+    return 2 if model == "toy" and layer == 8 and hook is None else layer
 
 
 def print_table(df, first: tuple[str, ...] = ()) -> None:

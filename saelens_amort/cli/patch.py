@@ -10,7 +10,7 @@ from rich.console import Console
 from rich.table import Table
 
 from saelens_amort.cli import app
-from saelens_amort.cli.eval import DEVICE, HOOK, LAYER, MODEL
+from saelens_amort.cli.eval import DEVICE, HOOK, LAYER, MODEL, toy_layer
 
 
 @app.command("patch")
@@ -34,6 +34,7 @@ def patch_command(
     from saelens_amort.interventions import parse_edit, patch_generate
     from saelens_amort.interventions.report import write_patch_outputs
     from saelens_amort.models import load_model
+    from saelens_amort.runners.collect import resolve_hook
     from saelens_amort.saes import check_sae_fits, load_sae
 
     ablate, amplify, set_ = (",".join(v) for v in (ablate, amplify, set_))
@@ -46,7 +47,7 @@ def patch_command(
         sae = "toy/topk"
     lm = load_model(model, device=device)
     sae_obj = load_sae(sae, device=device)
-    hook_name = hook or (f"blocks.{layer if model != 'toy' or layer != 8 else 2}.hook_resid_post")
+    hook_name = resolve_hook(lm.cfg.n_layers, toy_layer(model, layer, hook), hook)
     check_sae_fits(sae_obj, lm, hook_name)
     if lam is None and mode != "amortized":
         lam = _calibrate_on_prompts(lm, sae_obj, hook_name, prompt, mode)

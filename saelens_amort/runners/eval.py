@@ -309,11 +309,12 @@ def evaluate(cfg: EvalConfig, specs: tuple[str, ...], out: Path, *, progress: bo
     pad = (tok.pad_token_id if tok is not None and tok.pad_token_id is not None else 0)
     splice_toks = splice_tokens(store, cfg.splice_sequences, bos, pad)
     rows, freqs, gaps = [], {}, {}
-    done = dist.broadcast(load_partials(out, cfg) if dist.is_main() else None)
+    done = load_partials(out, cfg) if dist.is_main() else {}  # results stay on rank 0; the others learn which
+    finished = set(dist.broadcast(sorted(done)))
     for i, spec in enumerate(specs):
-        if i in done:  # finished by an interrupted earlier run of this config (rank 0 holds its results)
+        if i in finished:  # finished by an interrupted earlier run of this config
             logger.info("[%d/%d] %s: already evaluated, reusing its results", i + 1, len(specs), spec)
-            r, art = done[i] if dist.is_main() else ([], {"freqs": {}, "gap": np.zeros(0)})
+            r, art = done.get(i, ([], {"freqs": {}, "gap": np.zeros(0)}))
         else:
             logger.info("[%d/%d] evaluating %s (%s)", i + 1, len(specs), spec,
                         ", ".join(v.label for v in cfg.variants()))
