@@ -24,7 +24,6 @@ from sae_lens import TopKSAE, TopKSAEConfig, TopKTrainingSAE, TopKTrainingSAECon
 from sae_lens.registry import SAE_CLASS_REGISTRY, SAE_TRAINING_CLASS_REGISTRY, register_sae_class, \
     register_sae_training_class
 from torch import Tensor
-from typing_extensions import override
 
 from saelens_amort.errors import SaeAmortError
 
@@ -58,31 +57,28 @@ def group_topk(pre: Tensor, group: Tensor, budgets: Sequence[int]) -> Tensor:
 
 
 @dataclass
-class LocASAEConfig(TopKSAEConfig):
+class _Budgets:
+    """The LocA config fields on top of TopK's (k is derived: the sum of the budgets)."""
+
     budgets: list[int] = field(default_factory=lambda: list(PAPER_BUDGETS))
 
     def __post_init__(self) -> None:
         super().__post_init__()
         self.k = int(sum(self.budgets))
 
-    @override
     @classmethod
     def architecture(cls) -> str:
         return ARCHITECTURE
 
 
 @dataclass
-class LocATrainingSAEConfig(TopKTrainingSAEConfig):
-    budgets: list[int] = field(default_factory=lambda: list(PAPER_BUDGETS))
+class LocASAEConfig(_Budgets, TopKSAEConfig):
+    pass
 
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        self.k = int(sum(self.budgets))
 
-    @override
-    @classmethod
-    def architecture(cls) -> str:
-        return ARCHITECTURE
+@dataclass
+class LocATrainingSAEConfig(_Budgets, TopKTrainingSAEConfig):
+    pass
 
 
 class _Grouped:
