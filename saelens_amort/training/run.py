@@ -206,6 +206,7 @@ def run_train(cfg: TrainConfig, out: Path, *, overwrite: bool = False, resume: b
     from saelens_amort.activations.collect import live_activations
     from saelens_amort.models import load_model
     from saelens_amort.runners.collect import resolve_hook
+    from saelens_amort.saes import load_sae
     from saelens_amort.training.loca import loca_from_topk
 
     out = Path(out)
@@ -218,7 +219,6 @@ def run_train(cfg: TrainConfig, out: Path, *, overwrite: bool = False, resume: b
     request = CollectConfig(hook_name=hook, n_tokens=cfg.tokens + HELD_OUT_ROWS, context_size=cfg.context_size,
                             seed=cfg.seed)
     if cfg.live:  # held-out rows: the first HELD_OUT_ROWS of the stream; training: everything after them
-        store = None
         held_out = _first_rows(live_activations(model, source, request), HELD_OUT_ROWS)
 
         def data_fn(skip: int) -> Iterator[torch.Tensor]:
@@ -229,7 +229,7 @@ def run_train(cfg: TrainConfig, out: Path, *, overwrite: bool = False, resume: b
             return _first_rows(_drop_rows(live_activations(model, source, request), HELD_OUT_ROWS), n)
     else:
         store = collect_activations(model, source, request, None, model_name=cfg.model, progress=progress)
-        held_out = _held_out(store, cfg.tokens)
+        held_out = held_out_rows(store, cfg.tokens)
 
         def data_fn(skip: int) -> Iterator[torch.Tensor]:
             return store_batches(store, cfg.batch_size, cfg.seed, skip=skip, limit=cfg.tokens)
@@ -269,23 +269,26 @@ def run_train(cfg: TrainConfig, out: Path, *, overwrite: bool = False, resume: b
         _fit(sae, cfg, data_fn, steps, out, ckpt_dir, resume_ckpt, progress)
     seconds = time.perf_counter() - start
     _save_atomic(sae, out / "sae")
-    from saelens_amort.saes import load_sae
-
-    final = load_sae(str(out / "sae"))
-    with torch.no_grad():
-        z = final.encode(held_out)
-        recon = final.decode(z)
-    x = held_out.double()
-    summary = {"arch": cfg.arch, "steps": steps, "train_seconds": seconds, "tokens_per_second": steps *
-               cfg.batch_size / seconds, "held_out_rows": int(held_out.shape[0]),
-               "nmse": float((x - recon.double()).pow(2).sum() / x.pow(2).sum()),
-               "explained_variance": float(1 - (x - recon.double()).pow(2).sum() / (x - x.mean(0)).pow(2).sum()),
-               "l0": float((z > 0).sum(-1).float().mean()), "dead_fraction": float(((z > 0).sum(0) == 0).float().mean())}
+    final = load_sae(str(out / "sae"))  # scored as saved, not as trained in memory
+    summary = {"arch": cfg.arch, "steps": steps, "train_seconds": seconds,
+               "tokens_per_second": steps * cfg.batch_size / seconds, "held_out_rows": int(held_out.shape[0]),
+               **reconstruction_scores(final, held_out)}
     write_text_atomic(out / "summary.json", json.dumps(summary, indent=2))
     return summary
 
 
-def _held_out(store, train_tokens: int) -> torch.Tensor:
+@torch.no_grad()
+def reconstruction_scores(sae, x: torch.Tensor) -> dict[str, float]:
+    """NMSE (the paper's, uncentred), explained variance, mean L0 and the fraction of latents silent on `x`."""
+    z = sae.encode(x)
+    x64, err = x.double(), (x.double() - sae.decode(z).double()).pow(2).sum()
+    return {"nmse": float(err / x64.pow(2).sum()),
+            "explained_variance": float(1 - err / (x64 - x64.mean(0)).pow(2).sum()),
+            "l0": float((z > 0).sum(-1).float().mean()), "dead_fraction": float(((z > 0).sum(0) == 0).float().mean())}
+
+
+def held_out_rows(store, train_tokens: int) -> torch.Tensor:
+    """The store's rows after the first `train_tokens` (never trained on)."""
     rows = []
     seen = 0
     for shard in store.iter_shards():

@@ -19,16 +19,6 @@ from saelens_amort.errors import SaeAmortError
 from saelens_amort.training.families import TrainConfig
 
 
-@torch.no_grad()
-def _scores(sae, x: torch.Tensor) -> dict[str, float]:
-    z = sae.encode(x)
-    recon = sae.decode(z).double()
-    xd = x.double()
-    return {"nmse": float((xd - recon).pow(2).sum() / xd.pow(2).sum()),
-            "explained_variance": float(1 - (xd - recon).pow(2).sum() / (xd - xd.mean(0)).pow(2).sum()),
-            "l0": float((z > 0).sum(-1).float().mean()), "dead_fraction": float(((z > 0).sum(0) == 0).float().mean())}
-
-
 def run_cross_domain(cfg: TrainConfig, domain_a: str, domain_b: str, out: Path, *, overwrite: bool = False,
                      progress: bool = True) -> pd.DataFrame:
     from saelens_amort.activations import CollectConfig, collect_activations, resolve_source
@@ -38,7 +28,7 @@ def run_cross_domain(cfg: TrainConfig, domain_a: str, domain_b: str, out: Path, 
     from saelens_amort.runners.collect import resolve_hook
     from saelens_amort.atomic import write_atomic, write_text_atomic
     from saelens_amort.saes import load_sae
-    from saelens_amort.training.run import HELD_OUT_ROWS, _held_out, run_train
+    from saelens_amort.training.run import HELD_OUT_ROWS, held_out_rows, reconstruction_scores, run_train
 
     if domain_a == domain_b:
         raise SaeAmortError("--domain-a and --domain-b must differ")
@@ -54,13 +44,13 @@ def run_cross_domain(cfg: TrainConfig, domain_a: str, domain_b: str, out: Path, 
         store = collect_activations(model, resolve_source(source, seed=cfg.seed), CollectConfig(
             hook_name=hook, n_tokens=cfg.tokens + HELD_OUT_ROWS, context_size=cfg.context_size, seed=cfg.seed),
             None, model_name=cfg.model, progress=False)
-        held[name] = _held_out(store, cfg.tokens).to(cfg.device)
+        held[name] = held_out_rows(store, cfg.tokens).to(cfg.device)
     rows = []
     for trained in domains:
         for evaluated in domains:
             rows.append({"trained_on": f"{trained} ({domains[trained]})",
                          "evaluated_on": f"{evaluated} ({domains[evaluated]})",
-                         **_scores(saes[trained], held[evaluated])})
+                         **reconstruction_scores(saes[trained], held[evaluated])})
     df = pd.DataFrame(rows)
     in_domain = {r["evaluated_on"]: r["nmse"] for r in rows if r["trained_on"][0] == r["evaluated_on"][0]}
     df["nmse_degradation"] = [r["nmse"] - in_domain[r["evaluated_on"]] for r in rows]

@@ -12,7 +12,7 @@ from sae_lens import SAE, TopKTrainingSAE
 from saelens_amort import SaeAmortError
 from saelens_amort.training.families import ARCHS, TrainConfig
 from saelens_amort.training.loca import loca_from_topk
-from saelens_amort.training.run import _held_out, run_train
+from saelens_amort.training.run import held_out_rows, run_train
 
 SMALL = dict(model="toy", layer=2, tokens=51_200, batch_size=256, expansion=4, k=8, lr=3e-3, seed=0)
 
@@ -42,7 +42,7 @@ def test_loca_beats_its_global_initialisation(tmp_path):
     store = collect_activations(load_model("toy"), resolve_source("toy"), CollectConfig(
         hook_name="blocks.2.hook_resid_post", n_tokens=cfg.tokens + 4096, context_size=128), None, model_name="toy",
         progress=False)
-    held = _held_out(store, cfg.tokens)
+    held = held_out_rows(store, cfg.tokens)
     init = loca_from_topk(TopKTrainingSAE.load_from_disk(out / "pretrain_topk" / "training"),
                           store.load(32_768).acts.float(), cfg.budgets)
     final = SAE.load_from_disk(out / "sae")
