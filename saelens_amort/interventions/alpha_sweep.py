@@ -23,6 +23,7 @@ from torch import Tensor
 
 from saelens_amort.errors import SaeAmortError
 from saelens_amort.interventions.hooks import LatentEdit, latent_edit
+from saelens_amort.metrics.splice import kl_per_position, next_token_scores
 
 if TYPE_CHECKING:
     from sae_lens import SAE
@@ -104,19 +105,17 @@ def sweep_feature(
     live = torch.zeros(acts.shape[:2], dtype=torch.bool)
     live[:, 1:] = (z > threshold).reshape(acts.shape[0], -1) if percentile > 0 else (z > 0).reshape(acts.shape[0], -1)
     clean = clean_logits if clean_logits is not None else _batched(model, tokens, batch)
-    clean_lp = clean[:, :-1].float().log_softmax(-1)
-    ce_clean = -clean_lp.gather(-1, tokens[:, 1:, None]).mean()
+    clean_lp, ce_clean = next_token_scores(clean, tokens)
     rows = []
     for alpha in alphas:
         edit = LatentEdit(scale={latent: float(alpha)}, live_threshold={latent: threshold})
         with latent_edit(model, sae, edit, hook_name=hook_name, mode=mode, lam=lam):
             logits = _batched(model, tokens, batch)
-        lp = logits[:, :-1].float().log_softmax(-1)
-        ce = -lp.gather(-1, tokens[:, 1:, None]).mean()
-        kl = torch.nn.functional.kl_div(lp, clean_lp, log_target=True, reduction="none").sum(-1).mean()
+        lp, ce = next_token_scores(logits, tokens)
+        kl = kl_per_position(clean_lp, lp).mean()
         delta = (logits - clean)[live].float().mean(0) if bool(live.any()) else torch.zeros(clean.shape[-1])
         top = delta.topk(min(top_k, delta.numel()))
-        rows.append({"alpha": float(alpha), "delta_ce": float(ce - ce_clean), "kl": float(kl),
+        rows.append({"alpha": float(alpha), "delta_ce": float(ce.mean() - ce_clean.mean()), "kl": float(kl),
                      "live_positions": int(live.sum()), "threshold": threshold,
                      "top_logit_tokens": " | ".join(model.to_string(int(t)) for t in top.indices),
                      "top_logit_deltas": " | ".join(f"{v:.3g}" for v in top.values.tolist())})

@@ -28,6 +28,7 @@ from torch import Tensor
 
 from saelens_amort.errors import SaeAmortError
 from saelens_amort.interventions.hooks import checked_latents
+from saelens_amort.metrics.splice import next_token_scores
 
 if TYPE_CHECKING:
     from sae_lens import SAE
@@ -148,8 +149,7 @@ def continuation_scores(model: "HookedTransformer", hook_name: str, tokens: Tens
     """Fluency (mean CE of the generated tokens under the clean model) and the probe's P(class) on their pooled
     activations."""
     logits, cache = model.run_with_cache(tokens, names_filter=hook_name)
-    lp = logits[:, :-1].float().log_softmax(-1)
-    ce = -lp.gather(-1, tokens[:, 1:, None]).squeeze(-1)[:, n_prompt - 1:]
+    ce = next_token_scores(logits, tokens)[1][:, n_prompt - 1:]
     prob = None
     if probe is not None and class_id is not None:
         pooled = cache[hook_name][0, n_prompt:].float().mean(0, keepdim=True).numpy()

@@ -89,14 +89,14 @@ def _special_ids(model: "HookedTransformer") -> tuple[int | None, int | None]:
     return bos, (pad if pad is not None and pad not in (bos, eos) else None)
 
 
-def _next_token_scores(logits: Tensor, tokens: Tensor) -> tuple[Tensor, Tensor]:
+def next_token_scores(logits: Tensor, tokens: Tensor) -> tuple[Tensor, Tensor]:
     """Log-probs at positions 0..T−2 (fp32) and the CE of each next token."""
     log_probs = logits[:, :-1].float().log_softmax(dim=-1)
     ce = -log_probs.gather(-1, tokens[:, 1:, None]).squeeze(-1)
     return log_probs, ce
 
 
-def _kl(clean: Tensor, other: Tensor) -> Tensor:
+def kl_per_position(clean: Tensor, other: Tensor) -> Tensor:
     """KL(clean ‖ other) per position from log-probs."""
     return torch.nn.functional.kl_div(other, clean, log_target=True, reduction="none").sum(dim=-1)
 
@@ -115,7 +115,7 @@ def splice_reference(model: "HookedTransformer", tokens: Int[Tensor, "B T"], hoo
     n = int(scored.sum())
     if n == 0:
         raise SaeAmortError("no next-token prediction follows a spliced position (only BOS or padding?)")
-    log_probs, ce = _next_token_scores(model(tokens), tokens)
+    log_probs, ce = next_token_scores(model(tokens), tokens)
 
     def zero(act: Tensor, hook: Any) -> Tensor:
         out = act.clone()
@@ -123,11 +123,11 @@ def splice_reference(model: "HookedTransformer", tokens: Int[Tensor, "B T"], hoo
         return out
 
     with model.hooks(fwd_hooks=[(hook_name, zero)]):
-        zero_lp, zero_ce = _next_token_scores(model(tokens), tokens)
+        zero_lp, zero_ce = next_token_scores(model(tokens), tokens)
     return SpliceReference(
         log_probs=log_probs, scored=scored, replace=replace, n_tokens=n,
         ce_clean=float(ce[scored].double().mean()), ce_zero=float(zero_ce[scored].double().mean()),
-        kl_zero=float(_kl(log_probs, zero_lp)[scored].double().mean()),
+        kl_zero=float(kl_per_position(log_probs, zero_lp)[scored].double().mean()),
     )
 
 
@@ -193,14 +193,14 @@ def spliced_metrics(
 
     with model.hooks(fwd_hooks=[(hook_name, splice)]):
         logits = model(tokens)
-    log_probs, ce = _next_token_scores(logits, tokens)
+    log_probs, ce = next_token_scores(logits, tokens)
     ce_spliced = float(ce[ref.scored].double().mean())
     denom = ref.ce_zero - ref.ce_clean
     return SpliceResult(
         mode=mode, keep_error=bool(keep_error), lam=used_lam[0] if used_lam else lam, n_tokens=ref.n_tokens,
         ce_clean=ref.ce_clean, ce_spliced=ce_spliced, ce_zero=ref.ce_zero,
         ce_recovered=(ref.ce_zero - ce_spliced) / denom if denom != 0 else None,
-        kl=float(_kl(ref.log_probs, log_probs)[ref.scored].double().mean()), kl_zero=ref.kl_zero,
+        kl=float(kl_per_position(ref.log_probs, log_probs)[ref.scored].double().mean()), kl_zero=ref.kl_zero,
     )
 
 
