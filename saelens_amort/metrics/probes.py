@@ -266,9 +266,11 @@ def correlations(rows: SparseRows, y: Tensor) -> Tensor:
     return torch.where(live, corr, torch.zeros_like(corr))
 
 
-def rank_latents(rows: SparseRows, y: Tensor) -> Tensor:
-    """Latent indices by descending |corr(z_j, y)| (ties: lower index first)."""
-    return torch.sort(-correlations(rows, y).abs(), stable=True).indices
+def rank_latents(rows: SparseRows, y: Tensor, *, signed: bool = False) -> Tensor:
+    """Latent indices by descending |corr(z_j, y)|, or by descending corr(z_j, y) when `signed` (latents that fire
+    FOR y = 1 first); ties: lower index first."""
+    corr = correlations(rows, y)
+    return torch.sort(-(corr if signed else corr.abs()), stable=True).indices
 
 
 def probe_f1(task: Task, cols: Tensor, dense: tuple[Tensor, Tensor] | None = None) -> float:
