@@ -59,7 +59,7 @@ def eval_tokens(model, cfg: SweepConfig, hook: str) -> torch.Tensor:
                                 progress=False)
     tok = model.tokenizer
     pad = tok.pad_token_id if tok is not None and tok.pad_token_id is not None else 0
-    return splice_tokens(store, cfg.sequences, tok.bos_token_id if tok is not None else None, pad)
+    return splice_tokens(store, cfg.sequences, tok.bos_token_id if tok is not None else None, pad).tokens
 
 
 def run_alpha_sweep(cfg: SweepConfig, features: Sequence[Feature], out: Path) -> pd.DataFrame:

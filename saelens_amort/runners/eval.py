@@ -14,7 +14,7 @@ import math
 import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -146,9 +146,16 @@ def check_out_dir(out: Path, cfg: EvalConfig, overwrite: bool) -> None:
         raise SaeAmortError(f"{out} holds results of a different eval config; use another --out or pass --overwrite")
 
 
-def splice_tokens(store, n_sequences: int, bos: int | None, pad: int) -> torch.Tensor | None:
+class SpliceTokens(NamedTuple):
+    """Right-padded sequences and their real lengths (BOS included): padding is known by length, not by token id."""
+
+    tokens: torch.Tensor
+    lengths: torch.Tensor
+
+
+def splice_tokens(store, n_sequences: int, bos: int | None, pad: int) -> SpliceTokens | None:
     """Rebuild the first whole sequences from the store's rows (a sequence restarts where position returns to its
-    first value), with BOS put back in front; right-padded."""
+    first value), with BOS put back in front; right-padded with `pad`, with each row's real length."""
     if n_sequences <= 0:
         return None
     batch = store.load(min(store.n_tokens, 64 * store.meta.get("request", {}).get("context_size", 128)))
@@ -159,14 +166,16 @@ def splice_tokens(store, n_sequences: int, bos: int | None, pad: int) -> torch.T
     out = torch.full((len(seqs), width), pad, dtype=torch.long)
     for i, s in enumerate(seqs):
         out[i, : len(s)] = torch.tensor(s)
-    return out
+    return SpliceTokens(out, torch.tensor([len(s) for s in seqs]))
 
 
-def evaluate_sae(spec: str, sae, model, store, hook: str, cfg: EvalConfig, splice_toks) -> tuple[list[dict], dict]:
+def evaluate_sae(spec: str, sae, model, store, hook: str, cfg: EvalConfig,
+                 splice_toks: SpliceTokens | None) -> tuple[list[dict], dict]:
     """All variants of one SAE: rows for the results table and artifacts for the report."""
     from saelens_amort import distributed as dist
     from saelens_amort.inference import calibrate_lambda, infer
     from saelens_amort.metrics import make_metric, metric_batch, splice_reference, spliced_metrics
+    from saelens_amort.metrics.splice import ce_recovered_problem
     from saelens_amort.saes import Dictionary
 
     variants = cfg.variants()
@@ -210,7 +219,7 @@ def evaluate_sae(spec: str, sae, model, store, hook: str, cfg: EvalConfig, splic
         return [], {"freqs": {}, "gap": np.zeros(0)}
     metrics, gaps = merged, [g for part in all_gaps for g in part]
     use_splice = splice_toks is not None and "splice" in cfg.metrics
-    reference = splice_reference(model, splice_toks, hook) if use_splice else None
+    reference = splice_reference(model, splice_toks.tokens, hook, splice_toks.lengths) if use_splice else None
     rows, freqs, splice_cache = [], {}, {}
     for v in variants:
         row: dict[str, Any] = {"sae": spec, "mode": v.label, "inference_mode": v.mode, "semi_steps": v.steps,
@@ -225,11 +234,13 @@ def evaluate_sae(spec: str, sae, model, store, hook: str, cfg: EvalConfig, splic
                 freqs[(spec, v.label)] = np.asarray(m.artifacts()["firing_frequency"])
         if reference is not None:
             for keep in (False, True):
-                sp = spliced_metrics(model, sae, v.mode, splice_toks, hook, lam=lam, keep_error=keep,
+                sp = spliced_metrics(model, sae, v.mode, splice_toks.tokens, hook, lam=lam, keep_error=keep,
                                      reference=reference, cache=splice_cache, **v.options)
                 tag = "_keep_error" if keep else ""
                 row.update({"ce_clean": sp.ce_clean, "ce_zero": sp.ce_zero, f"ce_spliced{tag}": sp.ce_spliced,
                             f"ce_recovered{tag}": sp.ce_recovered, f"kl{tag}": sp.kl})
+                if sp.ce_recovered is None:
+                    skipped[f"ce_recovered{tag}"] = ce_recovered_problem(sp.ce_clean, sp.ce_zero)
         if cal is not None and abs(cal.achieved - cal.target_value) > CALIBRATION_TOL * cal.target_value:
             skipped["matched density"] = (f"no λ reaches the target {cal.target_value:.4g}; closest "
                                           f"{cal.achieved:.4g} at λ={cal.lam:.3g}")
