@@ -5,10 +5,11 @@
       → SpliceResult(ce_clean, ce_spliced, ce_zero, ce_recovered, kl, kl_zero, …)
 
 Three runs of the model on `tokens` [B, T]: clean; spliced, where every real non-BOS position of `hook_name` is
-replaced by x̂ = the SAE's decode of the mode's codes (`infer(x, sae, mode, lam=λ, …)`); zero-ablated, where the same positions
-are set to 0. A position is "BOS" when it is position 0 and holds the tokenizer's BOS id: SAEs are not trained on it
-and its huge norm would dominate. With `keep_error=True` the SAE error term of the *amortized* SAE is added back,
-x_new = x + x̂_mode − x̂_amortized (DESIGN §5), so amortized + keep_error reproduces the clean model exactly.
+replaced by x̂ = the SAE's decode of the mode's codes (`infer(x, sae, mode, lam=λ, …)`); zero-ablated, where the same
+positions are set to 0. A position is "BOS" when it is position 0 and holds the tokenizer's BOS id: SAEs are not
+trained on it and its huge norm would dominate. With `keep_error=True` the SAE error term of the *amortized* SAE is
+added back, x_new = x + x̂_mode − x̂_amortized (DESIGN §5), so amortized + keep_error reproduces the clean model
+exactly.
 
 Right-padded rows give their real lengths (`lengths` [B], BOS included): only positions < length are real. Padding
 is told apart by length, never by token id — TransformerLens sets pad = BOS = EOS for tokenizers without a pad token
@@ -92,7 +93,8 @@ def _real_positions(tokens: Tensor, lengths: Tensor | None) -> Tensor:
         return torch.ones_like(tokens, dtype=torch.bool)
     lengths = torch.as_tensor(lengths)
     if lengths.dtype.is_floating_point or lengths.shape != tokens.shape[:1]:
-        raise SaeAmortError(f"lengths must be one integer per row ({tokens.shape[0]}), got shape {tuple(lengths.shape)}")
+        raise SaeAmortError(f"lengths must be one integer per row ({tokens.shape[0]}), "
+                            f"got shape {tuple(lengths.shape)}")
     if bool((lengths < 0).any()) or bool((lengths > tokens.shape[1]).any()):
         raise SaeAmortError(f"lengths must lie in [0, {tokens.shape[1]}] (the row width), got {lengths.tolist()}")
     return torch.arange(tokens.shape[1], device=tokens.device) < lengths.to(tokens.device)[:, None]
