@@ -43,6 +43,7 @@ from saelens_amort.activations.shards import (
     ShardWriter,
     atomic_write_json,
     is_tmp,
+    sha256_file,
 )
 from saelens_amort.activations.sources import TextSource
 from saelens_amort.activations.store import ActivationStore, read_json
@@ -275,6 +276,11 @@ def _prepare(out_dir: Path, request: dict) -> tuple[str, dict | None, dict | Non
         return "complete", None, meta
     manifest = read_json(out_dir / MANIFEST_FILE, "store manifest") if (out_dir / MANIFEST_FILE).exists() else None
     listed = {s["file"] for s in manifest["shards"]} if manifest else set()
+    for record in manifest["shards"] if manifest else []:  # resume only on top of intact shards
+        shard = out_dir / record["file"]
+        if not shard.is_file() or sha256_file(shard) != record.get("sha256"):
+            raise SaeAmortError(f"activation shard {shard} is missing or does not match its recorded sha256; "
+                                f"delete {out_dir} and collect again")
     for orphan in out_dir.glob("shard_*.safetensors"):  # written but never listed: the manifest is the truth
         if orphan.name not in listed:
             orphan.unlink()
