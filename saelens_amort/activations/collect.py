@@ -246,8 +246,23 @@ def _forward_rows(model: HookedTransformer, chunks: list[_Chunk], hook_name: str
     return ActivationBatch(acts[keep_dev].to("cpu", dtype), tokens[keep], doc_ids[keep], pos[keep], labels[keep])
 
 
+def stored_label_names(source: TextSource, out_dir: Path, shards: list[dict[str, Any]]) -> list[str] | None:
+    """The source's class names; for integer labels without names (.jsonl, .parquet, a plain integer HF column)
+    `class0`…`classN` up to the largest label stored; None when no row has a label."""
+    if source.label_names:
+        return list(source.label_names)
+    top = -1
+    for record in shards:
+        with safe_open(out_dir / record["file"], "pt") as f:
+            labels = f.get_tensor("labels")
+        if labels.numel():
+            top = max(top, int(labels.max()))
+    return [f"class{c}" for c in range(top + 1)] or None
+
+
 def _write_meta(out_dir: Path, request: dict, model: HookedTransformer, source: TextSource, cfg: CollectConfig,
-                d_in: int | None, n_tokens: int, complete: bool, created: str) -> None:
+                d_in: int | None, n_tokens: int, complete: bool, created: str,
+                label_names: list[str] | None = None) -> None:
     atomic_write_json(out_dir / META_FILE, {
         "format": FORMAT_VERSION,
         "request": request,
@@ -258,7 +273,7 @@ def _write_meta(out_dir: Path, request: dict, model: HookedTransformer, source: 
         "n_tokens": n_tokens,
         "n_tokens_requested": cfg.n_tokens,
         "source": source.name,
-        "label_names": list(source.label_names) if source.label_names else None,
+        "label_names": label_names,
         "model_n_layers": model.cfg.n_layers,
         "provenance": provenance(),
         "created": created,
@@ -344,4 +359,5 @@ def _collect_into(out_dir: Path, claim: Claim, model: HookedTransformer, source:
         with safe_open(out_dir / writer.shards[0]["file"], "pt") as f:
             d_in = int(f.get_slice("acts").get_shape()[1])
     writer.write_manifest(None, complete=True)
-    _write_meta(out_dir, request, model, source, cfg, d_in, writer.rows_saved, True, created)
+    _write_meta(out_dir, request, model, source, cfg, d_in, writer.rows_saved, True, created,
+                stored_label_names(source, out_dir, writer.shards))
