@@ -73,3 +73,18 @@ def record_run(out: Path, command: str, config: dict[str, Any]) -> None:
         raise SaeAmortError(f"cannot create --out {out} ({e.strerror or e})") from None
     if not holds_run(out, command, config):
         write_text_atomic(out / RECORD_FILE, json.dumps(run_record(command, config), indent=2))
+
+
+def check_run_file(out: Path, command: str, config: dict[str, Any], *, overwrite: bool) -> None:
+    """The same rule for a one-file output (a JSON whose `run` key holds the record): refuse to replace another run's
+    file unless `overwrite`."""
+    out = Path(out)
+    if overwrite or not out.exists():
+        return
+    try:
+        record = json.loads(out.read_text()).get("run")
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError):
+        record = None
+    if record != run_record(command, config):
+        raise SaeAmortError(f"{out} holds another result (not this {command} run); use another --out or pass "
+                            "--overwrite to replace it")
