@@ -22,7 +22,9 @@ import torch
 
 from saelens_amort.errors import SaeAmortError
 from saelens_amort.provenance import provenance
-from saelens_amort.atomic import write_atomic, write_text_atomic
+from saelens_amort.atomic import write_atomic
+from saelens_amort.run_folder import check_run_folder
+from saelens_amort.runners.eval_partials import COMMAND, PARTIAL_DIR, load_partials, save_partial
 
 logger = logging.getLogger(__name__)
 
@@ -134,16 +136,8 @@ class EvalConfig:
 
 
 def check_out_dir(out: Path, cfg: EvalConfig, overwrite: bool) -> None:
-    """Refuse an --out that holds results of a different config (unless overwrite)."""
-    previous = out / "results.json"
-    if not previous.exists() or overwrite:
-        return
-    try:
-        old = json.loads(previous.read_text()).get("config")
-    except (OSError, json.JSONDecodeError):
-        old = None
-    if old != cfg.as_json():
-        raise SaeAmortError(f"{out} holds results of a different eval config; use another --out or pass --overwrite")
+    """Refuse an --out that holds another run (unless overwrite); the same config resumes."""
+    check_run_folder(out, COMMAND, cfg.as_json(), overwrite=overwrite)
 
 
 class SpliceTokens(NamedTuple):
@@ -320,7 +314,7 @@ def evaluate(cfg: EvalConfig, specs: tuple[str, ...], out: Path, *, progress: bo
     pad = (tok.pad_token_id if tok is not None and tok.pad_token_id is not None else 0)
     splice_toks = splice_tokens(store, cfg.splice_sequences, bos, pad)
     rows, freqs, gaps = [], {}, {}
-    done = load_partials(out, cfg) if dist.is_main() else {}  # results stay on rank 0; the others learn which
+    done = load_partials(out, cfg.as_json()) if dist.is_main() else {}  # results stay on rank 0; the others learn which
     finished = set(dist.broadcast(sorted(done)))
     for i, spec in enumerate(specs):
         if i in finished:  # finished by an interrupted earlier run of this config
@@ -332,47 +326,12 @@ def evaluate(cfg: EvalConfig, specs: tuple[str, ...], out: Path, *, progress: bo
             r, art = evaluate_sae(spec, load_sae(spec, device=cfg.device, dtype=sae_dtype), model, store, hook, cfg,
                                   splice_toks)
             if dist.is_main():
-                save_partial(out, cfg, i, (r, art))
+                save_partial(out, cfg.as_json(), i, r, art)
         rows += r
         freqs.update(art["freqs"])
         if art["gap"].size:
             gaps[spec] = art["gap"]
     return Evaluation(pd.DataFrame(rows), freqs, gaps, hook, store)
-
-
-PARTIAL_DIR = ".partial"
-"""Per-SAE results of a run in progress (removed once the outputs are written); a rerun of the same config reuses
-them, whatever the number of processes (each holds a whole SAE's merged results)."""
-
-
-def save_partial(out: Path, cfg: EvalConfig, index: int, result: tuple) -> None:
-    import pickle
-
-    part = out / PARTIAL_DIR
-    part.mkdir(exist_ok=True)
-    if not (part / "config.json").exists():
-        write_text_atomic(part / "config.json", json.dumps(cfg.as_json()))
-    write_atomic(part / f"{index}.pkl", lambda p: p.write_bytes(pickle.dumps(result)))
-
-
-def load_partials(out: Path, cfg: EvalConfig) -> dict[int, tuple]:
-    """index → (rows, artifacts) of the SAEs an interrupted run of this same config finished."""
-    import pickle
-
-    part = out / PARTIAL_DIR
-    try:
-        if json.loads((part / "config.json").read_text()) != cfg.as_json():
-            shutil.rmtree(part)  # another config's leftovers (the results check has already allowed this --out)
-            return {}
-    except (OSError, json.JSONDecodeError):
-        return {}
-    found = {}
-    for f in part.glob("*.pkl"):
-        try:
-            found[int(f.stem)] = pickle.loads(f.read_bytes())
-        except (ValueError, OSError, pickle.UnpicklingError, EOFError):
-            continue
-    return found
 
 
 def write_outputs(out: Path, ev: Evaluation, cfg: EvalConfig, *, extra_meta: dict | None = None,
