@@ -15,8 +15,8 @@ thresholding pursuit):
    {u ≥ 0, ‖u‖₀ ≤ k_r});
 2. polish on the support S of u⁺: the least-squares solution γ on S (fp64 Cholesky); u⁺ moves towards γ, all the
    way when γ > 0, else POLISH_FRACTION of the way to where the first coefficient reaches 0 (½‖x' − uA‖² is convex
-   on that segment and smallest at γ, so it falls, and |S| is kept). Rows whose support Gram is singular (more
-   atoms than dimensions) skip the polish;
+   on that segment and smallest at γ, so it falls, and |S| is kept). Rows with more atoms than dimensions, or a
+   numerically singular support Gram, skip the polish;
 3. monotone: a step that raises ½‖x' − uA‖² is rejected. μ starts at MAX_STEP / L, doubles after an accepted step
    (up to MAX_STEP / L) and halves after a rejected one, never below 1/L (L = σ_max(A)²), where no step can raise
    it (P_k minimises the quadratic majoriser over the constraint set, on which u lies).
@@ -119,7 +119,7 @@ def ksparse_pg(
         i_l, v_l, F_l, mu_l = idx[live], val[live], F[live], mu[live]
         v = (residual[live] @ A.T).mul_(mu_l.unsqueeze(1)).scatter_add_(1, i_l, v_l)
         i_new, v_new = _project(v, allowed[live])
-        v_new = _polish(systems, live, i_new, v_new)
+        v_new = _polish(systems, live, i_new, v_new, A.shape[1])
         r_new = X[live] - _times_atoms(i_new, v_new, A)
         F_new = _half_sq(r_new)
         accept = F_new <= F_l
@@ -162,16 +162,23 @@ def _same_support(i_old: Tensor, v_old: Tensor, i_new: Tensor, v_new: Tensor) ->
     return (a == b).all(dim=1)
 
 
-def _polish(systems: SupportSystems, rows: Tensor, idx: Tensor, val: Tensor) -> Tensor:
-    """Move each row's support coefficients towards the least-squares solution on its support (module docstring)."""
+def _polish(systems: SupportSystems, rows: Tensor, idx: Tensor, val: Tensor, d_in: int) -> Tensor:
+    """Move each row's support coefficients towards the least-squares solution on its support (module docstring).
+    Rows with more than d_in atoms, or a numerically singular support Gram, keep their coefficients."""
     active = val > 0
-    gamma, singular = masked_cholesky_solve(*systems(rows, idx, active), active)
-    v = val.double()
-    neg = active & (gamma <= 0)
+    fits = (active.sum(dim=1) <= d_in).nonzero().squeeze(1)
+    if fits.numel() == 0:
+        return val
+    act = active[fits]
+    gamma, singular = masked_cholesky_solve(*systems(rows[fits], idx[fits], act), act)
+    v = val[fits].double()
+    neg = act & (gamma <= 0)
     ratio = torch.where(neg, v / (v - gamma), torch.inf).amin(dim=1, keepdim=True)
     alpha = torch.where(torch.isinf(ratio), 1.0, POLISH_FRACTION * ratio)
     alpha = torch.where(singular.unsqueeze(1), 0.0, alpha)
-    return torch.where(active, v + alpha * (gamma - v), 0.0).to(val.dtype)
+    out = val.clone()
+    out[fits] = torch.where(act, v + alpha * (gamma - v), 0.0).to(val.dtype)
+    return out
 
 
 def check_k_rows(k_rows: Tensor, n: int, d_sae: int, mode: str) -> Tensor:
