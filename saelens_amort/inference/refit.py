@@ -6,8 +6,9 @@
 of an L1 code, or the magnitude error of an encoder, is removed while the support stays the mode's. L0 never grows
 (NNLS may set coefficients to 0), and ½‖x' − uA‖² never rises (the mode's own code is feasible).
 
-The solver is Lawson–Hanson, batched over rows and warm-started: WARM_STEPS FISTA steps from the mode's code on
-its support (step 1/σ_max(A)², safe for every support since A_S is a subset of A's rows) give a feasible point;
+Most rows are done in one step: the least-squares solution on the whole support is positive, so it is the NNLS
+optimum. The others go to Lawson–Hanson, batched over rows and warm-started: WARM_STEPS FISTA steps from the mode's
+code on its support (step 1/σ_max(A)², safe for every support since A_S is a subset of A's rows) give a feasible point;
 its positive set starts the passive set. Each round solves the least-squares problem on the passive set by a
 masked Cholesky factorisation (fp64) — if a coefficient is ≤ 0, it moves from the feasible point towards that
 solution until the first coefficient reaches 0 and drops it; otherwise it adds back the support atom with the most
@@ -111,14 +112,16 @@ def nnls(
     `lipschitz` bounds every row's largest eigenvalue of G (σ_max(A)² does, for supports of A's rows). Returns γ
     and the Lawson–Hanson rounds each row took.
     """
-    start = _accelerated_projected_gradient(gram, b, valid, start, lipschitz)
     n, T = b.shape
+    # Most rows: the least-squares solution on the whole support is positive, hence the NNLS optimum.
+    out, singular = masked_cholesky_solve(gram, b, valid)
+    rounds = torch.ones(n, dtype=torch.long, device=b.device)
+    todo = ((valid & (out <= 0)).any(dim=1) | singular).nonzero().squeeze(1)
+    start = start.clone()
+    start[todo] = _accelerated_projected_gradient(gram[todo], b[todo], valid[todo], start[todo], lipschitz)
     passive = valid & (start > 0)
     prev = torch.where(passive, start, 0.0)
-    out = prev.clone()
-    rounds = torch.zeros(n, dtype=torch.long, device=b.device)
     tol = KKT_TOL * torch.finfo(b.dtype).eps * max(T, 1) * (b * valid).abs().amax(dim=1).clamp_min(1e-300)
-    todo = torch.arange(n, device=b.device)
     for _ in range(3 * T + 5):
         if todo.numel() == 0:
             break
