@@ -183,10 +183,11 @@ def _polish(systems: SupportSystems, rows: Tensor, idx: Tensor, val: Tensor, d_i
 
 def check_k_rows(k_rows: Tensor, n: int, d_sae: int, mode: str) -> Tensor:
     """Per-row k as a validated long tensor [n] with values in [1, d_sae]."""
-    if not isinstance(k_rows, Tensor) or k_rows.is_floating_point() or k_rows.is_complex() or k_rows.dtype == torch.bool:
+    integer = isinstance(k_rows, Tensor) and not (k_rows.is_floating_point() or k_rows.is_complex())
+    if not integer or k_rows.dtype == torch.bool:
         raise SaeAmortError(f"mode {mode!r}: per-row k must be an integer tensor, got {k_rows!r}")
     if tuple(k_rows.shape) != (n,):
-        raise SaeAmortError(f"mode {mode!r}: per-row k has shape {tuple(k_rows.shape)}; expected one value per row ({n})")
+        raise SaeAmortError(f"mode {mode!r}: per-row k has shape {tuple(k_rows.shape)}; expected one per row ({n})")
     if n and not (int(k_rows.min()) >= 1 and int(k_rows.max()) <= d_sae):
         raise SaeAmortError(
             f"mode {mode!r}: every k must be in [1, d_sae={d_sae}], got values in "

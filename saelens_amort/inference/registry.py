@@ -34,6 +34,10 @@ CALIBRATION_ROWS = 2048
 
 NAN_POLICIES = ("raise", "drop")
 
+LASSO_OBJECTIVE = "l1 lasso"
+"""`info["objective"]` of the modes that solve at a λ (the ksparse modes say "l2 at fixed per-row L0"; refit
+"l2 (NNLS) on the mode's support")."""
+
 
 @dataclass(frozen=True)
 class ModeSpec:
@@ -204,6 +208,8 @@ def infer(
         info["calibration"] = cal._asdict()
 
     result = run_mode(spec, x2, dictionary, opts)
+    if spec.needs_lambda:
+        result = result._replace(info={"objective": LASSO_OBJECTIVE, **result.info})
     if refit:
         result = refit_result(result, x2, dictionary)
     result = result._replace(info={**result.info, **info})

@@ -56,6 +56,7 @@ def test_refit_of_a_lasso_mode_is_nnls_on_its_support_and_never_worse():
     err = lambda u: 0.5 * (x_target - u @ d.atoms).square().sum(dim=1)  # noqa: E731
     assert (err(u_refit) <= err(u_plain) + 1e-9).all() and (err(u_refit) < err(u_plain) - 1e-6).float().mean() > 0.9
     assert ((u_refit > 0) & (u_plain <= 0)).sum() == 0  # the support never grows
+    assert plain.info["objective"] == "l1 lasso"
     assert refit.info["objective"] == "l2 (NNLS) on the mode's support" and refit.info["refit"]["of"] == "unamortized"
     lam_l1 = 0.2 * u_refit.sum(dim=1)
     torch.testing.assert_close(refit.objective.double(), err(u_refit) + lam_l1, rtol=1e-5, atol=1e-6)
