@@ -136,3 +136,18 @@ def test_default_k_needs_the_encoder_and_per_row_k_needs_a_ksparse_mode():
         infer(x, d, "ksparse")
     with pytest.raises(SaeAmortError, match="per-row k is for the ksparse modes"):
         infer(x, d, "omp", k=torch.tensor([1, 2, 3]))
+
+
+def test_usable_through_the_saebench_adapter_with_refit(toy_x):
+    bench = pytest.importorskip("saelens_amort.bench")
+    if not bench.HAVE_SAEBENCH:
+        pytest.skip("pip install --no-deps sae-bench==0.6.0")
+    sae = saelens_amort.load_sae("toy/batchtopk")
+    adapter = bench.as_saebench_sae(sae, "semi_ksparse", refit=True)
+    x = toy_x[:64]
+    with torch.no_grad():
+        direct = infer(x, sae, "semi_ksparse", refit=True)
+        torch.testing.assert_close(adapter.encode(x), direct.codes * sae.W_dec.norm(dim=1), atol=1e-5, rtol=1e-5)
+        err_enc = (x - sae.decode(sae.encode(x))).square().sum()
+        assert (x - adapter(x)).square().sum() < err_enc
+    assert direct.info["objective"] == "l2 (NNLS) on the mode's support" and direct.info["refit"]["of"] == "semi_ksparse"
