@@ -20,6 +20,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from saelens_amort.errors import SaeAmortError
+from saelens_amort.inference.refit import refit_result
 from saelens_amort.inference.result import InferenceResult, ModeFn, ModeOptions
 from saelens_amort.saes.dictionary import Dictionary
 
@@ -32,6 +33,10 @@ CALIBRATION_ROWS = 2048
 """λ (and k) are calibrated on the first this-many rows of x when not given."""
 
 NAN_POLICIES = ("raise", "drop")
+
+LASSO_OBJECTIVE = "l1 lasso"
+"""`info["objective"]` of the modes that solve at a λ (the ksparse modes say "l2 at fixed per-row L0"; refit
+"l2 (NNLS) on the mode's support")."""
 
 
 @dataclass(frozen=True)
@@ -152,9 +157,10 @@ def infer(
     lam: float | None = None,
     steps: int | None = None,
     tol: float = 1e-4,
-    k: int | None = None,
+    k: int | Tensor | None = None,
     init: str | Tensor | None = None,
     nan_policy: str = "raise",
+    refit: bool = False,
     **options: Any,
 ) -> InferenceResult:
     """Codes for activations `x` under inference `mode`, in the SAE's own code space.
@@ -163,10 +169,13 @@ def infer(
     lam: λ of F(u; x); None calibrates it on the first ≤ 2048 rows so the mode's mean L0 matches the amortized one
         (recorded in `info["calibration"]`). Modes that need no λ report the objective at `lam` (NaN if None).
     steps / tol: iteration budget and per-row relative stopping tolerance (mode defaults when None).
-    k: active latents per row for k-sparse modes; None matches the amortized mean L0 (recorded in `info["k"]`).
+    k: active latents per row for k-sparse modes; None matches the amortized mean L0 (recorded in `info["k"]`);
+        the ksparse modes also take one k per row (a tensor shaped like x's leading dimensions) and default to the
+        encoder's own per-row L0.
     init: 'encoder', 'alista', 'zero', or SAE codes shaped like the output.
     nan_policy: 'raise' on rows with NaN/inf, or 'drop' them (count in `info["dropped_rows"]`, kept row indices in
         `info["kept_rows"]`; the result is then flat [N_kept, d_sae]).
+    refit: replace the mode's codes by non-negative least squares on their support (`inference/refit.py`).
     options: mode-specific options (e.g. solver='ista', return_trace=True).
     """
     spec = get_mode(mode)
@@ -184,6 +193,8 @@ def infer(
         raise SaeAmortError(f"k={k} exceeds the dictionary size d_sae={dictionary.d_sae}")
 
     x2, lead, info = _validate_x(x, dictionary, nan_policy)
+    if isinstance(k, Tensor):
+        options["k_rows"], k = _per_row_k(k, x, info, mode, spec), None
     if isinstance(init, Tensor):
         init = _validate_init(init, x, lead, dictionary, info)
     opts = ModeOptions(lam=lam, steps=steps, tol=tol, k=k, init=init, extra=options)
@@ -197,6 +208,10 @@ def infer(
         info["calibration"] = cal._asdict()
 
     result = run_mode(spec, x2, dictionary, opts)
+    if spec.needs_lambda:
+        result = result._replace(info={"objective": LASSO_OBJECTIVE, **result.info})
+    if refit:
+        result = refit_result(result, x2, dictionary)
     result = result._replace(info={**result.info, **info})
     if lead is not None:
         result = result._replace(
@@ -266,6 +281,16 @@ def _validate_init(init: Tensor, x: Tensor, lead: tuple[int, ...] | None, dictio
     if not torch.isfinite(init).all():
         raise SaeAmortError("init codes contain NaN or inf")
     return init
+
+
+def _per_row_k(k: Tensor, x: Tensor, info: dict, mode: str, spec: ModeSpec) -> Tensor:
+    """A per-row k tensor (shaped like x's leading dimensions) as one value per kept row."""
+    if spec.options is None or "k_rows" not in spec.options:
+        raise SaeAmortError(f"mode {mode!r} takes k as one integer; per-row k is for the ksparse modes")
+    if tuple(k.shape) != tuple(x.shape[:-1]):
+        raise SaeAmortError(f"per-row k has shape {tuple(k.shape)}; expected x's leading shape {tuple(x.shape[:-1])}")
+    k = k.reshape(-1)
+    return k[info["kept_rows"].to(k.device)] if "kept_rows" in info else k
 
 
 def _with_matched_k(opts: ModeOptions, x: Tensor, dictionary: Dictionary, mode: str, info: dict) -> ModeOptions:
