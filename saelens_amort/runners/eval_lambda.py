@@ -27,17 +27,13 @@ class EvalLambda(NamedTuple):
     """Why the requested target was replaced (None when it was not)."""
 
 
-def amortized_in_batches(
-    x: Float[Tensor, "N d_in"], sae, batch_size: int
-) -> Float[Tensor, "N d_sae"]:
+def amortized_in_batches(x: Float[Tensor, "N d_in"], sae, batch_size: int) -> Float[Tensor, "N d_sae"]:
     """The amortized codes of x's rows, encoded `batch_size` rows at a time (as the eval's batches are)."""
     parts = [infer(x[i : i + batch_size], sae, "amortized").codes for i in range(0, x.shape[0], batch_size)]
     return torch.cat(parts)
 
 
-def calibrate_eval_lambda(
-    x: Float[Tensor, "N d_in"], sae, target: str, calib_rows: int, batch_size: int
-) -> EvalLambda:
+def calibrate_eval_lambda(x: Float[Tensor, "N d_in"], sae, target: str, calib_rows: int, batch_size: int) -> EvalLambda:
     """λ for the unamortized mode on the first `calib_rows` rows of x, the first rows of the eval's stream; x holds
     them and the rest of the batch the last of them falls in (see the module docstring)."""
     reference = amortized_in_batches(x, sae, batch_size)[:calib_rows]

@@ -85,8 +85,9 @@ def test_batch_dependent_encoder_rows_counts_and_convergence(toy_store):
     model, store = toy_store
     sae = batch_topk_training_sae()
     # One 2304-row batch (more than a solver chunk) and 2100 calibration rows (more than infer's 2048).
-    cfg = EvalConfig(model="toy", layer=2, semi_steps=0, metrics=("reconstruction", "sparsity", "probes", "gap", "cost"),
-                     tokens=2304, calib_tokens=2100, batch_size=2304, splice_sequences=0)
+    cfg = EvalConfig(model="toy", layer=2, semi_steps=0,
+                     metrics=("reconstruction", "sparsity", "probes", "gap", "cost"), tokens=2304, calib_tokens=2100,
+                     batch_size=2304, splice_sequences=0)
     rows, _ = evaluate_sae("batchtopk-training", sae, model, store, "blocks.2.hook_resid_post", cfg, None)
     df = pd.DataFrame(rows).set_index("mode")
     with torch.no_grad():
