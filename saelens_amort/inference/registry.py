@@ -166,7 +166,9 @@ def infer(
 
     x: raw activations [..., d_in] (leading dimensions are kept unless rows are dropped).
     lam: λ of F(u; x); None calibrates it on the first ≤ 2048 rows so the mode's mean L0 matches the amortized one
-        there (recorded in `info["calibration"]`). Modes that need no λ report the objective at `lam` (NaN if None).
+        there within 5 % (recorded in `info["calibration"]`; SaeAmortError when no λ does: pass one, or take
+        `calibrate_lambda(..., strict=False)`'s closest). Modes that need no λ report the objective at `lam` (NaN if
+        None).
     steps / tol: iteration budget and per-row relative stopping tolerance (mode defaults when None).
     k: active latents per row for k-sparse modes; None matches the amortized mean L0 over x (recorded in `info["k"]`).
     init: 'encoder', 'alista', 'zero', or SAE codes shaped like the output.
