@@ -32,6 +32,7 @@ from saelens_amort.saes.dictionary_learning import (
     is_dictionary_learning_dir,
     load_dictionary_learning_sae,
 )
+from saelens_amort.saes.sae_lens_dir import load_sae_lens_dir
 
 if TYPE_CHECKING:
     from transformer_lens import HookedTransformer
@@ -80,18 +81,7 @@ def _load_toy(family: str, device: str, dtype: torch.dtype | None) -> SAE:
     path = _toy_dir(family)
     if not (path / SAE_CFG_FILENAME).is_file() or not (path / SAE_WEIGHTS_FILENAME).is_file():
         raise SaeAmortError(f"toy SAE {family!r} is not built ({path} missing); run `saeamort toy build` first")
-    return _load_sae_lens_dir(path, device, dtype)
-
-
-def _load_sae_lens_dir(path: Path, device: str, dtype: torch.dtype | None) -> SAE:
-    try:
-        sae = SAE.load_from_disk(path, device=device)
-    except KeyError as e:
-        raise SaeAmortError(
-            f"{path / SAE_CFG_FILENAME} names architecture {e} that SAE-Lens does not know; import the package that "
-            "registers it (register_sae_class) before loading"
-        ) from e
-    return _cast(sae, dtype)
+    return load_sae_lens_dir(path, device, dtype)
 
 
 def _load_local(path: Path, device: str, dtype: torch.dtype | None) -> SAE:
@@ -103,7 +93,7 @@ def _load_local(path: Path, device: str, dtype: torch.dtype | None) -> SAE:
         raise SaeAmortError(f"{path} is a file; pass the directory that holds it (or a dictionary_learning "
                             f"ae_<step>.pt with {CONFIG_FILENAME} in its folder or the one above)")
     if (path / SAE_CFG_FILENAME).is_file() and (path / SAE_WEIGHTS_FILENAME).is_file():
-        return _load_sae_lens_dir(path, device, dtype)
+        return load_sae_lens_dir(path, device, dtype)
     if is_dictionary_learning_dir(path):
         return load_dictionary_learning_sae(path, device=device, dtype=dtype)
     present = sorted(p.name for p in path.iterdir())[:10]
