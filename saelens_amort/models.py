@@ -8,12 +8,14 @@ dictionary_learning SAEs were trained on. Pass `processing=True` for SAEs traine
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from pathlib import Path
 from typing import Any
 
 import torch
+from huggingface_hub.errors import StrictDataclassError
 from transformer_lens import HookedTransformer
 from transformer_lens import loading_from_pretrained as tl_loading
 
@@ -108,12 +110,30 @@ def _load_official(
         raise
 
 
+def _check_hf_config(config_path: Path) -> None:
+    """The fields TransformerLens converts a checkpoint by: a JSON object with `model_type` and `architectures`."""
+    if not config_path.is_file():
+        raise SaeAmortError(f"{config_path.parent} is not a Hugging Face checkpoint directory (no config.json)")
+    try:
+        cfg = json.loads(config_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise SaeAmortError(f"{config_path} is not valid JSON ({err}); re-save it with model.save_pretrained()") from None
+    if not isinstance(cfg, dict):
+        raise SaeAmortError(f"{config_path} holds a JSON {type(cfg).__name__}, not an object of config fields")
+    archs = cfg.get("architectures")
+    if not isinstance(cfg.get("model_type"), str) or not (isinstance(archs, list) and archs
+                                                           and all(isinstance(a, str) for a in archs)):
+        raise SaeAmortError(
+            f"{config_path} is incomplete: it needs 'model_type' (e.g. \"gpt_neox\") and 'architectures' (e.g. "
+            "[\"GPTNeoXForCausalLM\"]), as model.save_pretrained() writes them"
+        )
+
+
 def _load_local_hf(path: Path, *, device: str, dtype: torch.dtype, processing: bool) -> HookedTransformer:
     """The offline path: TL config from the directory's config.json, weights converted from the HF model."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    if not (path / "config.json").is_file():
-        raise SaeAmortError(f"{path} is not a Hugging Face checkpoint directory (no config.json)")
+    _check_hf_config(path / "config.json")
     path = path.resolve()
     fold = dict(_NO_PROCESSING)
     if processing:
@@ -121,8 +141,8 @@ def _load_local_hf(path: Path, *, device: str, dtype: torch.dtype, processing: b
     try:
         cfg = tl_loading.get_pretrained_model_config(str(path), fold_ln=fold["fold_ln"], device=device, dtype=dtype)
         hf_model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype)
-    except (OSError, ValueError, KeyError, NotImplementedError) as err:
-        raise SaeAmortError(f"cannot load the checkpoint in {path}: {err}".splitlines()[0]) from err
+    except (OSError, ValueError, KeyError, NotImplementedError, StrictDataclassError) as err:
+        raise SaeAmortError(f"cannot load the checkpoint in {path}: {' '.join(str(err).split())[:300]}") from err
     state_dict = tl_loading.get_pretrained_state_dict(str(path), cfg, hf_model, dtype=dtype)
     del hf_model
     tokenizer = None

@@ -2,8 +2,11 @@
 
 from pathlib import Path
 
+import json
+
 import pytest
 import torch
+from helpers import assert_cli_user_error
 from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
 
 from saelens_amort import SaeAmortError, load_model
@@ -70,6 +73,31 @@ def test_official_name_offline_and_uncached_says_what_to_do(monkeypatch, tmp_pat
 def test_directory_without_config_is_refused(tmp_path):
     with pytest.raises(SaeAmortError, match="no config.json"):
         load_model(tmp_path)
+
+
+SMALL_NEOX = dict(architectures=["GPTNeoXForCausalLM"], model_type="gpt_neox", hidden_size=32, num_attention_heads=4,
+                  num_hidden_layers=2, intermediate_size=64, vocab_size=100)
+INCOMPLETE_CONFIGS = {
+    "not_json": ("{\"model_type\": ", r"config\.json is not valid JSON"),
+    "a_list": ("[]", r"config\.json holds a JSON list"),
+    "no_architectures": (json.dumps({"model_type": "gpt_neox"}), r"config\.json is incomplete: it needs 'model_type'"),
+    "no_model_type": (json.dumps({"architectures": ["GPTNeoXForCausalLM"]}), r"is incomplete"),
+    "size_a_string": (json.dumps({**SMALL_NEOX, "hidden_size": "big"}), r"cannot load the checkpoint.*'hidden_size'"),
+}
+
+
+@pytest.mark.parametrize("case", list(INCOMPLETE_CONFIGS))
+def test_incomplete_local_config_is_one_clear_cli_error(case, tmp_path, capsys):
+    text, pattern = INCOMPLETE_CONFIGS[case]
+    (tmp_path / "ckpt").mkdir()
+    (tmp_path / "ckpt" / "config.json").write_text(text)
+    with pytest.raises(SaeAmortError, match=pattern):
+        load_model(tmp_path / "ckpt")
+    (tmp_path / "f.csv").write_text("layer,feature\n1,3\n")
+    out = tmp_path / "out"
+    assert_cli_user_error(capsys, pattern, "alpha-sweep", "--model", str(tmp_path / "ckpt"), "--features",
+                          str(tmp_path / "f.csv"), "--sae", "1=toy/topk", "--out", str(out))
+    assert not out.exists()
 
 
 def test_unknown_dtype(tmp_path):
