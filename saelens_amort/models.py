@@ -117,7 +117,7 @@ def _check_hf_config(config_path: Path) -> None:
     try:
         cfg = json.loads(config_path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise SaeAmortError(f"{config_path} is not valid JSON ({err}); re-save it with model.save_pretrained()") from None
+        raise SaeAmortError(f"{config_path} is not valid JSON ({err}); re-save it with save_pretrained()") from None
     if not isinstance(cfg, dict):
         raise SaeAmortError(f"{config_path} holds a JSON {type(cfg).__name__}, not an object of config fields")
     archs = cfg.get("architectures")

@@ -38,8 +38,8 @@ def test_bad_recipe_is_one_clear_error(case, tmp_path, capsys):
 
 def test_good_recipe_types(tmp_path):
     recipe = tmp_path / "recipe.yaml"
-    recipe.write_text("arch: loca\nbudgets: [3, 2, 1]\nlr: 3e-4\nl1_coefficient: 1\nlayer: null\nhook: blocks.2.hook_resid_post\n"
-                      "steps: 4\nbatch_size: 256\n")
+    recipe.write_text("arch: loca\nbudgets: [3, 2, 1]\nlr: 3e-4\nl1_coefficient: 1\nlayer: null\n"
+                      "hook: blocks.2.hook_resid_post\nsteps: 4\nbatch_size: 256\n")
     cfg = TrainConfig.from_yaml(recipe, tokens=1024)
     assert cfg.budgets == (3, 2, 1) and cfg.layer is None and cfg.tokens == 1024
     assert isinstance(cfg.lr, float) and cfg.lr == pytest.approx(3e-4)  # PyYAML reads 3e-4 as a string

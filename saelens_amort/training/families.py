@@ -82,7 +82,7 @@ class TrainConfig:
 
     @classmethod
     def from_yaml(cls, path: Path, **overrides: Any) -> "TrainConfig":
-        """A recipe file (keys = TrainConfig fields, values of their types), then the explicitly given options on top."""
+        """A recipe file (keys = TrainConfig fields, values of their types), then the given options on top."""
         data = typed_fields(cls, read_yaml_mapping(path, "--config"), f"--config {path}")
         return cls(**{**data, **{k: v for k, v in overrides.items() if v is not None}})
 
