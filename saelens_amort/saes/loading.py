@@ -32,6 +32,7 @@ from saelens_amort.saes.dictionary_learning import (
     is_dictionary_learning_dir,
     load_dictionary_learning_sae,
 )
+from saelens_amort.saes.releases import get_release
 from saelens_amort.saes.sae_lens_dir import load_sae_lens_dir
 
 if TYPE_CHECKING:
@@ -43,11 +44,6 @@ TOY_SAE_FAMILIES = ("standard", "topk", "batchtopk", "matryoshka_batchtopk", "ju
 """SAE families shipped with the embedded toy world (`toy/<family>`)."""
 
 TOY_PREFIX = "toy/"
-PRETRAINED_LIST_HINT = (
-    "list them with `from sae_lens.loading.pretrained_saes_directory import get_pretrained_saes_directory; "
-    "print(list(get_pretrained_saes_directory()))` or see "
-    "https://decoderesearch.github.io/SAELens/latest/pretrained_saes/"
-)
 OFFLINE_HINT = (
     "use a local SAE directory (--sae-path), populate the Hugging Face cache on a machine with network "
     "(then HF_HUB_OFFLINE=1 works), or use the toy SAEs (--model toy)"
@@ -125,16 +121,7 @@ def _network_errors() -> tuple[type[BaseException], ...]:
 
 
 def _load_pretrained(release: str, sae_id: str, device: str, dtype: torch.dtype | None) -> SAE:
-    from sae_lens.loading.pretrained_saes_directory import get_pretrained_saes_directory
-
-    directory = get_pretrained_saes_directory()
-    if release not in directory:
-        close = difflib.get_close_matches(release, list(directory), n=3)
-        did_you_mean = f" (did you mean {close}?)" if close else ""
-        raise SaeAmortError(
-            f"unknown SAE-Lens release {release!r}{did_you_mean}; {PRETRAINED_LIST_HINT}, or pass a local SAE directory"
-        )
-    valid_ids = list(directory[release].saes_map)
+    valid_ids = list(get_release(release).saes_map)
     if sae_id not in valid_ids:
         close = difflib.get_close_matches(sae_id, valid_ids, n=5) or valid_ids[:5]
         raise SaeAmortError(
