@@ -13,9 +13,7 @@ Spec forms, tried in this order:
 from __future__ import annotations
 
 import difflib
-import importlib
 import logging
-import os
 import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -32,33 +30,21 @@ from saelens_amort.saes.dictionary_learning import (
     is_dictionary_learning_dir,
     load_dictionary_learning_sae,
 )
+from saelens_amort.saes.hub import is_offline, network_errors
 from saelens_amort.saes.releases import get_release
 from saelens_amort.saes.sae_lens_dir import load_sae_lens_dir
+from saelens_amort.saes.suites import TOY_SAE_FAMILIES
 
 if TYPE_CHECKING:
     from transformer_lens import HookedTransformer
 
 logger = logging.getLogger(__name__)
 
-TOY_SAE_FAMILIES = ("standard", "topk", "batchtopk", "matryoshka_batchtopk", "jumprelu", "gated")
-"""SAE families shipped with the embedded toy world (`toy/<family>`)."""
-
 TOY_PREFIX = "toy/"
 OFFLINE_HINT = (
     "use a local SAE directory (--sae-path), populate the Hugging Face cache on a machine with network "
     "(then HF_HUB_OFFLINE=1 works), or use the toy SAEs (--model toy)"
 )
-
-
-def _is_offline() -> bool:
-    if os.environ.get("HF_HUB_OFFLINE", "0").strip().lower() in ("1", "true", "yes", "on"):
-        return True
-    try:
-        from huggingface_hub import constants
-
-        return bool(constants.HF_HUB_OFFLINE)
-    except ImportError:  # pragma: no cover - huggingface_hub ships with sae_lens
-        return False
 
 
 def _cast(sae: SAE, dtype: torch.dtype | None) -> SAE:
@@ -99,27 +85,6 @@ def _load_local(path: Path, device: str, dtype: torch.dtype | None) -> SAE:
     )
 
 
-def _network_errors() -> tuple[type[BaseException], ...]:
-    errors: list[type[BaseException]] = [ConnectionError, TimeoutError]
-    try:
-        from huggingface_hub.errors import LocalEntryNotFoundError, OfflineModeIsEnabled
-
-        errors += [LocalEntryNotFoundError, OfflineModeIsEnabled]
-    except ImportError:  # pragma: no cover
-        pass
-    optional = (
-        ("httpx", "TransportError"),
-        ("requests.exceptions", "ConnectionError"),
-        ("requests.exceptions", "Timeout"),
-    )
-    for module, name in optional:
-        try:
-            errors.append(getattr(importlib.import_module(module), name))
-        except (ImportError, AttributeError):
-            continue
-    return tuple(errors)
-
-
 def _load_pretrained(release: str, sae_id: str, device: str, dtype: torch.dtype | None) -> SAE:
     valid_ids = list(get_release(release).saes_map)
     if sae_id not in valid_ids:
@@ -129,8 +94,8 @@ def _load_pretrained(release: str, sae_id: str, device: str, dtype: torch.dtype 
         )
     try:
         sae = SAE.from_pretrained(release, sae_id, device=device)
-    except _network_errors() as e:
-        state = "offline (HF_HUB_OFFLINE=1)" if _is_offline() else "unreachable"
+    except network_errors() as e:
+        state = "offline (HF_HUB_OFFLINE=1)" if is_offline() else "unreachable"
         raise SaeAmortError(
             f"SAE {release}/{sae_id} is not in the local Hugging Face cache and the hub is {state}; {OFFLINE_HINT}"
         ) from e
