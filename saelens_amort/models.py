@@ -69,7 +69,9 @@ def load_model(
 ) -> HookedTransformer:
     """A HookedTransformer for `toy`, a local HF checkpoint directory, or a TransformerLens official name.
 
-    `processing=False` (default) keeps the raw residual stream (see the module docstring).
+    `processing=False` (default) keeps the raw residual stream (see the module docstring). `from_pretrained_kwargs`
+    go to TransformerLens' from_pretrained; for a local checkpoint its weight-processing flags (fold_ln,
+    center_writing_weights, center_unembed, refactor_factored_attn_matrices) apply and the rest are ignored.
     """
     torch_dtype = _resolve_dtype(dtype)
     name = str(name_or_path)
@@ -79,7 +81,7 @@ def load_model(
         return load_toy_model(device=device, dtype=torch_dtype)
     path = Path(name).expanduser()
     if path.exists():
-        return _load_local_hf(path, device=device, dtype=torch_dtype, processing=processing)
+        return _load_local_hf(path, device=device, dtype=torch_dtype, processing=processing, **from_pretrained_kwargs)
     return _load_official(name, device=device, dtype=torch_dtype, processing=processing, **from_pretrained_kwargs)
 
 
@@ -129,7 +131,8 @@ def _check_hf_config(config_path: Path) -> None:
         )
 
 
-def _load_local_hf(path: Path, *, device: str, dtype: torch.dtype, processing: bool) -> HookedTransformer:
+def _load_local_hf(path: Path, *, device: str, dtype: torch.dtype, processing: bool, **kwargs: Any
+                   ) -> HookedTransformer:
     """The offline path: TL config from the directory's config.json, weights converted from the HF model."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -138,11 +141,18 @@ def _load_local_hf(path: Path, *, device: str, dtype: torch.dtype, processing: b
     fold = dict(_NO_PROCESSING)
     if processing:
         fold = dict(fold_ln=True, center_writing_weights=True, center_unembed=True, refactor_factored_attn_matrices=False)
+    fold.update({key: bool(value) for key, value in kwargs.items() if key in fold})
+    ignored = sorted(set(kwargs) - set(fold))
+    if ignored:
+        logger.warning("from_pretrained options %s do not apply to a local checkpoint; ignored", ignored)
     try:
         cfg = tl_loading.get_pretrained_model_config(str(path), fold_ln=fold["fold_ln"], device=device, dtype=dtype)
         hf_model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype)
     except (OSError, ValueError, KeyError, NotImplementedError, StrictDataclassError) as err:
         raise SaeAmortError(f"cannot load the checkpoint in {path}: {' '.join(str(err).split())[:300]}") from err
+    except AttributeError as err:  # TransformerLens reads a field the config does not have
+        raise SaeAmortError(f"{path / 'config.json'} lacks a field TransformerLens needs to convert it ({err}); "
+                            "add it as in the model's published config.json") from err
     state_dict = tl_loading.get_pretrained_state_dict(str(path), cfg, hf_model, dtype=dtype)
     del hf_model
     tokenizer = None

@@ -83,6 +83,8 @@ INCOMPLETE_CONFIGS = {
     "no_architectures": (json.dumps({"model_type": "gpt_neox"}), r"config\.json is incomplete: it needs 'model_type'"),
     "no_model_type": (json.dumps({"architectures": ["GPTNeoXForCausalLM"]}), r"is incomplete"),
     "size_a_string": (json.dumps({**SMALL_NEOX, "hidden_size": "big"}), r"cannot load the checkpoint.*'hidden_size'"),
+    "gpt2_without_n_ctx": (json.dumps({"architectures": ["GPT2LMHeadModel"], "model_type": "gpt2", "n_embd": 32}),
+                           r"config\.json lacks a field TransformerLens needs to convert it \(.*n_ctx"),
 }
 
 
@@ -103,3 +105,17 @@ def test_incomplete_local_config_is_one_clear_cli_error(case, tmp_path, capsys):
 def test_unknown_dtype(tmp_path):
     with pytest.raises(SaeAmortError, match="unknown dtype"):
         load_model("toy", dtype="float8")
+
+
+def test_local_checkpoint_takes_the_saes_weight_processing_flags(tmp_path):
+    """An SAE trained on a model loaded with center_writing_weights=True (gpt2-small-res-jb) gets that model from a
+    local checkpoint too: every write into the residual stream has zero mean over d_model."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=32, n_head=4, vocab_size=100, n_positions=32, n_ctx=32)).save_pretrained(tmp_path)
+    raw = load_model(tmp_path)
+    centred = load_model(tmp_path, center_writing_weights=True)
+    assert raw.W_out.mean(-1).abs().max() > 1e-3
+    assert centred.W_out.mean(-1).abs().max() < 1e-6 and centred.W_O.mean(-1).abs().max() < 1e-6
+    assert not centred.cfg.normalization_type == "LNPre"  # only the flag asked for: no LayerNorm folding
