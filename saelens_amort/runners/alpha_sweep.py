@@ -142,6 +142,7 @@ def run_alpha_sweep(cfg: SweepConfig, features: Sequence[Feature], out: Path) ->
     from saelens_amort.report import Section, metric_lines, table_html, write_report
     from saelens_amort.atomic import write_atomic
     from saelens_amort.saes import check_sae_fits, load_sae
+    from saelens_amort.saes.loading import model_kwargs_for
 
     if not features:
         raise SaeAmortError("no features to sweep; give --features FILE (layer,feature[,label] CSV or latents JSON)")
@@ -152,10 +153,10 @@ def run_alpha_sweep(cfg: SweepConfig, features: Sequence[Feature], out: Path) ->
     if missing:
         raise SaeAmortError(f"features at layer(s) {missing} but no SAE for them; pass --sae LAYER=SPEC or "
                             "--release RELEASE")
-    model = load_model(cfg.model, device=cfg.device)
+    loaded = {layer: load_sae(by_layer[layer], device=cfg.device) for layer in sorted({f.layer for f in features})}
+    model = load_model(cfg.model, device=cfg.device, **model_kwargs_for(loaded.values()))
     saes = {}
-    for layer in sorted({f.layer for f in features}):
-        sae = load_sae(by_layer[layer], device=cfg.device)
+    for layer, sae in loaded.items():
         own = sae.cfg.metadata.get("hook_name")
         hook = check_sae_fits(sae, model, None if own else f"blocks.{layer}.hook_resid_post")
         bad = [f.latent for f in features if f.layer == layer and not 0 <= f.latent < sae.cfg.d_sae]

@@ -16,7 +16,8 @@ import difflib
 import logging
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
 
 import torch
 from sae_lens import SAE
@@ -133,6 +134,18 @@ def load_sae(spec: str | Path, *, device: str = "cpu", dtype: torch.dtype | None
         f"cannot interpret SAE spec {spec!r}; use toy/<family> ({', '.join(TOY_SAE_FAMILIES)}), "
         "an SAE directory, saebench:FAMILY/trainer_I, or an SAE-Lens release/sae_id"
     )
+
+
+def model_kwargs_for(saes: Iterable[SAE]) -> dict[str, Any]:
+    """The TransformerLens from_pretrained options the SAEs were trained with (`metadata.model_from_pretrained_kwargs`,
+    e.g. gpt2-small-res-jb's center_writing_weights=True; none = SAE-Lens' unprocessed model); SAEs that disagree
+    cannot read one model."""
+    found = [dict(sae.cfg.metadata.get("model_from_pretrained_kwargs") or {}) for sae in saes]
+    for kwargs in found[1:]:
+        if kwargs != found[0]:
+            raise SaeAmortError(f"the SAEs were trained on differently loaded models (model_from_pretrained_kwargs "
+                                f"{found[0]} vs {kwargs}); sweep them separately")
+    return found[0] if found else {}
 
 
 def _similar_hooks(hook: str, valid: list[str], n: int = 5) -> list[str]:

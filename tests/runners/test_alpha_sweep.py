@@ -74,3 +74,19 @@ def test_release_and_layer_range_reach_the_loader(tmp_path, capsys):
                           r"cache", "alpha-sweep", "--release", "gpt2-small-res-jb", "--layers", "0-11",
                           "--features", str(tmp_path / "np.csv"), "--out", str(out))
     assert not out.exists()
+
+
+def test_saes_trained_on_differently_loaded_models_are_refused(pre_sae_dir, tmp_path, capsys):
+    from sae_lens import SAE
+
+    other = SAE.load_from_disk(pre_sae_dir)
+    other.cfg.metadata.model_from_pretrained_kwargs = {"center_writing_weights": True}
+    other.cfg.metadata.hook_name = "blocks.2.hook_resid_post"
+    other.save_model(str(tmp_path / "centred"))
+    (tmp_path / "f.csv").write_text("layer,feature\n1,3\n2,3\n")
+    out = tmp_path / "out"
+    assert_cli_user_error(capsys, r"trained on differently loaded models \(model_from_pretrained_kwargs \{\} vs "
+                          r"\{'center_writing_weights': True\}\); sweep them "
+                          "separately", "alpha-sweep", "--features", str(tmp_path / "f.csv"), "--sae",
+                          f"1={pre_sae_dir}", "--sae", f"2={tmp_path / 'centred'}", "--out", str(out))
+    assert not out.exists()
