@@ -25,20 +25,20 @@ def alpha_sweep_command(
                                                     "features' layers)."),
     config: Optional[Path] = typer.Option(None, help="Sweep YAML: these options' names as keys, saes as a mapping "
                                                      "LAYER: SPEC (options given here override it)."),
-    alphas: Optional[str] = typer.Option(None, help="Comma-separated scale factors [default: 0,0.5,1,2,4]."),
+    alphas: Optional[str] = typer.Option(None, help="Comma-separated scale factors (default 0,0.5,1,2,4)."),
     percentile: Optional[float] = typer.Option(None, help="Live = above this percentile of the latent's positive "
-                                                          "values [default: 90]."),
-    sequences: Optional[int] = typer.Option(None, help="Evaluation sequences [default: 16]."),
-    context_size: Optional[int] = typer.Option(None, help="Tokens per sequence [default: 64]."),
-    batch: Optional[int] = typer.Option(None, help="Sequences per forward pass (halved on CUDA OOM) [default: 16]."),
-    mode: Optional[str] = typer.Option(None, help="Inference mode of the codes that are scaled [default: amortized]."),
+                                                          "values (default 90)."),
+    sequences: Optional[int] = typer.Option(None, help="Evaluation sequences (default 16)."),
+    context_size: Optional[int] = typer.Option(None, help="Tokens per sequence (default 64)."),
+    batch: Optional[int] = typer.Option(None, help="Sequences per forward pass, halved on CUDA OOM (default 16)."),
+    mode: Optional[str] = typer.Option(None, help="Inference mode of the codes that are scaled (default amortized)."),
     model: Optional[str] = typer.Option(None, help="TransformerLens name, local HF checkpoint dir, or 'toy' "
-                                                   "[default: toy]."),
+                                                   "(default toy)."),
     source: Optional[str] = typer.Option(None, help="Text source: toy, a .txt/.jsonl/.parquet file, hf:DATASET "
                                                     "(default: toy for toy, the Pile otherwise)."),
-    seed: Optional[int] = typer.Option(None, help="Seed of the toy corpus stream [default: 0]."),
-    device: Optional[str] = typer.Option(None, help="cpu, cuda or cuda:N [default: cpu]."),
-    out: Optional[Path] = typer.Option(None, help="Output directory [default: runs/alpha-sweep]."),
+    seed: Optional[int] = typer.Option(None, help="Seed of the toy corpus stream (default 0)."),
+    device: Optional[str] = typer.Option(None, help="cpu, cuda or cuda:N (default cpu)."),
+    out: Optional[Path] = typer.Option(None, help="Output directory (default runs/alpha-sweep)."),
 ) -> None:
     """Per feature and α: ΔCE, KL and top logit deltas; per_feature_metrics.csv, per_layer_summary.csv, report."""
     from saelens_amort.errors import SaeAmortError
