@@ -8,12 +8,14 @@ dictionary_learning SAEs were trained on. Pass `processing=True` for SAEs traine
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from pathlib import Path
 from typing import Any
 
 import torch
+from huggingface_hub.errors import StrictDataclassError
 from transformer_lens import HookedTransformer
 from transformer_lens import loading_from_pretrained as tl_loading
 
@@ -67,7 +69,9 @@ def load_model(
 ) -> HookedTransformer:
     """A HookedTransformer for `toy`, a local HF checkpoint directory, or a TransformerLens official name.
 
-    `processing=False` (default) keeps the raw residual stream (see the module docstring).
+    `processing=False` (default) keeps the raw residual stream (see the module docstring). `from_pretrained_kwargs`
+    go to TransformerLens' from_pretrained; for a local checkpoint its weight-processing flags (fold_ln,
+    center_writing_weights, center_unembed, refactor_factored_attn_matrices) apply and the rest are ignored.
     """
     torch_dtype = _resolve_dtype(dtype)
     name = str(name_or_path)
@@ -77,7 +81,7 @@ def load_model(
         return load_toy_model(device=device, dtype=torch_dtype)
     path = Path(name).expanduser()
     if path.exists():
-        return _load_local_hf(path, device=device, dtype=torch_dtype, processing=processing)
+        return _load_local_hf(path, device=device, dtype=torch_dtype, processing=processing, **from_pretrained_kwargs)
     return _load_official(name, device=device, dtype=torch_dtype, processing=processing, **from_pretrained_kwargs)
 
 
@@ -108,21 +112,47 @@ def _load_official(
         raise
 
 
-def _load_local_hf(path: Path, *, device: str, dtype: torch.dtype, processing: bool) -> HookedTransformer:
+def _check_hf_config(config_path: Path) -> None:
+    """The fields TransformerLens converts a checkpoint by: a JSON object with `model_type` and `architectures`."""
+    if not config_path.is_file():
+        raise SaeAmortError(f"{config_path.parent} is not a Hugging Face checkpoint directory (no config.json)")
+    try:
+        cfg = json.loads(config_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise SaeAmortError(f"{config_path} is not valid JSON ({err}); re-save it with save_pretrained()") from None
+    if not isinstance(cfg, dict):
+        raise SaeAmortError(f"{config_path} holds a JSON {type(cfg).__name__}, not an object of config fields")
+    archs = cfg.get("architectures")
+    if not isinstance(cfg.get("model_type"), str) or not (isinstance(archs, list) and archs
+                                                           and all(isinstance(a, str) for a in archs)):
+        raise SaeAmortError(
+            f"{config_path} is incomplete: it needs 'model_type' (e.g. \"gpt_neox\") and 'architectures' (e.g. "
+            "[\"GPTNeoXForCausalLM\"]), as model.save_pretrained() writes them"
+        )
+
+
+def _load_local_hf(path: Path, *, device: str, dtype: torch.dtype, processing: bool, **kwargs: Any
+                   ) -> HookedTransformer:
     """The offline path: TL config from the directory's config.json, weights converted from the HF model."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    if not (path / "config.json").is_file():
-        raise SaeAmortError(f"{path} is not a Hugging Face checkpoint directory (no config.json)")
+    _check_hf_config(path / "config.json")
     path = path.resolve()
     fold = dict(_NO_PROCESSING)
     if processing:
         fold = dict(fold_ln=True, center_writing_weights=True, center_unembed=True, refactor_factored_attn_matrices=False)
+    fold.update({key: bool(value) for key, value in kwargs.items() if key in fold})
+    ignored = sorted(set(kwargs) - set(fold))
+    if ignored:
+        logger.warning("from_pretrained options %s do not apply to a local checkpoint; ignored", ignored)
     try:
         cfg = tl_loading.get_pretrained_model_config(str(path), fold_ln=fold["fold_ln"], device=device, dtype=dtype)
         hf_model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype)
-    except (OSError, ValueError, KeyError, NotImplementedError) as err:
-        raise SaeAmortError(f"cannot load the checkpoint in {path}: {err}".splitlines()[0]) from err
+    except (OSError, ValueError, KeyError, NotImplementedError, StrictDataclassError) as err:
+        raise SaeAmortError(f"cannot load the checkpoint in {path}: {' '.join(str(err).split())[:300]}") from err
+    except AttributeError as err:  # TransformerLens reads a field the config does not have
+        raise SaeAmortError(f"{path / 'config.json'} lacks a field TransformerLens needs to convert it ({err}); "
+                            "add it as in the model's published config.json") from err
     state_dict = tl_loading.get_pretrained_state_dict(str(path), cfg, hf_model, dtype=dtype)
     del hf_model
     tokenizer = None

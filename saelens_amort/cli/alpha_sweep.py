@@ -10,37 +10,50 @@ import typer
 from rich.console import Console
 
 from saelens_amort.cli import app
-from saelens_amort.cli.eval import DEVICE, OVERWRITE, SEED, SOURCE
+from saelens_amort.cli.eval import OVERWRITE
 
 
 @app.command("alpha-sweep")
 def alpha_sweep_command(
-    features: Path = typer.Option(..., help="CSV layer,feature[,label] (Neuronpedia list export) or latents JSON."),
-    sae: List[str] = typer.Option([], help="LAYER=SPEC, one per layer (default for toy: 2=toy/topk); repeatable."),
-    alphas: str = typer.Option("0,0.5,1,2,4", help="Comma-separated scale factors."),
-    percentile: float = typer.Option(90.0, help="Live = above this percentile of the latent's positive values."),
-    sequences: int = typer.Option(16, help="Evaluation sequences."),
-    context_size: int = typer.Option(64, help="Tokens per sequence."),
-    batch: int = typer.Option(16, help="Sequences per forward pass (halved on CUDA OOM)."),
-    mode: str = typer.Option("amortized", help="Inference mode of the codes that are scaled."),
-    model: str = typer.Option("toy", help="TransformerLens name, local HF checkpoint dir, or 'toy'."),
-    source: Optional[str] = SOURCE, seed: int = SEED, device: str = DEVICE,
-    out: Path = typer.Option(Path("runs/alpha-sweep"), help="Output directory."), overwrite: bool = OVERWRITE,
+    features: Optional[Path] = typer.Option(None, help="Feature list: CSV layer,feature[,label], a Neuronpedia list "
+                                                       "export (JSON or CSV; layer ids like 8-res-jb, an index "
+                                                       "column) or a select-latents JSON."),
+    sae: List[str] = typer.Option([], help="LAYER=SPEC, one per layer (default for toy: 2=toy/topk); repeatable; "
+                                          "overrides --release for its layer."),
+    release: Optional[str] = typer.Option(None, help="SAE-Lens release (e.g. gpt2-small-res-jb): each layer's SAE id "
+                                                     "is read from the release directory."),
+    layers: Optional[str] = typer.Option(None, help="Layers of --release, e.g. 0-11 or 2,4,6-8 (default: the "
+                                                    "features' layers)."),
+    config: Optional[Path] = typer.Option(None, help="Sweep YAML: these options' names as keys, saes as a mapping "
+                                                     "LAYER: SPEC (options given here override it)."),
+    alphas: Optional[str] = typer.Option(None, help="Comma-separated scale factors (default 0,0.5,1,2,4)."),
+    percentile: Optional[float] = typer.Option(None, help="Live = above this percentile of the latent's positive "
+                                                          "values (default 90)."),
+    sequences: Optional[int] = typer.Option(None, help="Evaluation sequences (default 16)."),
+    context_size: Optional[int] = typer.Option(None, help="Tokens per sequence (default 64)."),
+    batch: Optional[int] = typer.Option(None, help="Sequences per forward pass, halved on CUDA OOM (default 16)."),
+    mode: Optional[str] = typer.Option(None, help="Inference mode of the codes that are scaled (default amortized)."),
+    model: Optional[str] = typer.Option(None, help="TransformerLens name, local HF checkpoint dir, or 'toy' "
+                                                   "(default toy)."),
+    source: Optional[str] = typer.Option(None, help="Text source: toy, a .txt/.jsonl/.parquet file, hf:DATASET "
+                                                    "(default: toy for toy, the Pile otherwise)."),
+    seed: Optional[int] = typer.Option(None, help="Seed of the toy corpus stream (default 0)."),
+    device: Optional[str] = typer.Option(None, help="cpu, cuda or cuda:N (default cpu)."),
+    out: Optional[Path] = typer.Option(None, help="Output directory (default runs/alpha-sweep)."),
+    overwrite: bool = OVERWRITE,
 ) -> None:
     """Per feature and α: ΔCE, KL and top logit deltas; per_feature_metrics.csv, per_layer_summary.csv, report."""
     from saelens_amort.errors import SaeAmortError
-    from saelens_amort.interventions.alpha_sweep import read_features
-    from saelens_amort.runners.alpha_sweep import SweepConfig, parse_layer_saes, run_alpha_sweep
+    from saelens_amort.runners.alpha_sweep import resolve_sweep, run_alpha_sweep
 
     try:
-        alpha_values = tuple(float(a) for a in alphas.split(",") if a.strip())
+        alpha_values = None if alphas is None else tuple(float(a) for a in alphas.split(",") if a.strip())
     except ValueError:
         raise SaeAmortError(f"--alphas must be comma-separated numbers, got {alphas!r}") from None
-    if not 0 <= percentile < 100:
-        raise SaeAmortError(f"--percentile must be in [0, 100), got {percentile}")
-    saes = parse_layer_saes(sae) if sae else ((2, "toy/topk"),) if model == "toy" else ()
-    cfg = SweepConfig(model=model, saes=saes, alphas=alpha_values, percentile=percentile, sequences=sequences,
-                      context_size=context_size, source=source, batch=batch, mode=mode, seed=seed, device=device)
-    df = run_alpha_sweep(cfg, read_features(features), out, overwrite=overwrite)
-    Console().print(f"{df['feature'].nunique() if len(df) else 0} features × {len(alpha_values)} α → {out}/ "
+    cfg, feature_list, out_dir = resolve_sweep(config, sae, dict(
+        features=features, release=release, layers=layers, alphas=alpha_values, percentile=percentile,
+        sequences=sequences, context_size=context_size, batch=batch, mode=mode, model=model, source=source, seed=seed,
+        device=device, out=out))
+    df = run_alpha_sweep(cfg, feature_list, out_dir, overwrite=overwrite)
+    Console().print(f"{df['feature'].nunique() if len(df) else 0} features × {len(cfg.alphas)} α → {out_dir}/ "
                     "(per_feature_metrics.csv, per_layer_summary.csv, report.md, report.html)")

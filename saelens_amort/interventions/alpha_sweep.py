@@ -4,20 +4,17 @@ Per feature (layer, latent j) and α: the latent's codes (from any inference mod
 the `percentile`-th percentile of its positive activations on the evaluation tokens (the SAE error term is kept, so
 α = 1 changes nothing), and against the clean run we measure ΔCE (mean next-token loss, edited − clean), the mean
 KL(clean ‖ edited) over next-token distributions, and the top-k logit deltas (mean over live positions, decoded).
-Features come from a CSV (`layer,feature[,label]`, a Neuronpedia list export) or from `select-latents` JSON files.
+Features come from the files `interventions.feature_lists` reads.
 On CUDA out-of-memory the batch is halved and retried (logged), down to one sequence.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING
 
-import pandas as pd
 import torch
 from torch import Tensor
 
@@ -40,33 +37,6 @@ class Feature:
     layer: int
     latent: int
     label: str = ""
-
-
-def read_features(path: Path) -> list[Feature]:
-    """Features from a CSV with columns layer, feature[, label] or a select-latents JSON."""
-    path = Path(path)
-    if not path.is_file():
-        raise SaeAmortError(f"feature file {path} does not exist")
-    if path.suffix == ".json":
-        try:
-            rec = json.loads(path.read_text())
-            layer = int(rec["hook"].split(".")[1])
-            return [Feature(layer, int(j), f"{rec.get('class_name') or ''}") for j in rec["latents"]]
-        except (json.JSONDecodeError, KeyError, ValueError, IndexError, TypeError) as e:
-            raise SaeAmortError(f"{path} is not a select-latents JSON ({type(e).__name__}: {e})") from None
-    try:
-        df = pd.read_csv(path)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
-        raise SaeAmortError(f"cannot read {path} as CSV ({e})") from None
-    missing = [c for c in ("layer", "feature") if c not in df.columns]
-    if missing:
-        raise SaeAmortError(f"{path} lacks column(s) {', '.join(missing)}; expected layer,feature[,label] "
-                            f"(found {', '.join(map(str, df.columns))})")
-    try:
-        return [Feature(int(r["layer"]), int(r["feature"]), str(r.get("label", "") if pd.notna(r.get("label", ""))
-                                                                  else "")) for r in df.to_dict("records")]
-    except (ValueError, TypeError) as e:
-        raise SaeAmortError(f"{path}: layer and feature must be integers ({e})") from None
 
 
 def _batched(fn, tokens: Tensor, batch: int):

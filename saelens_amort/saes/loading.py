@@ -13,12 +13,11 @@ Spec forms, tried in this order:
 from __future__ import annotations
 
 import difflib
-import importlib
 import logging
-import os
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
 
 import torch
 from sae_lens import SAE
@@ -32,36 +31,21 @@ from saelens_amort.saes.dictionary_learning import (
     is_dictionary_learning_dir,
     load_dictionary_learning_sae,
 )
+from saelens_amort.saes.hub import is_offline, network_errors
+from saelens_amort.saes.releases import get_release
+from saelens_amort.saes.sae_lens_dir import load_sae_lens_dir
+from saelens_amort.saes.suites import TOY_SAE_FAMILIES
 
 if TYPE_CHECKING:
     from transformer_lens import HookedTransformer
 
 logger = logging.getLogger(__name__)
 
-TOY_SAE_FAMILIES = ("standard", "topk", "batchtopk", "matryoshka_batchtopk", "jumprelu", "gated")
-"""SAE families shipped with the embedded toy world (`toy/<family>`)."""
-
 TOY_PREFIX = "toy/"
-PRETRAINED_LIST_HINT = (
-    "list them with `from sae_lens.loading.pretrained_saes_directory import get_pretrained_saes_directory; "
-    "print(list(get_pretrained_saes_directory()))` or see "
-    "https://decoderesearch.github.io/SAELens/latest/pretrained_saes/"
-)
 OFFLINE_HINT = (
     "use a local SAE directory (--sae-path), populate the Hugging Face cache on a machine with network "
     "(then HF_HUB_OFFLINE=1 works), or use the toy SAEs (--model toy)"
 )
-
-
-def _is_offline() -> bool:
-    if os.environ.get("HF_HUB_OFFLINE", "0").strip().lower() in ("1", "true", "yes", "on"):
-        return True
-    try:
-        from huggingface_hub import constants
-
-        return bool(constants.HF_HUB_OFFLINE)
-    except ImportError:  # pragma: no cover - huggingface_hub ships with sae_lens
-        return False
 
 
 def _cast(sae: SAE, dtype: torch.dtype | None) -> SAE:
@@ -80,18 +64,7 @@ def _load_toy(family: str, device: str, dtype: torch.dtype | None) -> SAE:
     path = _toy_dir(family)
     if not (path / SAE_CFG_FILENAME).is_file() or not (path / SAE_WEIGHTS_FILENAME).is_file():
         raise SaeAmortError(f"toy SAE {family!r} is not built ({path} missing); run `saeamort toy build` first")
-    return _load_sae_lens_dir(path, device, dtype)
-
-
-def _load_sae_lens_dir(path: Path, device: str, dtype: torch.dtype | None) -> SAE:
-    try:
-        sae = SAE.load_from_disk(path, device=device)
-    except KeyError as e:
-        raise SaeAmortError(
-            f"{path / SAE_CFG_FILENAME} names architecture {e} that SAE-Lens does not know; import the package that "
-            "registers it (register_sae_class) before loading"
-        ) from e
-    return _cast(sae, dtype)
+    return load_sae_lens_dir(path, device, dtype)
 
 
 def _load_local(path: Path, device: str, dtype: torch.dtype | None) -> SAE:
@@ -103,7 +76,7 @@ def _load_local(path: Path, device: str, dtype: torch.dtype | None) -> SAE:
         raise SaeAmortError(f"{path} is a file; pass the directory that holds it (or a dictionary_learning "
                             f"ae_<step>.pt with {CONFIG_FILENAME} in its folder or the one above)")
     if (path / SAE_CFG_FILENAME).is_file() and (path / SAE_WEIGHTS_FILENAME).is_file():
-        return _load_sae_lens_dir(path, device, dtype)
+        return load_sae_lens_dir(path, device, dtype)
     if is_dictionary_learning_dir(path):
         return load_dictionary_learning_sae(path, device=device, dtype=dtype)
     present = sorted(p.name for p in path.iterdir())[:10]
@@ -113,38 +86,8 @@ def _load_local(path: Path, device: str, dtype: torch.dtype | None) -> SAE:
     )
 
 
-def _network_errors() -> tuple[type[BaseException], ...]:
-    errors: list[type[BaseException]] = [ConnectionError, TimeoutError]
-    try:
-        from huggingface_hub.errors import LocalEntryNotFoundError, OfflineModeIsEnabled
-
-        errors += [LocalEntryNotFoundError, OfflineModeIsEnabled]
-    except ImportError:  # pragma: no cover
-        pass
-    optional = (
-        ("httpx", "TransportError"),
-        ("requests.exceptions", "ConnectionError"),
-        ("requests.exceptions", "Timeout"),
-    )
-    for module, name in optional:
-        try:
-            errors.append(getattr(importlib.import_module(module), name))
-        except (ImportError, AttributeError):
-            continue
-    return tuple(errors)
-
-
 def _load_pretrained(release: str, sae_id: str, device: str, dtype: torch.dtype | None) -> SAE:
-    from sae_lens.loading.pretrained_saes_directory import get_pretrained_saes_directory
-
-    directory = get_pretrained_saes_directory()
-    if release not in directory:
-        close = difflib.get_close_matches(release, list(directory), n=3)
-        did_you_mean = f" (did you mean {close}?)" if close else ""
-        raise SaeAmortError(
-            f"unknown SAE-Lens release {release!r}{did_you_mean}; {PRETRAINED_LIST_HINT}, or pass a local SAE directory"
-        )
-    valid_ids = list(directory[release].saes_map)
+    valid_ids = list(get_release(release).saes_map)
     if sae_id not in valid_ids:
         close = difflib.get_close_matches(sae_id, valid_ids, n=5) or valid_ids[:5]
         raise SaeAmortError(
@@ -152,8 +95,8 @@ def _load_pretrained(release: str, sae_id: str, device: str, dtype: torch.dtype 
         )
     try:
         sae = SAE.from_pretrained(release, sae_id, device=device)
-    except _network_errors() as e:
-        state = "offline (HF_HUB_OFFLINE=1)" if _is_offline() else "unreachable"
+    except network_errors() as e:
+        state = "offline (HF_HUB_OFFLINE=1)" if is_offline() else "unreachable"
         raise SaeAmortError(
             f"SAE {release}/{sae_id} is not in the local Hugging Face cache and the hub is {state}; {OFFLINE_HINT}"
         ) from e
@@ -191,6 +134,18 @@ def load_sae(spec: str | Path, *, device: str = "cpu", dtype: torch.dtype | None
         f"cannot interpret SAE spec {spec!r}; use toy/<family> ({', '.join(TOY_SAE_FAMILIES)}), "
         "an SAE directory, saebench:FAMILY/trainer_I, or an SAE-Lens release/sae_id"
     )
+
+
+def model_kwargs_for(saes: Iterable[SAE]) -> dict[str, Any]:
+    """The TransformerLens from_pretrained options the SAEs were trained with (`metadata.model_from_pretrained_kwargs`,
+    e.g. gpt2-small-res-jb's center_writing_weights=True; none = SAE-Lens' unprocessed model); SAEs that disagree
+    cannot read one model."""
+    found = [dict(sae.cfg.metadata.get("model_from_pretrained_kwargs") or {}) for sae in saes]
+    for kwargs in found[1:]:
+        if kwargs != found[0]:
+            raise SaeAmortError(f"the SAEs were trained on differently loaded models (model_from_pretrained_kwargs "
+                                f"{found[0]} vs {kwargs}); sweep them separately")
+    return found[0] if found else {}
 
 
 def _similar_hooks(hook: str, valid: list[str], n: int = 5) -> list[str]:

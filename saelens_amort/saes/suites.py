@@ -14,8 +14,12 @@ import re
 from pathlib import Path
 
 from saelens_amort.errors import SaeAmortError
+from saelens_amort.saes.hub import is_offline, network_errors
 
 logger = logging.getLogger(__name__)
+
+TOY_SAE_FAMILIES = ("standard", "topk", "batchtopk", "matryoshka_batchtopk", "jumprelu", "gated")
+"""SAE families shipped with the embedded toy world (`toy/<family>`): the toy model's default suite."""
 
 PREFIX = "saebench:"
 WIDTHS = ("2pow12", "2pow14", "2pow16")
@@ -56,8 +60,6 @@ def default_suite(model: str, layer: int | None, *, width: str = DEFAULT_WIDTH, 
                   ) -> tuple[str, ...]:
     """The SAE specs `eval` uses when none is given: the toy SAEs for `toy`, SAEBench's suite for pythia-160m-deduped
     layer 8; anything else must name its SAEs."""
-    from saelens_amort.saes.loading import TOY_SAE_FAMILIES
-
     if model == "toy":
         return tuple(f"toy/{f}" for f in TOY_SAE_FAMILIES)
     if Path(model).name.removeprefix("EleutherAI/") == SUITE_MODEL and layer == SUITE_LAYER:
@@ -72,11 +74,9 @@ def fetch(spec: str) -> Path:
     """The local folder of a SAEBench SAE: downloaded when online, from the Hugging Face cache when offline."""
     from huggingface_hub import snapshot_download
 
-    from saelens_amort.saes.loading import _is_offline, _network_errors
-
     width, family, trainer = parse_spec(spec)
     sub = folder(family, trainer)
-    offline = _is_offline()
+    offline = is_offline()
     state = "offline (HF_HUB_OFFLINE)" if offline else "unreachable"
     missing = SaeAmortError(
         f"SAEBench SAE {spec} ({repo_id(width)}/{sub}) is not in the local Hugging Face cache and the hub is {{}}; "
@@ -85,7 +85,7 @@ def fetch(spec: str) -> Path:
     )
     try:
         root = snapshot_download(repo_id(width), allow_patterns=[f"{sub}/*"], local_files_only=offline)
-    except _network_errors() as e:
+    except network_errors() as e:
         raise SaeAmortError(str(missing).format(state)) from e
     path = Path(root) / sub
     if not (path / "ae.pt").is_file():

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from saelens_amort.config_file import read_yaml_mapping, typed_fields
 from saelens_amort.errors import SaeAmortError
 from saelens_amort.training.loca import PAPER_BUDGETS, check_budgets
 
@@ -81,21 +82,9 @@ class TrainConfig:
 
     @classmethod
     def from_yaml(cls, path: Path, **overrides: Any) -> "TrainConfig":
-        """A recipe file (keys = TrainConfig fields), then the explicitly given options on top."""
-        import yaml
-
-        try:
-            data = yaml.safe_load(Path(path).read_text()) or {}
-        except (OSError, yaml.YAMLError) as e:
-            raise SaeAmortError(f"cannot read --config {path} ({e})") from None
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise SaeAmortError(f"--config {path} has unknown keys {unknown}; known: {sorted(known)}")
-        merged = {**data, **{k: v for k, v in overrides.items() if v is not None}}
-        if "budgets" in merged:
-            merged["budgets"] = tuple(int(b) for b in merged["budgets"])
-        return cls(**merged)
+        """A recipe file (keys = TrainConfig fields, values of their types), then the given options on top."""
+        data = typed_fields(cls, read_yaml_mapping(path, "--config"), f"--config {path}")
+        return cls(**{**data, **{k: v for k, v in overrides.items() if v is not None}})
 
 
 def make_training_sae(cfg: TrainConfig, d_in: int, hook_name: str, model_name: str, k: int | None = None):

@@ -8,7 +8,8 @@ from helpers import assert_user_error, saeamort, toy_model, toy_tokens
 from sae_lens import StandardSAE, StandardSAEConfig
 
 from saelens_amort import SaeAmortError
-from saelens_amort.interventions.alpha_sweep import _batched, read_features, sweep_feature
+from saelens_amort.interventions.alpha_sweep import _batched, sweep_feature
+from saelens_amort.interventions.feature_lists import read_features
 from saelens_amort.saes import load_sae
 
 HOOK = "blocks.2.hook_resid_post"
