@@ -19,7 +19,7 @@ class WorldConfig:
     """Dimension of the activations."""
     n_features: int = 2048
     """Number of true features (unit atoms)."""
-    n_tokens: int = 65_536
+    n_tokens: int = 212_992
     """Activation rows to draw."""
     mean_l0: float = 12.0
     """Expected number of active true features per row (the firing probabilities are scaled to it)."""
