@@ -42,10 +42,10 @@ from saelens_amort.activations.shards import (
     ResumePoint,
     ShardWriter,
     atomic_write_json,
-    is_tmp,
 )
 from saelens_amort.activations.sources import TextSource
-from saelens_amort.activations.store import ActivationStore, read_json
+from saelens_amort.activations.store import ActivationStore
+from saelens_amort.activations.store_dir import Claim, claim_store_dir
 from saelens_amort.errors import SaeAmortError
 from saelens_amort.provenance import provenance
 
@@ -246,43 +246,23 @@ def _forward_rows(model: HookedTransformer, chunks: list[_Chunk], hook_name: str
     return ActivationBatch(acts[keep_dev].to("cpu", dtype), tokens[keep], doc_ids[keep], pos[keep], labels[keep])
 
 
-def _prepare(out_dir: Path, request: dict) -> tuple[str, dict | None, dict | None]:
-    """(state, manifest, meta) with state 'complete', 'resume' or 'new'; refuses foreign or mismatched dirs."""
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise SaeAmortError(
-            f"cannot create store directory {out_dir} ({e.strerror or e}); choose another --out"
-        ) from None
-    if not out_dir.is_dir():
-        raise SaeAmortError(f"store path {out_dir} is not a directory; choose another --out")
-    for stray in out_dir.iterdir():
-        if is_tmp(stray):
-            stray.unlink(missing_ok=True)
-    meta_path = out_dir / META_FILE
-    if not meta_path.exists():
-        if any(out_dir.iterdir()):
-            raise SaeAmortError(f"{out_dir} is not empty and is not an activation store; use another --out")
-        return "new", None, None
-    meta = read_json(meta_path, "store metadata")
-    old = meta.get("request", {})
-    if old != request:
-        diff = sorted(k for k in set(old) | set(request) if old.get(k) != request.get(k))
-        shown = "; ".join(f"{k}: {old.get(k)!r} vs {request.get(k)!r}" for k in diff[:3])
-        raise SaeAmortError(f"{out_dir} holds activations of a different request ({shown}); use another --out or "
-                            "delete it")
-    if meta.get("complete"):
-        return "complete", None, meta
-    manifest = read_json(out_dir / MANIFEST_FILE, "store manifest") if (out_dir / MANIFEST_FILE).exists() else None
-    listed = {s["file"] for s in manifest["shards"]} if manifest else set()
-    for orphan in out_dir.glob("shard_*.safetensors"):  # written but never listed: the manifest is the truth
-        if orphan.name not in listed:
-            orphan.unlink()
-    return "resume", manifest, meta
+def stored_label_names(source: TextSource, out_dir: Path, shards: list[dict[str, Any]]) -> list[str] | None:
+    """The source's class names; for integer labels without names (.jsonl, .parquet, a plain integer HF column)
+    `class0`…`classN` up to the largest label stored; None when no row has a label."""
+    if source.label_names:
+        return list(source.label_names)
+    top = -1
+    for record in shards:
+        with safe_open(out_dir / record["file"], "pt") as f:
+            labels = f.get_tensor("labels")
+        if labels.numel():
+            top = max(top, int(labels.max()))
+    return [f"class{c}" for c in range(top + 1)] or None
 
 
 def _write_meta(out_dir: Path, request: dict, model: HookedTransformer, source: TextSource, cfg: CollectConfig,
-                d_in: int | None, n_tokens: int, complete: bool, created: str) -> None:
+                d_in: int | None, n_tokens: int, complete: bool, created: str,
+                label_names: list[str] | None = None) -> None:
     atomic_write_json(out_dir / META_FILE, {
         "format": FORMAT_VERSION,
         "request": request,
@@ -293,7 +273,7 @@ def _write_meta(out_dir: Path, request: dict, model: HookedTransformer, source: 
         "n_tokens": n_tokens,
         "n_tokens_requested": cfg.n_tokens,
         "source": source.name,
-        "label_names": list(source.label_names) if source.label_names else None,
+        "label_names": label_names,
         "model_n_layers": model.cfg.n_layers,
         "provenance": provenance(),
         "created": created,
@@ -322,14 +302,22 @@ def collect_activations(
     request = collect_request(model, source, cfg, model_name)
     out_dir = Path(out_dir) if out_dir is not None else default_cache_dir() / "activations" / request_key(request)
     made_dir = not out_dir.exists()
-    state, manifest, old_meta = _prepare(out_dir, request)
-    if state == "complete":
-        logger.info("activation cache hit: %s", out_dir)
-        return ActivationStore.open(out_dir)
+    with claim_store_dir(out_dir, request) as claim:
+        if claim.state == "complete":
+            logger.info("activation cache hit: %s", out_dir)
+        else:
+            _collect_into(out_dir, claim, model, source, cfg, request, made_dir=made_dir, progress=progress)
+    return ActivationStore.open(out_dir)
+
+
+def _collect_into(out_dir: Path, claim: Claim, model: HookedTransformer, source: TextSource, cfg: CollectConfig,
+                  request: dict, *, made_dir: bool, progress: bool) -> None:
+    """Run the model over the source and write (or finish) the store claimed in `out_dir`."""
+    manifest = claim.manifest
     bos, pad = _special_ids(model, cfg)
-    created = (old_meta or {}).get("created") or time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    created = (claim.meta or {}).get("created") or time.strftime("%Y-%m-%dT%H:%M:%S%z")
     try:
-        if state == "new":
+        if claim.state == "new":
             _write_meta(out_dir, request, model, source, cfg, None, 0, False, created)
     except OSError as e:
         raise SaeAmortError(f"cannot write to {out_dir} ({e.strerror or e}); choose another --out") from None
@@ -371,5 +359,5 @@ def collect_activations(
         with safe_open(out_dir / writer.shards[0]["file"], "pt") as f:
             d_in = int(f.get_slice("acts").get_shape()[1])
     writer.write_manifest(None, complete=True)
-    _write_meta(out_dir, request, model, source, cfg, d_in, writer.rows_saved, True, created)
-    return ActivationStore.open(out_dir)
+    _write_meta(out_dir, request, model, source, cfg, d_in, writer.rows_saved, True, created,
+                stored_label_names(source, out_dir, writer.shards))

@@ -23,6 +23,8 @@ from jaxtyping import Float, Int
 from safetensors.torch import save_file
 from torch import Tensor
 
+from saelens_amort.atomic import readable_file_mode
+
 FORMAT_VERSION = 1
 META_FILE = "meta.json"
 MANIFEST_FILE = "manifest.json"
@@ -81,6 +83,7 @@ def _fsync_dir(directory: Path) -> None:
 def _commit(tmp: Path, path: Path) -> None:
     with open(tmp, "rb+") as f:
         os.fsync(f.fileno())
+    os.chmod(tmp, readable_file_mode())  # safetensors creates its files 0600 whatever the umask
     os.replace(tmp, path)
     _fsync_dir(path.parent)
 

@@ -1,7 +1,12 @@
-"""Reading an activation store: validated on open, streamed shard by shard, corruption reported by file."""
+"""Reading an activation store: validated on open, streamed shard by shard, corruption reported by file.
+
+Each shard's bytes are checked against the manifest's sha256 the first time this process reads it (the check hashes
+the bytes that are parsed anyway, so it costs one pass of hashing); a file changed since is checked again.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -9,7 +14,7 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file
+from safetensors.torch import load, load_file
 
 from saelens_amort.activations.shards import (
     FORMAT_VERSION,
@@ -23,6 +28,9 @@ from saelens_amort.activations.shards import (
 from saelens_amort.errors import SaeAmortError
 
 __all__ = ["ActivationBatch", "ActivationStore"]
+
+_VERIFIED: set[tuple[str, str, int, int]] = set()
+"""(file, sha256, size, mtime_ns) of the shards this process has checked."""
 
 
 def read_json(path: Path, what: str) -> dict[str, Any]:
@@ -108,7 +116,7 @@ class ActivationStore:
         file = self.path / record["file"]
         _check_size(file, record)
         try:
-            tensors = load_file(str(file))
+            tensors = _load_verified(file, record)
         except (SafetensorError, OSError, ValueError, RuntimeError) as e:
             raise _corrupt(file, f"cannot be parsed ({str(e).splitlines()[0][:120]})") from None
         missing = [k for k in SHARD_KEYS if k not in tensors]
@@ -176,6 +184,19 @@ def _as_dtype(batch: ActivationBatch, dtype: torch.dtype) -> ActivationBatch:
 def _corrupt(file: Path, why: str) -> SaeAmortError:
     return SaeAmortError(f"activation shard {file} {why}: it is corrupt; delete the store {file.parent} and "
                          "collect again")
+
+
+def _load_verified(file: Path, record: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """The shard's tensors; its bytes are checked against the recorded sha256 on this process's first read."""
+    st = file.stat()
+    key = (str(file.resolve()), str(record.get("sha256")), st.st_size, st.st_mtime_ns)
+    if key in _VERIFIED or not record.get("sha256"):
+        return load_file(str(file))
+    data = file.read_bytes()
+    if hashlib.sha256(data).hexdigest() != record["sha256"]:
+        raise _corrupt(file, "does not match its recorded sha256")
+    _VERIFIED.add(key)
+    return load(data)
 
 
 def _check_size(file: Path, record: dict[str, Any]) -> None:

@@ -10,7 +10,7 @@ import typer
 from rich.console import Console
 
 from saelens_amort.cli import app
-from saelens_amort.cli.eval import DEVICE, SEED, SOURCE
+from saelens_amort.cli.eval import DEVICE, OVERWRITE, SEED, SOURCE
 
 
 @app.command("alpha-sweep")
@@ -25,7 +25,7 @@ def alpha_sweep_command(
     mode: str = typer.Option("amortized", help="Inference mode of the codes that are scaled."),
     model: str = typer.Option("toy", help="TransformerLens name, local HF checkpoint dir, or 'toy'."),
     source: Optional[str] = SOURCE, seed: int = SEED, device: str = DEVICE,
-    out: Path = typer.Option(Path("runs/alpha-sweep"), help="Output directory."),
+    out: Path = typer.Option(Path("runs/alpha-sweep"), help="Output directory."), overwrite: bool = OVERWRITE,
 ) -> None:
     """Per feature and α: ΔCE, KL and top logit deltas; per_feature_metrics.csv, per_layer_summary.csv, report."""
     from saelens_amort.errors import SaeAmortError
@@ -41,6 +41,6 @@ def alpha_sweep_command(
     saes = parse_layer_saes(sae) if sae else ((2, "toy/topk"),) if model == "toy" else ()
     cfg = SweepConfig(model=model, saes=saes, alphas=alpha_values, percentile=percentile, sequences=sequences,
                       context_size=context_size, source=source, batch=batch, mode=mode, seed=seed, device=device)
-    df = run_alpha_sweep(cfg, read_features(features), out)
+    df = run_alpha_sweep(cfg, read_features(features), out, overwrite=overwrite)
     Console().print(f"{df['feature'].nunique() if len(df) else 0} features × {len(alpha_values)} α → {out}/ "
                     "(per_feature_metrics.csv, per_layer_summary.csv, report.md, report.html)")

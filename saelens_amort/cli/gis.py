@@ -10,7 +10,7 @@ import typer
 from rich.console import Console
 
 from saelens_amort.cli import app
-from saelens_amort.cli.eval import DEVICE, SEED, SOURCE
+from saelens_amort.cli.eval import DEVICE, OVERWRITE, SEED, SOURCE
 
 
 @app.command("gis")
@@ -27,7 +27,7 @@ def gis_command(
     sae: Optional[str] = typer.Option(None, help="SAE spec (default for toy: toy/topk)."),
     layer: int = typer.Option(2, help="Block whose hook_resid_post the SAE reads."),
     source: Optional[str] = SOURCE, seed: int = SEED, device: str = DEVICE,
-    out: Path = typer.Option(Path("runs/gis"), help="Output directory."),
+    out: Path = typer.Option(Path("runs/gis"), help="Output directory."), overwrite: bool = OVERWRITE,
 ) -> None:
     """Calibrate α so the mean next-token KL hits each target, then generate with and without the intervention."""
     from saelens_amort.errors import SaeAmortError
@@ -52,7 +52,7 @@ def gis_command(
     cfg = GisConfig(model=model, sae=sae, layer=layer, latents=chosen, class_id=class_id, kind=kind, mode=mode,
                     kl_targets=targets, prompts=tuple(prompt), max_new_tokens=max_new_tokens, source=source,
                     seed=seed, device=device)
-    df = run_gis(cfg, out)
+    df = run_gis(cfg, out, overwrite=overwrite)
     for (target, alpha, reached), _ in df.groupby(["kl_target", "alpha", "kl"]):
         Console().print(f"KL target {target:g}: α = {alpha:.4g} (KL {reached:.4g})")
     Console().print(f"gis.csv, gis.json and report.html in {out}/")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from pathlib import Path
 from typing import Optional
 
@@ -9,7 +10,7 @@ import typer
 from rich.console import Console
 
 from saelens_amort.cli import app
-from saelens_amort.cli.eval import DEVICE, SEED, SOURCE
+from saelens_amort.cli.eval import DEVICE, OVERWRITE, SEED, SOURCE
 
 
 @app.command("interpret")
@@ -24,12 +25,13 @@ def interpret_command(
     model: str = typer.Option("toy", help="TransformerLens name, local HF checkpoint dir, or 'toy'."),
     layer: int = typer.Option(2, help="Block whose hook_resid_post the SAE reads."),
     source: Optional[str] = SOURCE, seed: int = SEED, device: str = DEVICE,
-    out: Path = typer.Option(Path("runs/interpret"), help="Output directory."),
+    out: Path = typer.Option(Path("runs/interpret"), help="Output directory."), overwrite: bool = OVERWRITE,
 ) -> None:
     """Top-activating contexts per latent (JSON, markdown, HTML with a plotly view per latent) and feature density."""
     from saelens_amort.errors import SaeAmortError
     from saelens_amort.inference import calibrate_lambda, get_mode
     from saelens_amort.provenance import provenance
+    from saelens_amort.run_folder import check_run_folder
     from saelens_amort.runners.tpp import TppConfig, prepare
     from saelens_amort.views.contexts import latent_views, write_views
 
@@ -39,6 +41,8 @@ def interpret_command(
         raise SaeAmortError(f"--latents must be comma-separated integers, got {latents!r}") from None
     cfg = TppConfig(model=model, layer=layer, sae=sae, modes=(mode,), tokens=tokens, source=source, seed=seed,
                     device=device)
+    run = {**asdict(cfg), "latents": chosen, "n_latents": n_latents, "top_n": top_n, "window": window}
+    check_run_folder(out, "interpret", run, overwrite=overwrite)
     lm, sae_obj, hook, store = prepare(cfg)
     lam = None
     if get_mode(mode).needs_lambda:
@@ -46,7 +50,7 @@ def interpret_command(
     views = latent_views(store, sae_obj, lm.tokenizer, latents=chosen, n_latents=n_latents, top_n=top_n,
                          window=window, mode=mode, lam=lam)
     write_views(views, out, f"Latents of {cfg.resolved_sae()} @ {hook} ({mode})",
-                {"sae": cfg.resolved_sae(), "hook": hook, "mode": mode, "lam": lam, **provenance()})
+                {"sae": cfg.resolved_sae(), "hook": hook, "mode": mode, "lam": lam, **provenance()}, run)
     Console().print(f"{len(views.latents)} latents → {out}/ (contexts.json, contexts.md, report.html)")
 
 

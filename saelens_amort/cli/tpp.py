@@ -9,7 +9,7 @@ import typer
 from rich.console import Console
 
 from saelens_amort.cli import app
-from saelens_amort.cli.eval import DEVICE, HOOK, SEED, SOURCE, TOKENS
+from saelens_amort.cli.eval import DEVICE, HOOK, OVERWRITE, SEED, SOURCE, TOKENS
 
 MODEL = typer.Option("toy", help="TransformerLens name, local HF checkpoint dir, or 'toy'.")
 LAYER = typer.Option(2, help="Block whose hook_resid_post the SAE reads.")
@@ -29,6 +29,7 @@ def select_latents_command(
     top_m: int = typer.Option(10, help="Latents to keep."),
     mode: str = typer.Option("amortized", help="Inference mode giving the codes."),
     out: Path = typer.Option(Path("latents.json"), help="Output JSON (mode, λ, latents, scores)."),
+    overwrite: bool = OVERWRITE,
     model: str = MODEL, layer: Optional[int] = LAYER, hook: Optional[str] = HOOK, sae: Optional[str] = SAE,
     tokens: int = TOKENS, source: Optional[str] = SOURCE, pooling: str = POOLING, seed: int = SEED,
     device: str = DEVICE,
@@ -38,7 +39,7 @@ def select_latents_command(
 
     cfg = _cfg(model=model, layer=layer, hook=hook, sae=sae, modes=(mode,), tokens=tokens, source=source,
                pooling=pooling, seed=seed, device=device)
-    rec = run_select(cfg, class_id, top_m, mode, out)
+    rec = run_select(cfg, class_id, top_m, mode, out, overwrite=overwrite)
     Console().print(f"class {class_id} ({rec['class_name']}), mode {mode}, λ {rec['lam']}: latents {rec['latents']}"
                     f" → {out}")
 
@@ -48,6 +49,7 @@ def tpp_command(
     top_m: str = typer.Option("2,5,10,20,50,100", help="Comma-separated numbers of ablated latents M."),
     modes: str = typer.Option("amortized,semi,unamortized", help="Comma-separated registered modes."),
     out: Optional[Path] = typer.Option(None, help="Output directory (default runs/tpp-<model>)."),
+    overwrite: bool = OVERWRITE,
     model: str = MODEL, layer: Optional[int] = LAYER, hook: Optional[str] = HOOK, sae: Optional[str] = SAE,
     tokens: int = TOKENS, source: Optional[str] = SOURCE, pooling: str = POOLING, seed: int = SEED,
     device: str = DEVICE,
@@ -65,7 +67,7 @@ def tpp_command(
     cfg = _cfg(model=model, layer=layer, hook=hook, sae=sae, tokens=tokens, source=source, pooling=pooling,
                seed=seed, device=device, modes=tuple(m.strip() for m in modes.split(",") if m.strip()))
     out = out or Path("runs") / f"tpp-{Path(model).name}"
-    df = run_tpp(cfg, ms, out)
+    df = run_tpp(cfg, ms, out, overwrite=overwrite)
     table = Table("mode", "M", "TPP", "random")
     for r in df.to_dict("records"):
         table.add_row(r["mode"], str(r["top_m"]), f"{r['tpp']:.3f}", f"{r['tpp_random']:.3f}")

@@ -1,8 +1,13 @@
 """Absorption rate, the paper's main/aux definition (DESIGN §4).
 
-Per binary task y: main latent = top-1 latent by |corr(z_j, y)| on the TRAIN split, aux latents = the next
+Per binary task y: main latent = top-1 latent by corr(z_j, y) on the TRAIN split, aux latents = the next
 `n_aux` (5). Among the held-out positives (y = 1), the absorption rate is the fraction of rows where the main latent
 does not fire (z_main ≤ 0) but at least one aux latent does (z > 0).
+
+The ranking is by *signed* correlation (the paper's |corr| is what the probes use): main and aux must be latents that
+fire FOR the task's positives. By |corr|, a one-vs-rest task can take a latent that fires on the other classes as
+its main (with two classes, the complement class takes the other class's latent), which never fires on its own
+positives and makes the rate meaningless.
 
 Label sources, split and the bounded first-N sample are those of the probes (`metrics.probes`): the pseudo-label
 y = 1[‖x‖ > median ‖x‖] and the real labels one-vs-rest per class (`real/<class>/absorption_rate`, with the
@@ -62,7 +67,7 @@ class AbsorptionMetric(LabelledSampleMetric):
             if why is not None:
                 skipped.update({f"{task.key}/{s}": why for s in _STATS})
                 continue
-            order = rank_latents(task.train, task.y_train)[: 1 + self.n_aux].tolist()
+            order = rank_latents(task.train, task.y_train, signed=True)[: 1 + self.n_aux].tolist()
             main, aux = order[0], order[1:]
             self._chosen[task.key] = {"main": main, "aux": aux}
             rate, fire = absorption(task, main, aux)

@@ -25,6 +25,10 @@ from __future__ import annotations
 from typing import Any, NamedTuple
 
 import torch
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import f1_score
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
 from torch import Tensor
 
 from saelens_amort.metrics.registry import Metric, MetricBatch, check_batch, register_metric
@@ -34,6 +38,10 @@ SPLIT_MODULUS = 5
 
 MAX_TRAIN_ROWS = 32768
 MAX_TEST_ROWS = 8192
+
+PROBE_TOL = 1e-8
+PROBE_MAX_ITER = 1000
+"""The probe's solver stops here (lbfgs on ≤ max(ks) features: tight and still fast)."""
 
 
 class SparseRows(NamedTuple):
@@ -258,63 +266,25 @@ def correlations(rows: SparseRows, y: Tensor) -> Tensor:
     return torch.where(live, corr, torch.zeros_like(corr))
 
 
-def rank_latents(rows: SparseRows, y: Tensor) -> Tensor:
-    """Latent indices by descending |corr(z_j, y)| (ties: lower index first)."""
-    return torch.sort(-correlations(rows, y).abs(), stable=True).indices
+def rank_latents(rows: SparseRows, y: Tensor, *, signed: bool = False) -> Tensor:
+    """Latent indices by descending |corr(z_j, y)|, or by descending corr(z_j, y) when `signed` (latents that fire
+    FOR y = 1 first); ties: lower index first."""
+    corr = correlations(rows, y)
+    return torch.sort(-(corr if signed else corr.abs()), stable=True).indices
 
 
 def probe_f1(task: Task, cols: Tensor, dense: tuple[Tensor, Tensor] | None = None) -> float:
-    """Held-out binary F1 of a class-balanced logistic regression on the latents `cols` (fit on train).
+    """Held-out binary F1 of a class-balanced logistic regression (sklearn, C=1, on standardised features) on the
+    latents `cols`, fitted on the train split.
 
     `dense`: the train and test columns of latents whose first len(cols) are `cols` (to reuse across k)."""
     k = len(cols)
     X_train, X_test = (task.train.columns(cols), task.test.columns(cols)) if dense is None else (
         dense[0][:, :k], dense[1][:, :k])
-    X, y = X_train, task.y_train.double()
-    mean, std = X.mean(0), X.std(0, unbiased=False)
-    std = torch.where(std > 0, std, torch.ones_like(std))  # StandardScaler leaves constant columns unscaled
-    w, b = balanced_logistic((X - mean) / std, y)
-    pred = ((X_test - mean) / std) @ w + b > 0
-    truth = task.y_test.bool()
-    tp = int((pred & truth).sum())
-    fp, fn = int((pred & ~truth).sum()), int((~pred & truth).sum())
-    return 2 * tp / (2 * tp + fp + fn) if tp else 0.0
-
-
-def balanced_logistic(X: Tensor, y: Tensor, *, C: float = 1.0, max_iter: int = 50,
-                      tol: float = 1e-10) -> tuple[Tensor, float]:
-    """sklearn's LogisticRegression(class_weight='balanced', C=C) fit, by damped Newton in fp64 (few features):
-    minimise C · Σ_i s_i · logloss_i + ½‖w‖², s_i = n / (2 n_{y_i}), intercept unpenalised. Strictly convex, so the
-    optimum (and the predictions) equal sklearn's up to its solver tolerance; a test checks it."""
-    n, k = X.shape
-    Xa = torch.cat([X, torch.ones(n, 1, dtype=X.dtype)], dim=1)
-    pos = float(y.sum())
-    s = torch.where(y > 0, n / (2 * max(pos, 1.0)), n / (2 * max(n - pos, 1.0))) * C
-    reg = torch.ones(k + 1, dtype=X.dtype)
-    reg[-1] = 0.0
-
-    def loss(t: Tensor) -> Tensor:
-        z = Xa @ t
-        return (s * (torch.nn.functional.softplus(z) - y * z)).sum() + 0.5 * (reg * t * t).sum()
-
-    theta = torch.zeros(k + 1, dtype=X.dtype)
-    f = loss(theta)
-    for _ in range(max_iter):
-        p = torch.sigmoid(Xa @ theta)
-        grad = Xa.T @ (s * (p - y)) + reg * theta
-        hess = (Xa * (s * p * (1 - p))[:, None]).T @ Xa + torch.diag(reg) + 1e-12 * torch.eye(k + 1, dtype=X.dtype)
-        step = torch.linalg.solve(hess, grad)
-        t = 1.0
-        while t > 1e-8:
-            new = theta - t * step
-            f_new = loss(new)
-            if f_new <= f:
-                break
-            t *= 0.5
-        theta, f_old, f = new, f, f_new
-        if float(f_old - f) <= tol * max(1.0, abs(float(f))):
-            break
-    return theta[:-1], float(theta[-1])
+    probe = make_pipeline(StandardScaler(), LogisticRegression(class_weight="balanced", tol=PROBE_TOL,
+                                                               max_iter=PROBE_MAX_ITER))
+    probe.fit(X_train.numpy(), task.y_train.bool().numpy())
+    return float(f1_score(task.y_test.bool().numpy(), probe.predict(X_test.numpy()), zero_division=0.0))
 
 
 class ProbeMetric(LabelledSampleMetric):

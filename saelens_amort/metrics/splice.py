@@ -4,15 +4,21 @@
     spliced_metrics(model, sae, "semi", tokens, "blocks.2.hook_resid_post", lam=λ, keep_error=False)
       → SpliceResult(ce_clean, ce_spliced, ce_zero, ce_recovered, kl, kl_zero, …)
 
-Three runs of the model on `tokens` [B, T]: clean; spliced, where every non-BOS position of `hook_name` is replaced by
-x̂ = the SAE's decode of the mode's codes (`infer(x, sae, mode, lam=λ, …)`); zero-ablated, where the same positions
-are set to 0. A position is "BOS" when it is position 0 and holds the tokenizer's BOS id: SAEs are not trained on it
-and its huge norm would dominate. With `keep_error=True` the SAE error term of the *amortized* SAE is added back,
-x_new = x + x̂_mode − x̂_amortized (DESIGN §5), so amortized + keep_error reproduces the clean model exactly.
+Three runs of the model on `tokens` [B, T]: clean; spliced, where every real non-BOS position of `hook_name` is
+replaced by x̂ = the SAE's decode of the mode's codes (`infer(x, sae, mode, lam=λ, …)`); zero-ablated, where the same
+positions are set to 0. A position is "BOS" when it is position 0 and holds the tokenizer's BOS id: SAEs are not
+trained on it and its huge norm would dominate. With `keep_error=True` the SAE error term of the *amortized* SAE is
+added back, x_new = x + x̂_mode − x̂_amortized (DESIGN §5), so amortized + keep_error reproduces the clean model
+exactly.
 
-Scores average over the next-token predictions that a spliced position can affect (from the first spliced position
-of each row on; targets equal to a distinct pad id are left out):
-CE (nats), CE recovered = (CE_zero − CE_spliced) / (CE_zero − CE_clean), KL(clean ‖ spliced) and KL(clean ‖ zero).
+Right-padded rows give their real lengths (`lengths` [B], BOS included): only positions < length are real. Padding
+is told apart by length, never by token id — TransformerLens sets pad = BOS = EOS for tokenizers without a pad token
+(GPT-2, many local checkpoints), and a real EOS may equal the pad id. Without `lengths` every position is real.
+
+Scores average over the next-token predictions that a spliced position can affect and whose target is real (from
+the first spliced position of each row to its last real token): CE (nats), CE recovered =
+(CE_zero − CE_spliced) / (CE_zero − CE_clean), KL(clean ‖ spliced) and KL(clean ‖ zero). CE recovered is undefined
+(None, and a reason in the metric's `skipped`) when zero-ablation does not raise the loss above the clean one.
 Hooks live inside `with model.hooks(...)`: none survives the call, also on exceptions.
 
 `SpliceMetric` (registered as "splice", `input_kind = "splice"`) accumulates SpliceResults over token batches,
@@ -43,7 +49,7 @@ class SpliceReference(NamedTuple):
     log_probs: Float[Tensor, "B T1 V"]
     """Clean next-token log-probs at positions 0..T−2."""
     scored: Bool[Tensor, "B T1"]
-    """Predictions that count (affected by a spliced position, target not padding)."""
+    """Predictions that count (affected by a spliced position, target a real token)."""
     replace: Bool[Tensor, "B T"]
     """Positions whose activation is replaced."""
     ce_clean: float
@@ -63,7 +69,7 @@ class SpliceResult(NamedTuple):
     ce_spliced: float
     ce_zero: float
     ce_recovered: float | None
-    """(CE_zero − CE_spliced) / (CE_zero − CE_clean); None when zero-ablation leaves the loss unchanged."""
+    """(CE_zero − CE_spliced) / (CE_zero − CE_clean); None when CE_zero ≤ CE_clean (undefined)."""
     kl: float
     """Mean KL(clean ‖ spliced) over scored predictions (nats)."""
     kl_zero: float
@@ -81,12 +87,27 @@ def _check(model: "HookedTransformer", tokens: Tensor, hook_name: str) -> Tensor
     return tokens.to(model.cfg.device)
 
 
-def _special_ids(model: "HookedTransformer") -> tuple[int | None, int | None]:
-    tok = model.tokenizer
-    bos = getattr(tok, "bos_token_id", None) if tok is not None else None
-    pad = getattr(tok, "pad_token_id", None) if tok is not None else None
-    eos = getattr(tok, "eos_token_id", None) if tok is not None else None
-    return bos, (pad if pad is not None and pad not in (bos, eos) else None)
+def _real_positions(tokens: Tensor, lengths: Tensor | None) -> Tensor:
+    """[B, T] True at the positions before each row's length (all when lengths is None)."""
+    if lengths is None:
+        return torch.ones_like(tokens, dtype=torch.bool)
+    lengths = torch.as_tensor(lengths)
+    if lengths.dtype.is_floating_point or lengths.shape != tokens.shape[:1]:
+        raise SaeAmortError(f"lengths must be one integer per row ({tokens.shape[0]}), "
+                            f"got shape {tuple(lengths.shape)}")
+    if bool((lengths < 0).any()) or bool((lengths > tokens.shape[1]).any()):
+        raise SaeAmortError(f"lengths must lie in [0, {tokens.shape[1]}] (the row width), got {lengths.tolist()}")
+    return torch.arange(tokens.shape[1], device=tokens.device) < lengths.to(tokens.device)[:, None]
+
+
+def ce_recovered(ce_clean: float, ce_spliced: float, ce_zero: float) -> float | None:
+    """(CE_zero − CE_spliced) / (CE_zero − CE_clean), or None when zero-ablation does not raise the loss."""
+    return (ce_zero - ce_spliced) / (ce_zero - ce_clean) if ce_zero > ce_clean else None
+
+
+def ce_recovered_problem(ce_clean: float, ce_zero: float) -> str:
+    """Why CE recovered is undefined (for `skipped`)."""
+    return f"zero-ablation CE ({ce_zero:.4g}) is not above clean CE ({ce_clean:.4g})"
 
 
 def next_token_scores(logits: Tensor, tokens: Tensor) -> tuple[Tensor, Tensor]:
@@ -102,16 +123,18 @@ def kl_per_position(clean: Tensor, other: Tensor) -> Tensor:
 
 
 @torch.no_grad()
-def splice_reference(model: "HookedTransformer", tokens: Int[Tensor, "B T"], hook_name: str) -> SpliceReference:
-    """The clean and zero-ablated runs on `tokens` (compute once, pass to several `spliced_metrics` calls)."""
+def splice_reference(model: "HookedTransformer", tokens: Int[Tensor, "B T"], hook_name: str,
+                     lengths: Int[Tensor, " B"] | None = None) -> SpliceReference:
+    """The clean and zero-ablated runs on `tokens` (compute once, pass to several `spliced_metrics` calls).
+
+    lengths: real tokens per row, BOS included, for right-padded rows (None: no padding)."""
     tokens = _check(model, tokens, hook_name)
-    bos, pad = _special_ids(model)
-    replace = torch.ones_like(tokens, dtype=torch.bool)
+    real = _real_positions(tokens, lengths)
+    bos = getattr(model.tokenizer, "bos_token_id", None) if model.tokenizer is not None else None
+    replace = real.clone()
     if bos is not None:
-        replace[:, 0] = tokens[:, 0] != bos
-    scored = replace.long().cumsum(dim=1)[:, :-1] > 0
-    if pad is not None:
-        scored &= tokens[:, 1:] != pad
+        replace[:, 0] &= tokens[:, 0] != bos
+    scored = (replace.long().cumsum(dim=1)[:, :-1] > 0) & real[:, 1:]
     n = int(scored.sum())
     if n == 0:
         raise SaeAmortError("no next-token prediction follows a spliced position (only BOS or padding?)")
@@ -142,12 +165,14 @@ def spliced_metrics(
     lam: float | None,
     keep_error: bool,
     reference: SpliceReference | None = None,
+    lengths: Tensor | None = None,
     cache: dict | None = None,
     **infer_kwargs: Any,
 ) -> SpliceResult:
     """CE clean / spliced / zero-ablated, CE recovered and KL to the clean model for `mode` (module docstring).
 
-    reference: `splice_reference(model, tokens, hook_name)` to reuse across modes (computed when None).
+    reference: `splice_reference(model, tokens, hook_name, lengths)` to reuse across modes (computed when None).
+    lengths: real tokens per row of right-padded `tokens` (used when the reference is computed here).
     cache: a dict shared by calls on the same SAE, tokens and hook (e.g. with and without the error term): codes are
     inferred once per mode and options (the hook's input is the clean activation, the same in every call).
     infer_kwargs: passed to `infer` (steps, tol, k, …).
@@ -158,7 +183,7 @@ def spliced_metrics(
     dictionary = resolve_dictionary(sae_or_dictionary)
     if keep_error and dictionary.sae is None:
         raise SaeAmortError("keep_error=True needs the SAE itself (its encoder gives the error term); pass the SAE")
-    ref = reference if reference is not None else splice_reference(model, tokens, hook_name)
+    ref = reference if reference is not None else splice_reference(model, tokens, hook_name, lengths)
     if ref.replace.shape != tokens.shape:
         raise SaeAmortError(f"the reference was computed on tokens of shape {tuple(ref.replace.shape)}, "
                             f"not {tuple(tokens.shape)}")
@@ -195,11 +220,10 @@ def spliced_metrics(
         logits = model(tokens)
     log_probs, ce = next_token_scores(logits, tokens)
     ce_spliced = float(ce[ref.scored].double().mean())
-    denom = ref.ce_zero - ref.ce_clean
     return SpliceResult(
         mode=mode, keep_error=bool(keep_error), lam=used_lam[0] if used_lam else lam, n_tokens=ref.n_tokens,
         ce_clean=ref.ce_clean, ce_spliced=ce_spliced, ce_zero=ref.ce_zero,
-        ce_recovered=(ref.ce_zero - ce_spliced) / denom if denom != 0 else None,
+        ce_recovered=ce_recovered(ref.ce_clean, ce_spliced, ref.ce_zero),
         kl=float(kl_per_position(ref.log_probs, log_probs)[ref.scored].double().mean()), kl_zero=ref.kl_zero,
     )
 
@@ -253,11 +277,9 @@ class SpliceMetric(Metric):
         values.update(mean)
         values["ce_delta"] = mean["ce_spliced"] - mean["ce_clean"]
         skipped: dict[str, str] = {}
-        denom = mean["ce_zero"] - mean["ce_clean"]
-        if denom != 0:
-            values["ce_recovered"] = (mean["ce_zero"] - mean["ce_spliced"]) / denom
-        else:
-            skipped["ce_recovered"] = "zero-ablation leaves the loss unchanged"
+        values["ce_recovered"] = ce_recovered(mean["ce_clean"], mean["ce_spliced"], mean["ce_zero"])
+        if values["ce_recovered"] is None:
+            skipped["ce_recovered"] = ce_recovered_problem(mean["ce_clean"], mean["ce_zero"])
         return self._result(values, skipped)
 
 

@@ -17,6 +17,7 @@ import torch
 from saelens_amort.errors import SaeAmortError
 from saelens_amort.interventions.alpha_sweep import DEFAULT_ALPHAS, Feature, sweep_feature, top_snippets
 from saelens_amort.provenance import provenance
+from saelens_amort.run_folder import check_run_folder, record_run
 
 
 @dataclass(frozen=True)
@@ -59,10 +60,12 @@ def eval_tokens(model, cfg: SweepConfig, hook: str) -> torch.Tensor:
                                 progress=False)
     tok = model.tokenizer
     pad = tok.pad_token_id if tok is not None and tok.pad_token_id is not None else 0
-    return splice_tokens(store, cfg.sequences, tok.bos_token_id if tok is not None else None, pad)
+    return splice_tokens(store, cfg.sequences, tok.bos_token_id if tok is not None else None, pad).tokens
 
 
-def run_alpha_sweep(cfg: SweepConfig, features: Sequence[Feature], out: Path) -> pd.DataFrame:
+def run_alpha_sweep(cfg: SweepConfig, features: Sequence[Feature], out: Path, *,
+                    overwrite: bool = False) -> pd.DataFrame:
+    """Sweep every feature; outputs in `out` (another run's `out` is refused unless `overwrite`)."""
     from saelens_amort.models import load_model
     from saelens_amort.report import Section, metric_lines, table_html, write_report
     from saelens_amort.atomic import write_atomic
@@ -70,6 +73,8 @@ def run_alpha_sweep(cfg: SweepConfig, features: Sequence[Feature], out: Path) ->
 
     if not features:
         raise SaeAmortError("no features to sweep; give --features FILE (layer,feature[,label] CSV or latents JSON)")
+    run = {**asdict(cfg), "features": [asdict(f) for f in features]}
+    check_run_folder(out, "alpha-sweep", run, overwrite=overwrite)
     if not cfg.alphas:
         raise SaeAmortError("--alphas needs at least one value")
     by_layer = dict(cfg.saes)
@@ -102,7 +107,7 @@ def run_alpha_sweep(cfg: SweepConfig, features: Sequence[Feature], out: Path) ->
         snippets[f"{f.layer}/{f.latent}"] = top_snippets(model, sae, hook, tokens, f.latent)
     df = pd.DataFrame(rows)
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    record_run(out, "alpha-sweep", run)
     summary = (df.groupby(["layer", "alpha"], as_index=False)[["delta_ce", "kl"]].mean() if len(df)
                else pd.DataFrame(columns=["layer", "alpha", "delta_ce", "kl"]))
     write_atomic(out / "per_feature_metrics.csv", lambda p: df.to_csv(p, index=False))

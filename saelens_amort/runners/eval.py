@@ -14,7 +14,7 @@ import math
 import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -22,7 +22,9 @@ import torch
 
 from saelens_amort.errors import SaeAmortError
 from saelens_amort.provenance import provenance
-from saelens_amort.atomic import write_atomic, write_text_atomic
+from saelens_amort.atomic import write_atomic
+from saelens_amort.run_folder import check_run_folder
+from saelens_amort.runners.eval_partials import COMMAND, PARTIAL_DIR, load_partials, save_partial
 
 logger = logging.getLogger(__name__)
 
@@ -134,21 +136,20 @@ class EvalConfig:
 
 
 def check_out_dir(out: Path, cfg: EvalConfig, overwrite: bool) -> None:
-    """Refuse an --out that holds results of a different config (unless overwrite)."""
-    previous = out / "results.json"
-    if not previous.exists() or overwrite:
-        return
-    try:
-        old = json.loads(previous.read_text()).get("config")
-    except (OSError, json.JSONDecodeError):
-        old = None
-    if old != cfg.as_json():
-        raise SaeAmortError(f"{out} holds results of a different eval config; use another --out or pass --overwrite")
+    """Refuse an --out that holds another run (unless overwrite); the same config resumes."""
+    check_run_folder(out, COMMAND, cfg.as_json(), overwrite=overwrite)
 
 
-def splice_tokens(store, n_sequences: int, bos: int | None, pad: int) -> torch.Tensor | None:
+class SpliceTokens(NamedTuple):
+    """Right-padded sequences and their real lengths (BOS included): padding is known by length, not by token id."""
+
+    tokens: torch.Tensor
+    lengths: torch.Tensor
+
+
+def splice_tokens(store, n_sequences: int, bos: int | None, pad: int) -> SpliceTokens | None:
     """Rebuild the first whole sequences from the store's rows (a sequence restarts where position returns to its
-    first value), with BOS put back in front; right-padded."""
+    first value), with BOS put back in front; right-padded with `pad`, with each row's real length."""
     if n_sequences <= 0:
         return None
     batch = store.load(min(store.n_tokens, 64 * store.meta.get("request", {}).get("context_size", 128)))
@@ -159,14 +160,16 @@ def splice_tokens(store, n_sequences: int, bos: int | None, pad: int) -> torch.T
     out = torch.full((len(seqs), width), pad, dtype=torch.long)
     for i, s in enumerate(seqs):
         out[i, : len(s)] = torch.tensor(s)
-    return out
+    return SpliceTokens(out, torch.tensor([len(s) for s in seqs]))
 
 
-def evaluate_sae(spec: str, sae, model, store, hook: str, cfg: EvalConfig, splice_toks) -> tuple[list[dict], dict]:
+def evaluate_sae(spec: str, sae, model, store, hook: str, cfg: EvalConfig,
+                 splice_toks: SpliceTokens | None) -> tuple[list[dict], dict]:
     """All variants of one SAE: rows for the results table and artifacts for the report."""
     from saelens_amort import distributed as dist
     from saelens_amort.inference import calibrate_lambda, infer
     from saelens_amort.metrics import make_metric, metric_batch, splice_reference, spliced_metrics
+    from saelens_amort.metrics.splice import ce_recovered_problem
     from saelens_amort.saes import Dictionary
 
     variants = cfg.variants()
@@ -210,7 +213,7 @@ def evaluate_sae(spec: str, sae, model, store, hook: str, cfg: EvalConfig, splic
         return [], {"freqs": {}, "gap": np.zeros(0)}
     metrics, gaps = merged, [g for part in all_gaps for g in part]
     use_splice = splice_toks is not None and "splice" in cfg.metrics
-    reference = splice_reference(model, splice_toks, hook) if use_splice else None
+    reference = splice_reference(model, splice_toks.tokens, hook, splice_toks.lengths) if use_splice else None
     rows, freqs, splice_cache = [], {}, {}
     for v in variants:
         row: dict[str, Any] = {"sae": spec, "mode": v.label, "inference_mode": v.mode, "semi_steps": v.steps,
@@ -225,11 +228,13 @@ def evaluate_sae(spec: str, sae, model, store, hook: str, cfg: EvalConfig, splic
                 freqs[(spec, v.label)] = np.asarray(m.artifacts()["firing_frequency"])
         if reference is not None:
             for keep in (False, True):
-                sp = spliced_metrics(model, sae, v.mode, splice_toks, hook, lam=lam, keep_error=keep,
+                sp = spliced_metrics(model, sae, v.mode, splice_toks.tokens, hook, lam=lam, keep_error=keep,
                                      reference=reference, cache=splice_cache, **v.options)
                 tag = "_keep_error" if keep else ""
                 row.update({"ce_clean": sp.ce_clean, "ce_zero": sp.ce_zero, f"ce_spliced{tag}": sp.ce_spliced,
                             f"ce_recovered{tag}": sp.ce_recovered, f"kl{tag}": sp.kl})
+                if sp.ce_recovered is None:
+                    skipped[f"ce_recovered{tag}"] = ce_recovered_problem(sp.ce_clean, sp.ce_zero)
         if cal is not None and abs(cal.achieved - cal.target_value) > CALIBRATION_TOL * cal.target_value:
             skipped["matched density"] = (f"no λ reaches the target {cal.target_value:.4g}; closest "
                                           f"{cal.achieved:.4g} at λ={cal.lam:.3g}")
@@ -309,7 +314,7 @@ def evaluate(cfg: EvalConfig, specs: tuple[str, ...], out: Path, *, progress: bo
     pad = (tok.pad_token_id if tok is not None and tok.pad_token_id is not None else 0)
     splice_toks = splice_tokens(store, cfg.splice_sequences, bos, pad)
     rows, freqs, gaps = [], {}, {}
-    done = load_partials(out, cfg) if dist.is_main() else {}  # results stay on rank 0; the others learn which
+    done = load_partials(out, cfg.as_json()) if dist.is_main() else {}  # results stay on rank 0; the others learn which
     finished = set(dist.broadcast(sorted(done)))
     for i, spec in enumerate(specs):
         if i in finished:  # finished by an interrupted earlier run of this config
@@ -321,47 +326,12 @@ def evaluate(cfg: EvalConfig, specs: tuple[str, ...], out: Path, *, progress: bo
             r, art = evaluate_sae(spec, load_sae(spec, device=cfg.device, dtype=sae_dtype), model, store, hook, cfg,
                                   splice_toks)
             if dist.is_main():
-                save_partial(out, cfg, i, (r, art))
+                save_partial(out, cfg.as_json(), i, r, art)
         rows += r
         freqs.update(art["freqs"])
         if art["gap"].size:
             gaps[spec] = art["gap"]
     return Evaluation(pd.DataFrame(rows), freqs, gaps, hook, store)
-
-
-PARTIAL_DIR = ".partial"
-"""Per-SAE results of a run in progress (removed once the outputs are written); a rerun of the same config reuses
-them, whatever the number of processes (each holds a whole SAE's merged results)."""
-
-
-def save_partial(out: Path, cfg: EvalConfig, index: int, result: tuple) -> None:
-    import pickle
-
-    part = out / PARTIAL_DIR
-    part.mkdir(exist_ok=True)
-    if not (part / "config.json").exists():
-        write_text_atomic(part / "config.json", json.dumps(cfg.as_json()))
-    write_atomic(part / f"{index}.pkl", lambda p: p.write_bytes(pickle.dumps(result)))
-
-
-def load_partials(out: Path, cfg: EvalConfig) -> dict[int, tuple]:
-    """index → (rows, artifacts) of the SAEs an interrupted run of this same config finished."""
-    import pickle
-
-    part = out / PARTIAL_DIR
-    try:
-        if json.loads((part / "config.json").read_text()) != cfg.as_json():
-            shutil.rmtree(part)  # another config's leftovers (the results check has already allowed this --out)
-            return {}
-    except (OSError, json.JSONDecodeError):
-        return {}
-    found = {}
-    for f in part.glob("*.pkl"):
-        try:
-            found[int(f.stem)] = pickle.loads(f.read_bytes())
-        except (ValueError, OSError, pickle.UnpicklingError, EOFError):
-            continue
-    return found
 
 
 def write_outputs(out: Path, ev: Evaluation, cfg: EvalConfig, *, extra_meta: dict | None = None,

@@ -16,6 +16,7 @@ import torch
 
 from saelens_amort.errors import SaeAmortError
 from saelens_amort.provenance import provenance
+from saelens_amort.run_folder import check_run_folder, record_run
 
 PROMPT_TOKENS = 6
 
@@ -42,7 +43,8 @@ class GisConfig:
     device: str = "cpu"
 
 
-def run_gis(cfg: GisConfig, out: Path) -> pd.DataFrame:
+def run_gis(cfg: GisConfig, out: Path, *, overwrite: bool = False) -> pd.DataFrame:
+    """Calibrate, generate and score; outputs in `out` (another run's `out` is refused unless `overwrite`)."""
     from saelens_amort.inference import calibrate_lambda, get_mode
     from saelens_amort.interventions.gis import calibrate_alpha, continuation_scores, gis_hook
     from saelens_amort.interventions.hooks import checked_latents
@@ -54,6 +56,7 @@ def run_gis(cfg: GisConfig, out: Path) -> pd.DataFrame:
 
     if not cfg.kl_targets or any(t <= 0 for t in cfg.kl_targets):
         raise SaeAmortError(f"--kl needs positive targets, got {list(cfg.kl_targets)}")
+    check_run_folder(out, "gis", asdict(cfg), overwrite=overwrite)
     tcfg = TppConfig(model=cfg.model, layer=cfg.layer, sae=cfg.sae, modes=(cfg.mode,), tokens=cfg.probe_tokens,
                      source=cfg.source, seed=cfg.seed, device=cfg.device)
     model, sae, hook, store = prepare(tcfg)
@@ -97,7 +100,7 @@ def run_gis(cfg: GisConfig, out: Path) -> pd.DataFrame:
     df = pd.DataFrame(rows)
     df["class_shift"] = df["p_class_intervened"] - df["p_class_clean"] if probe is not None else None
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    record_run(out, "gis", asdict(cfg))
     meta = {"config": asdict(cfg), "hook": hook, "lam": lam, "calibration": calibrations, "provenance": provenance()}
     write_atomic(out / "gis.csv", lambda p: df.to_csv(p, index=False))
     shown = df[["kl_target", "decoding", "prompt", "clean", "intervened", "ce_clean", "ce_intervened", "class_shift"]]

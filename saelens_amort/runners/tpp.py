@@ -16,6 +16,7 @@ import pandas as pd
 
 from saelens_amort.errors import SaeAmortError
 from saelens_amort.provenance import provenance
+from saelens_amort.run_folder import check_run_file, check_run_folder, record_run, run_record
 
 RANDOM_SEED = 0
 
@@ -76,32 +77,38 @@ def pooled(cfg: TppConfig, sae, store, mode: str):
     return docs, ClassProbes(docs, seed=cfg.seed)
 
 
-def run_select(cfg: TppConfig, class_id: int, top_m: int, mode: str, out: Path) -> dict:
-    """Class `class_id`'s top-M latents in `mode`; written to `out` (JSON) with the mode, λ and scores."""
+def run_select(cfg: TppConfig, class_id: int, top_m: int, mode: str, out: Path, *, overwrite: bool = False) -> dict:
+    """Class `class_id`'s top-M latents in `mode`; written to `out` (JSON) with the mode, λ and scores. An `out`
+    written by another selection is refused unless `overwrite`."""
     from saelens_amort.interventions.tpp import select_latents
     from saelens_amort.atomic import write_atomic
 
+    run = {**asdict(cfg), "class_id": class_id, "top_m": top_m, "mode": mode}
+    check_run_file(out, "select-latents", run, overwrite=overwrite)
     _, sae, hook, store = prepare(TppConfig(**{**asdict(cfg), "modes": (mode,)}))
     docs, probes = pooled(cfg, sae, store, mode)
     latents, scores = select_latents(docs, sae, probes, class_id, top_m)
     record = {"class_id": class_id, "class_name": docs.label_names[class_id] if class_id < len(docs.label_names)
               else None, "top_m": top_m, "mode": mode, "lam": docs.lam, "latents": latents,
               "scores": [float(scores[j]) for j in latents], "sae": cfg.resolved_sae(), "hook": hook,
-              "config": asdict(cfg), "provenance": provenance()}
+              "config": asdict(cfg), "provenance": provenance(), "run": run_record("select-latents", run)}
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     write_atomic(out, lambda p: p.write_text(json.dumps(record, indent=2, default=str)))
     return record
 
 
-def run_tpp(cfg: TppConfig, top_ms: tuple[int, ...], out: Path) -> pd.DataFrame:
-    """TPP(M) per mode with the random baseline; tpp.csv, tpp.json and report.html in `out`."""
+def run_tpp(cfg: TppConfig, top_ms: tuple[int, ...], out: Path, *, overwrite: bool = False) -> pd.DataFrame:
+    """TPP(M) per mode with the random baseline; tpp.csv, tpp.json and report.html in `out` (another run's `out` is
+    refused unless `overwrite`)."""
     from saelens_amort.interventions.tpp import select_latents, tpp_matrix, tpp_score
     from saelens_amort.report import Section, metric_lines, table_html, write_report
     from saelens_amort.atomic import write_atomic
 
     if not top_ms or any(m < 1 for m in top_ms):
         raise SaeAmortError(f"--top-m needs positive integers, got {list(top_ms)}")
+    run = {**asdict(cfg), "top_m": list(top_ms)}
+    check_run_folder(out, "tpp", run, overwrite=overwrite)
     _, sae, hook, store = prepare(cfg)
     if max(top_ms) > sae.cfg.d_sae:
         raise SaeAmortError(f"--top-m {max(top_ms)} exceeds d_sae={sae.cfg.d_sae}")
@@ -118,7 +125,7 @@ def run_tpp(cfg: TppConfig, top_ms: tuple[int, ...], out: Path) -> pd.DataFrame:
                          **{f"tpp/{docs.label_names[c]}": v for c, v in per.items()}})
     df = pd.DataFrame(rows)
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    record_run(out, "tpp", run)
     write_atomic(out / "tpp.csv", lambda p: df.to_csv(p, index=False))
     meta = {"config": asdict(cfg), "top_m": list(top_ms), "sae": cfg.resolved_sae(), "hook": hook,
             "provenance": provenance(), "rows": json.loads(df.to_json(orient="records"))}

@@ -19,6 +19,7 @@ import plotly.graph_objects as go
 import torch
 
 from saelens_amort.errors import SaeAmortError
+from saelens_amort.run_folder import record_run
 
 DEAD = 1e-6
 DENSE = 0.1
@@ -120,11 +121,12 @@ def _context_html(item: dict) -> str:
     return f"<li><code>{item['activation']:.3g}</code> {''.join(parts)}</li>"
 
 
-def write_views(views: LatentViews, out: Path, title: str, provenance: dict) -> None:
+def write_views(views: LatentViews, out: Path, title: str, provenance: dict, run: dict) -> None:
+    """The outputs in `out`, which records `run` (the interpret config; see run_folder)."""
     from saelens_amort.report import Section, write_report
     from saelens_amort.atomic import write_atomic
 
-    out.mkdir(parents=True, exist_ok=True)
+    record_run(out, "interpret", run)
     freq = views.frequency
     data = {"mode": views.mode, "lam": views.lam, "rows": views.n_rows, "dead": int((freq <= DEAD).sum()),
             "dense": int((freq > DENSE).sum()), "latents": {

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import stat
 from pathlib import Path
 
 import pytest
@@ -169,3 +171,14 @@ def test_empty_source_is_an_error(model, tmp_path):
         collect_activations(model, resolve_source(str(empty)), CollectConfig(HOOK, 10, context_size=16), tmp_path / "s",
                             model_name="tiny", progress=False)
     assert not (tmp_path / "s").exists()
+
+
+def test_store_files_respect_the_umask(model, tmp_path):
+    old = os.umask(0o027)
+    try:
+        collect_activations(model, resolve_source("toy"), CollectConfig(HOOK, 40, context_size=16, shard_tokens=16),
+                            tmp_path / "s", model_name="tiny", progress=False)
+    finally:
+        os.umask(old)
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in (tmp_path / "s").iterdir()}
+    assert len(modes) == 5 and set(modes.values()) == {0o640}, modes  # 3 shards, manifest, meta

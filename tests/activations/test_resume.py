@@ -75,6 +75,27 @@ def test_resume_after_interruption_is_identical(model, tmp_path, monkeypatch):
         170, 170, 170, 170, 170, 150]
 
 
+def test_resume_refuses_a_corrupt_shard(model, tmp_path, monkeypatch):
+    source = resolve_source("toy", seed=7)
+    real_write = shards_module.write_shard
+
+    def failing_write(directory, index, batch):
+        if index == 2:
+            raise Interrupted
+        return real_write(directory, index, batch)
+
+    monkeypatch.setattr(shards_module, "write_shard", failing_write)
+    with pytest.raises(Interrupted):
+        collect_activations(model, source, CFG, tmp_path / "s", model_name="tiny", progress=False)
+    monkeypatch.undo()
+    shard = tmp_path / "s" / "shard_00000.safetensors"
+    data = bytearray(shard.read_bytes())
+    data[-4:] = bytes(255 - b for b in data[-4:])
+    shard.write_bytes(bytes(data))
+    with pytest.raises(SaeAmortError, match="shard_00000.safetensors .*sha256; delete"):
+        collect_activations(model, source, CFG, tmp_path / "s", model_name="tiny", progress=False)
+
+
 @pytest.mark.parametrize("finite", [False, True])
 def test_resume_when_only_completion_was_missing(model, tmp_path, finite):
     if finite:  # a source that runs out before n_tokens: the store is complete with what there was

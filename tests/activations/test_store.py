@@ -59,18 +59,21 @@ def test_overwritten_header(store_dir, tmp_path):
     data[10:40] = b"\xff" * 30
     shard.write_bytes(bytes(data))
     store = ActivationStore.open(path)  # same size: found when read
-    with pytest.raises(SaeAmortError, match="shard_00002.safetensors cannot be parsed.*delete the store"):
+    with pytest.raises(SaeAmortError, match="shard_00002.safetensors does not match its recorded sha256.*delete"):
         list(store.iter_batches(64))
 
 
-def test_overwritten_data_found_by_verify(store_dir, tmp_path):
+def test_overwritten_data_is_never_served(store_dir, tmp_path):
     path = _copy(store_dir, tmp_path)
+    assert torch.equal(ActivationStore.open(path).load().acts, ActivationStore.open(store_dir).load().acts)
     shard = path / "shard_00000.safetensors"
     data = bytearray(shard.read_bytes())
-    data[-8:] = b"\x00" * 8
+    data[-8:] = bytes(255 - b for b in data[-8:])  # same size, valid header: only the sha256 can tell
     shard.write_bytes(bytes(data))
-    with pytest.raises(SaeAmortError, match="sha256"):
+    with pytest.raises(SaeAmortError, match="shard_00000.safetensors does not match its recorded sha256"):
         ActivationStore.open(path).verify()
+    with pytest.raises(SaeAmortError, match="shard_00000.safetensors does not match its recorded sha256"):
+        ActivationStore.open(path).load(10)  # also after this process has read the intact file
 
 
 def test_not_a_store(tmp_path):

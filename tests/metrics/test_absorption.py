@@ -1,43 +1,46 @@
-"""Absorption rate (main = top-1 by |corr|, aux = next 5) on a constructed case with a known fraction."""
+"""Absorption rate (main = top-1 by signed corr, aux = next 5) on a constructed case with known fractions."""
 
 import pytest
 import torch
 
 from saelens_amort.metrics import MetricBatch, make_metric
 
-N = 500
+N = 600
 
 
 def constructed():
-    """Rows r: y = r even. Positives with (r // 2) % 4 == 0 are 'absorbed': latent 1 fires instead of latent 0.
-    Latents 2..6 fire on disjoint fifths of the negatives (|corr| ≈ 0.33 < 0.38 of latent 1 < 0.77 of latent 0)."""
+    """Rows r: y = r even. Each class has its own latent and an 'absorbing' one that fires instead of it on a known
+    part of the class: latent 0 on the positives, latent 1 on the positives with (r // 2) % 4 == 0; latent 2 on the
+    negatives, latent 3 on the negatives with (r // 2) % 3 == 0. Latents 4..7 never fire (corr 0).
+    By |corr| the negatives' top latent would be latent 0 (0.77 > 0.71 of latent 2), which never fires on them."""
     rows = torch.arange(N)
     y = (rows % 2 == 0).long()
-    absorbed = (y == 1) & ((rows // 2) % 4 == 0)
-    codes = torch.zeros(N, 7)
+    absorbed = torch.where(y == 1, (rows // 2) % 4 == 0, (rows // 2) % 3 == 0)
+    codes = torch.zeros(N, 8)
     codes[:, 0] = ((y == 1) & ~absorbed).float()
-    codes[:, 1] = absorbed.float()
-    for j, residue in zip(range(2, 7), (1, 3, 5, 7, 9)):
-        codes[:, j] = (rows % 10 == residue).float()
+    codes[:, 1] = ((y == 1) & absorbed).float()
+    codes[:, 2] = ((y == 0) & ~absorbed).float()
+    codes[:, 3] = ((y == 0) & absorbed).float()
     x = torch.randn(N, 4, generator=torch.Generator().manual_seed(0))
     return MetricBatch(x, x, codes, labels=y, doc_ids=rows // 5), absorbed
 
 
-def test_known_absorption_fraction():
+def test_known_absorption_fraction_per_class():
     batch, absorbed = constructed()
     m = make_metric("absorption", label_names=("neg", "pos"))
     m.update(batch)
     out = m.compute()
-    assert m.artifacts()["latents"]["real/pos"] == {"main": 0, "aux": [1, 2, 3, 4, 5]}
-    test_pos = (batch.doc_ids % 5 == 0) & (batch.labels == 1)
-    expected = float(absorbed[test_pos].float().mean())
-    assert 0 < expected < 1
-    assert out["real/pos/absorption_rate"] == pytest.approx(expected)
-    assert out["real/pos/main_fire_rate"] == pytest.approx(1 - expected)
-    # for the negatives the main latent is latent 0 as well (|corr| is symmetric); it never fires on them, and
-    # among the aux latents 2..5 fire on 4 of the 5 negative residues
-    assert out["real/neg/absorption_rate"] == pytest.approx(0.8)
-    assert out["real/absorption_rate"] == pytest.approx((expected + 0.8) / 2)
+    latents = m.artifacts()["latents"]
+    assert latents["real/pos"] == {"main": 0, "aux": [1, 4, 5, 6, 7]}  # anti-correlated latents 2, 3 last
+    assert latents["real/neg"] == {"main": 2, "aux": [3, 4, 5, 6, 7]}  # its own latent, not the positives' 0
+    test = batch.doc_ids % 5 == 0
+    expected = {}
+    for name, c in (("neg", 0), ("pos", 1)):
+        expected[name] = float(absorbed[test & (batch.labels == c)].float().mean())
+        assert 0.1 < expected[name] < 0.5
+        assert out[f"real/{name}/absorption_rate"] == pytest.approx(expected[name])
+        assert out[f"real/{name}/main_fire_rate"] == pytest.approx(1 - expected[name])
+    assert out["real/absorption_rate"] == pytest.approx((expected["neg"] + expected["pos"]) / 2)
     assert out["pseudo/absorption_rate"] is not None and 0 <= out["pseudo/absorption_rate"] <= 1
 
 

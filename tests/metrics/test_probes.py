@@ -105,17 +105,32 @@ def test_merge_equals_one_pass(doc_ids, caps):
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
-def test_balanced_logistic_matches_sklearn(seed):
+def test_probe_is_class_balanced_standardised_and_scored_held_out(seed):
+    """probe_f1 = F1 on the test rows of a class-balanced L2 logistic regression (C=1) fitted on the standardised
+    train rows; the reference standardises and counts F1 by hand. Imbalanced, overlapping classes and features of
+    very different scales, so an unbalanced or unscaled fit scores differently (checked)."""
     from sklearn.linear_model import LogisticRegression
 
-    from saelens_amort.metrics.probes import balanced_logistic
+    from saelens_amort.metrics.probes import Task, probe_f1
 
     gen = torch.Generator().manual_seed(seed)
-    X = torch.randn(3000, 4, generator=gen, dtype=torch.float64)
-    y = ((X @ torch.tensor([1.0, -2.0, 0.5, 0.0], dtype=torch.float64) + 0.3 * torch.randn(3000, generator=gen,
-          dtype=torch.float64)) > 1.2).double()  # imbalanced classes
-    w, b = balanced_logistic(X, y)
-    ref = LogisticRegression(class_weight="balanced", max_iter=10_000, tol=1e-10).fit(X.numpy(), y.numpy())
-    torch.testing.assert_close(w, torch.from_numpy(ref.coef_[0]), atol=1e-4, rtol=1e-4)
-    assert b == pytest.approx(float(ref.intercept_[0]), abs=1e-4)
-    assert ((X @ w + b > 0).numpy() == ref.predict(X.numpy()).astype(bool)).mean() > 0.999
+    y = torch.rand(3000, generator=gen) < 0.1
+    z = torch.stack([1 + y + torch.randn(3000, generator=gen), 0.01 * (1 + y + 2 * torch.randn(3000, generator=gen))],
+                    dim=1).clamp_min(0)
+    train, test = slice(0, 2000), slice(2000, None)
+    task = Task("t", SparseRows.of(z[train]), y[train], SparseRows.of(z[test]), y[test])
+
+    X, X_test = z[train].double().numpy(), z[test].double().numpy()
+    mean, std = X.mean(0), X.std(0)
+
+    def f1(**options):
+        fit = LogisticRegression(C=1.0, tol=1e-10, max_iter=10_000, **options).fit((X - mean) / std, y[train].numpy())
+        pred = torch.from_numpy(fit.predict((X_test - mean) / std))
+        truth = y[test]
+        tp, fp, fn = int((pred & truth).sum()), int((pred & ~truth).sum()), int((~pred & truth).sum())
+        return 2 * tp / (2 * tp + fp + fn)
+
+    expected = f1(class_weight="balanced")
+    assert expected != pytest.approx(f1(), abs=0.01)  # balancing matters on this task
+    assert probe_f1(task, torch.tensor([0, 1])) == pytest.approx(expected, abs=1e-9)
+    assert probe_f1(task, torch.tensor([0])) > 0.2

@@ -1,6 +1,7 @@
 """Spliced CE / KL on the toy model with a toy SAE: exact with the error term, sane without, no hook survives."""
 
 import pytest
+import torch
 from helpers import toy_model, toy_tokens, torch_threads
 
 import saelens_amort
@@ -73,3 +74,80 @@ def test_splice_metric_accumulates_token_weighted(world):
     with pytest.raises(SaeAmortError, match="one splice accumulator"):
         a.update(parts[0]._replace(keep_error=True))
     assert isinstance(whole, SpliceResult)
+
+
+def _ragged(tokens, pad):
+    """Rows cut to lengths 40, 23, 31, … and right-padded with `pad`; also their lengths."""
+    lengths = torch.tensor([40, 23, 31, 12, 40, 27])[: tokens.shape[0]]
+    padded = tokens.clone()
+    padded[torch.arange(tokens.shape[1]) >= lengths[:, None]] = pad
+    return padded, lengths
+
+
+def _real_only_ce(model, tokens, lengths, hooks=()):
+    """Independent reference: TransformerLens' per-token loss of each row run alone, unpadded, without the
+    prediction made at BOS (position 0 is never spliced)."""
+    losses = []
+    with torch.no_grad(), model.hooks(fwd_hooks=list(hooks)):
+        for row, n in zip(tokens, lengths.tolist()):
+            losses.append(model(row[None, :n], return_type="loss", loss_per_token=True)[0, 1:])
+    return float(torch.cat(losses).double().mean()), sum(len(loss) for loss in losses)
+
+
+def test_padding_equal_to_bos_eos_is_not_scored(world):
+    """pad = BOS = EOS (what TransformerLens sets when a tokenizer has no pad token); the toy rows hold real EOS
+    tokens with that same id between documents, which must still count."""
+    model, sae, tokens = world
+    tok = model.tokenizer
+    assert tok.bos_token_id == tok.eos_token_id
+    padded, lengths = _ragged(tokens, tok.eos_token_id)
+    assert any((row[1:n] == tok.eos_token_id).any() for row, n in zip(padded, lengths.tolist()))  # real EOS inside
+
+    ref = splice_reference(model, padded, HOOK, lengths)
+    ce_clean, n_real = _real_only_ce(model, padded, lengths)
+    assert ref.n_tokens == n_real
+    assert ref.ce_clean == pytest.approx(ce_clean, abs=1e-5)
+
+    def zero_after_bos(act, hook):
+        out = act.clone()
+        out[:, 1:] = 0
+        return out
+
+    ce_zero, _ = _real_only_ce(model, padded, lengths, [(HOOK, zero_after_bos)])
+    assert ref.ce_zero == pytest.approx(ce_zero, abs=1e-5)
+
+    kept = spliced_metrics(model, sae, "amortized", padded, HOOK, lam=None, keep_error=True, lengths=lengths)
+    assert kept.ce_spliced == pytest.approx(ce_clean, abs=1e-5) and kept.kl < 1e-6
+    # a spliced row's scores do not depend on the padding after it: the padded batch equals its rows run alone
+    whole = spliced_metrics(model, sae, "amortized", padded, HOOK, lam=None, keep_error=False, lengths=lengths)
+    alone = make_metric("splice")
+    for row, n in zip(padded, lengths.tolist()):
+        alone.update(spliced_metrics(model, sae, "amortized", row[None, :n], HOOK, lam=None, keep_error=False))
+    out = alone.compute()
+    assert whole.n_tokens == n_real
+    assert whole.ce_spliced == pytest.approx(out["ce_spliced"], abs=1e-5)
+    assert whole.kl == pytest.approx(out["kl"], abs=1e-6)
+    assert _no_hooks(model)
+
+
+def test_bad_lengths_are_user_errors(world):
+    model, _, tokens = world
+    with pytest.raises(SaeAmortError, match="lengths must lie in"):
+        splice_reference(model, tokens, HOOK, torch.full((tokens.shape[0],), tokens.shape[1] + 1))
+    with pytest.raises(SaeAmortError, match="one integer per row"):
+        splice_reference(model, tokens, HOOK, torch.tensor([3, 4]))
+
+
+def test_ce_recovered_is_undefined_when_zero_ablation_does_not_raise_the_loss(world):
+    model, sae, tokens = world
+    ref = splice_reference(model, tokens, HOOK)
+    flat = ref._replace(ce_zero=ref.ce_clean - 0.5)  # as if zeroing the hook lowered the loss
+    r = spliced_metrics(model, sae, "amortized", tokens, HOOK, lam=None, keep_error=False, reference=flat)
+    assert r.ce_recovered is None
+    m = make_metric("splice")
+    m.update(r)
+    out = m.compute()
+    assert out["ce_recovered"] is None
+    assert m.skipped == {"ce_recovered": f"zero-ablation CE ({flat.ce_zero:.4g}) is not above clean CE "
+                                         f"({flat.ce_clean:.4g})"}
+    assert out["ce_spliced"] == pytest.approx(r.ce_spliced)

@@ -9,6 +9,7 @@ from saelens_amort.activations import CollectConfig, collect_activations
 from saelens_amort.activations.sources import ToySource
 from saelens_amort.inference import calibrate_lambda, resolve_dictionary
 from saelens_amort.metrics import list_metrics, make_metric, metric_batch
+from saelens_amort.metrics.gap import NEGATIVE_RTOL
 from saelens_amort.toy.corpus import LABEL_NAMES
 
 HOOK = "blocks.2.hook_resid_post"
@@ -70,7 +71,9 @@ def test_ranges(results):
     assert amort["sparsity"][0]["l0"] == 16.0  # the SAE's TopK
     assert 5 < unamort["sparsity"][0]["l0"] < 50
     assert amort["gap"][0]["gap_mean"] > 0 and amort["gap"][0]["gap_median"] > 0
-    assert 0 <= unamort["gap"][0]["gap_mean"] < 0.1 * amort["gap"][0]["gap_mean"]
+    # unamortized (100 steps) against z* (400 steps): ≥ 0 up to fp32 rounding of the objectives (relative to F(z*))
+    assert unamort["gap"][0]["gap_relative"] >= -NEGATIVE_RTOL
+    assert unamort["gap"][0]["gap_mean"] < 0.1 * amort["gap"][0]["gap_mean"]
     assert unamort["gap"][0]["frac_negative"] < 0.05
     assert amort["cost"][0]["flops_per_token"] == 2 * 128 * 1024
     assert unamort["cost"][0]["flops_per_token"] > amort["cost"][0]["flops_per_token"]

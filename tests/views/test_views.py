@@ -40,7 +40,7 @@ def test_top_contexts_are_the_maxima(world):
 def test_views_outputs_render(world, tmp_path):
     model, sae, store = world
     views = latent_views(store, sae, model.tokenizer, latents=[1, 2], top_n=3)
-    write_views(views, tmp_path, "t", {})
+    write_views(views, tmp_path, "t", {}, {"latents": [1, 2]})
     data = json.loads((tmp_path / "contexts.json").read_text())
     assert set(data["latents"]) == {"1", "2"} and data["dead"] + data["dense"] <= sae.cfg.d_sae
     probe = chromium_probe(tmp_path / "report.html", tmp_path)
