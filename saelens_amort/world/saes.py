@@ -17,7 +17,7 @@ from safetensors.torch import load_file, save_file
 from saelens_amort.atomic import write_text_atomic
 from saelens_amort.errors import SaeAmortError
 from saelens_amort.training.families import ARCHS, TrainConfig
-from saelens_amort.world.store import World
+from saelens_amort.world.store import HOOK_NAME, World
 
 FAMILIES = tuple(a for a in ARCHS if a != "loca")
 WIDTHS = (1, 2)
@@ -78,6 +78,32 @@ def ship(runs: Path | str, dest: Path | str = SHIPPED_DIR) -> None:
     tmp.rename(dest)
 
 
+def oracle_sae(world: World):
+    """The true dictionary as a real SAE-Lens TopKSAE (W_dec = true atoms, W_enc = its transpose, k = the world's
+    mean L0): its per-sample modes are the ceiling any SAE on this world can reach."""
+    from sae_lens import TopKSAE, TopKSAEConfig
+    from sae_lens.saes.sae import SAEMetadata
+
+    atoms = world.structure.atoms
+    n, d = atoms.shape
+    sae = TopKSAE(TopKSAEConfig(d_in=d, d_sae=n, k=max(1, round(world.config.mean_l0)), dtype="float32",
+                                device="cpu", metadata=SAEMetadata(hook_name=HOOK_NAME)))
+    with torch.no_grad():
+        sae.W_dec.copy_(atoms)
+        sae.W_enc.copy_(atoms.T)
+        sae.b_enc.zero_()
+        sae.b_dec.zero_()
+    return sae
+
+
+def default_world_suite(world: World) -> tuple[str, ...]:
+    """The shipped SAEs when `world` is the shipped small preset, then the oracle."""
+    from saelens_amort.world.config import PRESETS
+
+    shipped = tuple(str(p) for p in shipped_sae_dirs().values()) if world.config == PRESETS["small"] else ()
+    return (*shipped, "oracle")
+
+
 def shipped_sae_dirs() -> dict[str, Path]:
     """The shipped SAEs of the small preset: `world/<family>-x<width>` → its directory."""
     if not SHIPPED_DIR.is_dir():
@@ -85,4 +111,5 @@ def shipped_sae_dirs() -> dict[str, Path]:
     return {f"world/{p.name}": p for p in sorted(SHIPPED_DIR.iterdir()) if (p / "cfg.json").exists()}
 
 
-__all__ = ["FAMILIES", "WIDTHS", "recipe", "ship", "shipped_sae_dirs", "train_world_saes"]
+__all__ = ["FAMILIES", "WIDTHS", "default_world_suite", "oracle_sae", "recipe", "ship", "shipped_sae_dirs",
+           "train_world_saes"]
