@@ -219,6 +219,20 @@ def sae_dictionary(sae):
     return dictionary
 
 
+def batch_topk_training_sae():
+    """A batch-dependent encoder: SAE-Lens' training-form BatchTopK (top k·N over the whole batch) with the toy
+    batchtopk SAE's weights."""
+    from sae_lens import BatchTopKTrainingSAE, BatchTopKTrainingSAEConfig
+
+    import saelens_amort
+
+    shipped = saelens_amort.load_sae("toy/batchtopk")
+    sae = BatchTopKTrainingSAE(BatchTopKTrainingSAEConfig(d_in=shipped.cfg.d_in, d_sae=shipped.cfg.d_sae, k=8,
+                                                          metadata=shipped.cfg.metadata))
+    sae.load_state_dict({k: v for k, v in shipped.state_dict().items() if k != "threshold"}, strict=False)
+    return sae.eval()
+
+
 _TOY_ACTS: dict = {}
 
 

@@ -1,4 +1,5 @@
-"""Inference modes: amortized (the SAE's encoder), semi-amortized, unamortized (FISTA/ISTA), OMP, MP (DESIGN §3).
+"""Inference modes: amortized (the SAE's encoder), semi-amortized, unamortized (FISTA/ISTA), OMP, MP, and the
+k-sparse modes at the SAE's own per-row L0 (DESIGN §3, §9).
 
     infer(x, sae, mode="unamortized", lam=None)  →  InferenceResult(codes, n_iter, objective, converged, lam, …)
 
@@ -14,7 +15,7 @@ from saelens_amort.inference.result import InferenceResult, ModeFn, ModeOptions,
 
 from saelens_amort.inference import amortized, fista, semi  # noqa: E402,F401  (register the built-in modes)
 
-for _name in ("omp", "mp"):  # k-sparse modes, when present
+for _name in ("omp", "mp", "ksparse"):  # k-sparse modes, when present
     if importlib.util.find_spec(f"{__name__}.{_name}") is not None:
         importlib.import_module(f"{__name__}.{_name}")
 

@@ -6,6 +6,10 @@ Bisection in log λ (safeguarded log–log interpolation) until the mode's densi
 - target='dense@τ'   the amortized fraction of latents with firing frequency ≥ τ (the paper's target);
 - target=<number>    an explicit mean L0.
 
+The density target is measured on all the rows given (callers choose the slice: `infer` its first 2048 rows, eval
+`--calib-tokens`), on the amortized codes as the amortized mode produced them: pass them as `reference` when the
+encoder depends on the batch (training-form BatchTopK), else they come from one encoder pass over the rows.
+
 Density falls as λ grows and vanishes at λ_max = max(x'Aᵀ) (above it every code is 0), so the search brackets
 from λ_max downwards. Every evaluation runs the mode exactly as the final call will (same steps, tol, init), since
 early-stopped codes depend on where the solver starts: warm starts would calibrate a different procedure.
@@ -23,7 +27,6 @@ from torch import Tensor
 
 from saelens_amort.errors import SaeAmortError
 from saelens_amort.inference.registry import (
-    CALIBRATION_ROWS,
     _validate_x,
     get_mode,
     resolve_dictionary,
@@ -52,6 +55,8 @@ class Calibration(NamedTuple):
     """The mode's density at `lam`."""
     n_evals: int
     """Mode evaluations spent."""
+    n_rows: int
+    """Calibration rows the density was measured on."""
 
 
 def calibrate_lambda(
@@ -64,20 +69,26 @@ def calibrate_lambda(
     steps: int | None = None,
     max_evals: int = 30,
     strict: bool = True,
+    reference: Float[Tensor, "... d_sae"] | None = None,
     **options: Any,
 ) -> Calibration:
-    """λ such that `mode`'s density on `x_cal` matches `target` within relative `tol` (see the module docstring).
+    """λ such that `mode`'s density on all rows of `x_cal` matches `target` within relative `tol` (module docstring).
 
-    `options` go to the mode (solver tol, init, solver=…). A target no λ can reach (e.g. a mean L0 near d_in, above
-    what the lasso gives even at tiny λ) raises SaeAmortError, or with `strict=False` warns and returns the λ that
-    came closest (`achieved` says how close).
+    `options` go to the mode (solver tol, init, solver=…). `reference`: the amortized codes of `x_cal` (SAE code
+    space, one row per row of x_cal) to take the 'l0' / 'dense@τ' target from; None runs the encoder once on x_cal.
+    A target no λ matches within `tol` (e.g. a mean L0 near d_in, above what the lasso gives even at tiny λ, or one
+    between two densities the mode jumps across) raises SaeAmortError, or with `strict=False` warns and returns the
+    λ that came closest (`achieved` says how close).
     """
     dictionary = resolve_dictionary(sae_or_dictionary)
     x, _, _ = _validate_x(x_cal, dictionary, "raise")
     solver_tol = options.pop("solver_tol", 1e-4)
     init = options.pop("init", None)
     opts = ModeOptions(steps=steps, tol=solver_tol, init=init, extra=options)
-    cal, _ = calibrate_options(x, dictionary, mode, opts, target=target, tol=tol, max_evals=max_evals, strict=strict)
+    if reference is not None:
+        reference = reference.reshape(-1, reference.shape[-1])
+    cal, _ = calibrate_options(x, dictionary, mode, opts, target=target, tol=tol, max_evals=max_evals, strict=strict,
+                               reference=reference)
     return cal
 
 
@@ -91,8 +102,10 @@ def calibrate_options(
     tol: float = 0.05,
     max_evals: int = 30,
     strict: bool = True,
+    reference: Float[Tensor, "N d_sae"] | None = None,
 ) -> tuple[Calibration, ModeOptions]:
-    """Calibrate λ for `mode` run with `opts` on validated rows x; returns the record and `opts` with λ set."""
+    """Calibrate λ for `mode` run with `opts` on validated rows x (all of them); returns the record and `opts` with
+    λ set. `reference`: the amortized codes of x, as in `calibrate_lambda`."""
     spec = get_mode(mode)
     if not spec.needs_lambda:
         raise SaeAmortError(f"mode {mode!r} takes no λ; calibrate a λ-based mode ({_lambda_modes()})")
@@ -100,10 +113,12 @@ def calibrate_options(
         raise SaeAmortError(f"calibration tol must be > 0, got {tol!r}")
     if not (isinstance(max_evals, int) and max_evals >= 2):
         raise SaeAmortError(f"max_evals must be an integer ≥ 2, got {max_evals!r}")
-    x = x[:CALIBRATION_ROWS]
     if x.shape[0] == 0:
         raise SaeAmortError("no activation rows to calibrate λ on")
-    metric, target_value = _target(target, x, dictionary)
+    if reference is not None and tuple(reference.shape) != (x.shape[0], dictionary.d_sae):
+        raise SaeAmortError(f"reference codes have shape {tuple(reference.shape)}; expected "
+                            f"{(x.shape[0], dictionary.d_sae)} (the amortized codes of the calibration rows)")
+    metric, target_value = _target(target, x, dictionary, reference)
     extra = {k: v for k, v in opts.extra.items() if k not in NO_CALIBRATION_OPTIONS}
     base = replace(opts, lam=None, extra=extra)
     if isinstance(base.init, Tensor):
@@ -129,14 +144,11 @@ def calibrate_options(
         if n_evals >= max_evals or lam < lam_max * LAM_FLOOR:
             msg = (f"could not bracket the {mode} density target {target_value:.4g} ({target!r}): "
                    f"λ={best[1]:.3g} reached {best[2]:.4g} (λ_max={lam_max:.3g}, {n_evals} evaluations)")
-            if strict:
-                raise SaeAmortError(msg)
-            warnings.warn(f"{msg}; using the closest λ", stacklevel=3)
-            return _done(best[1], target, target_value, best[2], n_evals, opts)
+            return _closest(msg, strict, best, target, target_value, n_evals, x.shape[0], opts)
         d = density(lam)
         best = min(best, (abs(d - target_value), lam, d))
         if close(d):
-            return _done(lam, target, target_value, d, n_evals, opts)
+            return _done(lam, target, target_value, d, n_evals, x.shape[0], opts)
         if d > target_value:
             lo, d_lo = lam, d
         else:
@@ -147,26 +159,36 @@ def calibrate_options(
         d = density(lam)
         best = min(best, (abs(d - target_value), lam, d))
         if close(d):
-            return _done(lam, target, target_value, d, n_evals, opts)
+            return _done(lam, target, target_value, d, n_evals, x.shape[0], opts)
         if d > target_value:
             lo, d_lo = lam, d
         else:
             hi, d_hi = lam, d
         if hi / lo < 1 + 1e-6:
             break
-    _, lam, d = best
-    warnings.warn(
-        f"λ calibration for {mode!r} stopped after {n_evals} evaluations at density {d:.4g} "
-        f"(target {target_value:.4g} ± {tol:.0%}); using λ={lam:.4g}",
-        stacklevel=3,
-    )
-    return _done(lam, target, target_value, d, n_evals, opts)
+    why = "no λ reaches" if hi / lo < 1 + 1e-6 else f"{n_evals} evaluations did not reach"
+    msg = (f"λ calibration for {mode!r}: {why} the density target {target_value:.4g} ({target!r}) ± {tol:.0%}: "
+           f"λ={best[1]:.4g} came closest with {best[2]:.4g}")
+    return _closest(msg, strict, best, target, target_value, n_evals, x.shape[0], opts)
+
+
+def _closest(
+    msg: str, strict: bool, best: tuple[float, float, float], target: str | float, target_value: float,
+    n_evals: int, n_rows: int, opts: ModeOptions,
+) -> tuple[Calibration, ModeOptions]:
+    """The unmatched outcome: raise (strict), or warn and use the λ that came closest."""
+    if strict:
+        raise SaeAmortError(f"{msg}; pass strict=False to use the closest λ anyway")
+    warnings.warn(f"{msg}; using the closest λ", stacklevel=4)
+    return _done(best[1], target, target_value, best[2], n_evals, n_rows, opts)
 
 
 def _done(
-    lam: float, target: str | float, target_value: float, achieved: float, n_evals: int, opts: ModeOptions
+    lam: float, target: str | float, target_value: float, achieved: float, n_evals: int, n_rows: int,
+    opts: ModeOptions,
 ) -> tuple[Calibration, ModeOptions]:
-    cal = Calibration(lam=lam, target=target, target_value=target_value, achieved=achieved, n_evals=n_evals)
+    cal = Calibration(lam=lam, target=target, target_value=target_value, achieved=achieved, n_evals=n_evals,
+                      n_rows=n_rows)
     return cal, replace(opts, lam=lam)
 
 
@@ -181,7 +203,7 @@ def _next_lambda(lo: float, d_lo: float, hi: float, d_hi: float, target: float) 
     return math.exp(a + frac * (b - a))
 
 
-def _target(target: str | float, x: Tensor, dictionary: Dictionary):
+def _target(target: str | float, x: Tensor, dictionary: Dictionary, reference: Tensor | None):
     """(density function of codes, numeric target value)."""
     if isinstance(target, bool):
         raise SaeAmortError(f"calibration target must be 'l0', 'dense@τ' or a mean L0, got {target!r}")
@@ -190,7 +212,7 @@ def _target(target: str | float, x: Tensor, dictionary: Dictionary):
             raise SaeAmortError(f"a mean-L0 target must be in (0, d_sae={dictionary.d_sae}], got {target}")
         return mean_l0, float(target)
     if target == "l0":
-        return mean_l0, mean_l0(_amortized_codes(x, dictionary, target))
+        return mean_l0, mean_l0(_amortized_codes(x, dictionary, target, reference))
     if isinstance(target, str) and target.startswith("dense@"):
         try:
             tau = float(target.split("@", 1)[1])
@@ -200,7 +222,7 @@ def _target(target: str | float, x: Tensor, dictionary: Dictionary):
             raise SaeAmortError(
                 f"dense target needs a firing-frequency threshold in (0, 1], e.g. 'dense@0.1', got {target!r}"
             )
-        value = dense_rate(_amortized_codes(x, dictionary, target), tau)
+        value = dense_rate(_amortized_codes(x, dictionary, target, reference), tau)
         if value <= 0:
             raise SaeAmortError(
                 f"the amortized codes have no latent firing on ≥ {tau:g} of these rows, so {target!r} is no target; "
@@ -210,12 +232,15 @@ def _target(target: str | float, x: Tensor, dictionary: Dictionary):
     raise SaeAmortError(f"calibration target must be 'l0', 'dense@τ' or a mean L0, got {target!r}")
 
 
-def _amortized_codes(x: Tensor, dictionary: Dictionary, target: str) -> Tensor:
-    if dictionary.sae is None:
+def _amortized_codes(x: Tensor, dictionary: Dictionary, target: str, reference: Tensor | None) -> Tensor:
+    if reference is not None:
+        codes = reference
+    elif dictionary.sae is None:
         raise SaeAmortError(
             f"target {target!r} needs the SAE's amortized codes; pass the SAE, or a numeric mean-L0 target"
         )
-    codes = run_mode("amortized", x, dictionary, ModeOptions()).codes
+    else:
+        codes = run_mode("amortized", x, dictionary, ModeOptions()).codes
     if mean_l0(codes) <= 0:
         raise SaeAmortError("the amortized codes are all zero on these rows; nothing to match")
     return codes

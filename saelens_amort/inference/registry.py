@@ -20,6 +20,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from saelens_amort.errors import SaeAmortError
+from saelens_amort.inference.refit import refit_result
 from saelens_amort.inference.result import InferenceResult, ModeFn, ModeOptions
 from saelens_amort.saes.dictionary import Dictionary
 
@@ -33,6 +34,10 @@ CALIBRATION_ROWS = 2048
 
 NAN_POLICIES = ("raise", "drop")
 
+LASSO_OBJECTIVE = "l1 lasso"
+"""`info["objective"]` of the modes that solve at a λ (the ksparse modes say "l2 at fixed per-row L0"; refit
+"l2 (NNLS) on the mode's support")."""
+
 
 @dataclass(frozen=True)
 class ModeSpec:
@@ -44,6 +49,8 @@ class ModeSpec:
     """The mode needs k active latents per row; `infer` matches the amortized mean L0 when none is given."""
     needs_sae: bool = False
     """The mode needs the SAE itself (its encoder), not just the dictionary."""
+    encoder_start: bool = False
+    """With init=None the mode starts from the encoder's code when the SAE is there (semi)."""
     options: frozenset[str] | None = None
     """Extra keyword options the mode understands (None = accept any)."""
 
@@ -58,6 +65,7 @@ def register_mode(
     needs_lambda: bool = True,
     needs_k: bool = False,
     needs_sae: bool = False,
+    encoder_start: bool = False,
     overwrite_ok: bool = True,
     options: Collection[str] | None = None,
 ) -> None:
@@ -65,7 +73,8 @@ def register_mode(
 
     Re-registering the same function (or a re-imported one with the same module and name) is always fine; another
     function under a taken name replaces it when `overwrite_ok`, else raises. `options` lists the extra keyword
-    options the mode accepts, so typos fail loudly (None accepts anything).
+    options the mode accepts, so typos fail loudly (None accepts anything). `encoder_start`: with init=None the mode
+    starts from the encoder's code, which `infer` then computes once on all rows and passes as the init tensor.
     """
     if not isinstance(name, str) or not name.strip():
         raise SaeAmortError(f"a mode name must be a non-empty string, got {name!r}")
@@ -77,6 +86,7 @@ def register_mode(
         needs_lambda=needs_lambda,
         needs_k=needs_k,
         needs_sae=needs_sae,
+        encoder_start=encoder_start,
         options=None if options is None else frozenset(options),
     )
     old = _MODES.get(name)
@@ -152,21 +162,27 @@ def infer(
     lam: float | None = None,
     steps: int | None = None,
     tol: float = 1e-4,
-    k: int | None = None,
+    k: int | Tensor | None = None,
     init: str | Tensor | None = None,
     nan_policy: str = "raise",
+    refit: bool = False,
     **options: Any,
 ) -> InferenceResult:
     """Codes for activations `x` under inference `mode`, in the SAE's own code space.
 
     x: raw activations [..., d_in] (leading dimensions are kept unless rows are dropped).
     lam: λ of F(u; x); None calibrates it on the first ≤ 2048 rows so the mode's mean L0 matches the amortized one
-        (recorded in `info["calibration"]`). Modes that need no λ report the objective at `lam` (NaN if None).
+        there within 5 % (recorded in `info["calibration"]`; SaeAmortError when no λ does: pass one, or take
+        `calibrate_lambda(..., strict=False)`'s closest). Modes that need no λ report the objective at `lam` (NaN if
+        None).
     steps / tol: iteration budget and per-row relative stopping tolerance (mode defaults when None).
-    k: active latents per row for k-sparse modes; None matches the amortized mean L0 (recorded in `info["k"]`).
+    k: active latents per row for k-sparse modes; None matches the amortized mean L0 over x (recorded in `info["k"]`);
+        the ksparse modes also take one k per row (a tensor shaped like x's leading dimensions) and default to the
+        encoder's own per-row L0.
     init: 'encoder', 'alista', 'zero', or SAE codes shaped like the output.
     nan_policy: 'raise' on rows with NaN/inf, or 'drop' them (count in `info["dropped_rows"]`, kept row indices in
         `info["kept_rows"]`; the result is then flat [N_kept, d_sae]).
+    refit: replace the mode's codes by non-negative least squares on their support (`inference/refit.py`).
     options: mode-specific options (e.g. solver='ista', return_trace=True).
     """
     spec = get_mode(mode)
@@ -184,19 +200,38 @@ def infer(
         raise SaeAmortError(f"k={k} exceeds the dictionary size d_sae={dictionary.d_sae}")
 
     x2, lead, info = _validate_x(x, dictionary, nan_policy)
+    if isinstance(k, Tensor):
+        options["k_rows"], k = _per_row_k(k, x, info, mode, spec), None
     if isinstance(init, Tensor):
         init = _validate_init(init, x, lead, dictionary, info)
     opts = ModeOptions(lam=lam, steps=steps, tol=tol, k=k, init=init, extra=options)
 
+    # The encoder's code, computed once on all rows (the batch the amortized mode sees, which matters for
+    # batch-dependent encoders such as training-form BatchTopK): the warm start, k and the calibration target.
+    from_encoder = dictionary.sae is not None and (
+        (isinstance(opts.init, str) and opts.init == "encoder") or (opts.init is None and spec.encoder_start)
+    )
+    encoded = None
+    if from_encoder or (dictionary.sae is not None and (
+            (spec.needs_k and opts.k is None) or (spec.needs_lambda and opts.lam is None))):
+        encoded = run_mode("amortized", x2, dictionary, ModeOptions()).codes
+    if from_encoder:
+        opts = replace(opts, init=encoded)
+        info["init"] = "encoder"
     if spec.needs_k and opts.k is None:
-        opts = _with_matched_k(opts, x2, dictionary, mode, info)
+        opts = _with_matched_k(opts, encoded, dictionary, mode, info)
     if spec.needs_lambda and opts.lam is None:
         from saelens_amort.inference.calibrate import calibrate_options
 
-        cal, opts = calibrate_options(x2[:CALIBRATION_ROWS], dictionary, mode, opts)
+        reference = None if encoded is None else encoded[:CALIBRATION_ROWS]
+        cal, opts = calibrate_options(x2[:CALIBRATION_ROWS], dictionary, mode, opts, reference=reference)
         info["calibration"] = cal._asdict()
 
     result = run_mode(spec, x2, dictionary, opts)
+    if spec.needs_lambda:
+        result = result._replace(info={"objective": LASSO_OBJECTIVE, **result.info})
+    if refit:
+        result = refit_result(result, x2, dictionary)
     result = result._replace(info={**result.info, **info})
     if lead is not None:
         result = result._replace(
@@ -268,11 +303,22 @@ def _validate_init(init: Tensor, x: Tensor, lead: tuple[int, ...] | None, dictio
     return init
 
 
-def _with_matched_k(opts: ModeOptions, x: Tensor, dictionary: Dictionary, mode: str, info: dict) -> ModeOptions:
-    """k = the amortized codes' mean L0 (rounded, ≥ 1) on the first ≤ 2048 rows."""
-    if dictionary.sae is None:
+def _per_row_k(k: Tensor, x: Tensor, info: dict, mode: str, spec: ModeSpec) -> Tensor:
+    """A per-row k tensor (shaped like x's leading dimensions) as one value per kept row."""
+    if spec.options is None or "k_rows" not in spec.options:
+        raise SaeAmortError(f"mode {mode!r} takes k as one integer; per-row k is for the ksparse modes")
+    if tuple(k.shape) != tuple(x.shape[:-1]):
+        raise SaeAmortError(f"per-row k has shape {tuple(k.shape)}; expected x's leading shape {tuple(x.shape[:-1])}")
+    k = k.reshape(-1)
+    return k[info["kept_rows"].to(k.device)] if "kept_rows" in info else k
+
+
+def _with_matched_k(
+    opts: ModeOptions, codes: Tensor | None, dictionary: Dictionary, mode: str, info: dict
+) -> ModeOptions:
+    """k = the mean L0 (rounded, ≥ 1) of the amortized `codes` of every row (None: no SAE to give them)."""
+    if codes is None:
         raise SaeAmortError(f"mode {mode!r} needs k; pass k=... (it defaults to the amortized L0 only with an SAE)")
-    codes = run_mode("amortized", x[:CALIBRATION_ROWS], dictionary, ModeOptions()).codes
     mean_l0 = float((codes > 0).sum(dim=-1).float().mean()) if codes.shape[0] else 1.0
     k = min(dictionary.d_sae, max(1, round(mean_l0)))
     info["k"] = {"k": k, "source": "amortized mean L0", "amortized_l0": mean_l0}

@@ -44,6 +44,8 @@ CALIBRATION_TOL = 0.05
 """λ is calibrated to the target density within this relative tolerance (calibrate_lambda's default)."""
 GAP_SAMPLE = 4096
 """Per-token gaps kept per SAE for the report's distribution plot."""
+COUNT_KEYS = ("n_tokens", "n_train", "n_test")
+"""Counts that several metric families report: each family's goes in its own column, '<family>/<count>'."""
 
 
 @dataclass(frozen=True)
@@ -158,20 +160,24 @@ def evaluate_sae(spec: str, sae, model, store, hook: str, cfg: EvalConfig,
     """All variants of one SAE: rows for the results table and artifacts for the report. `model` is None for an
     activation-only evaluation; `world` (a ground-truth World) adds the truth metrics."""
     from saelens_amort import distributed as dist
-    from saelens_amort.inference import calibrate_lambda, infer
+    from saelens_amort.inference import get_mode, infer
     from saelens_amort.metrics import make_metric, metric_batch, splice_reference, spliced_metrics
     from saelens_amort.metrics.splice import ce_recovered_problem
+    from saelens_amort.runners.eval_lambda import calibrate_eval_lambda, calibration_rows_to_load
     from saelens_amort.saes import Dictionary
 
     variants = cfg.variants()
     dictionary = Dictionary.of(sae)
     needs_lam = any(v.mode != "amortized" for v in variants)
-    cal = None
+    warm = {v.label for v in variants if get_mode(v.mode).encoder_start}  # start from the batch's encoder code
+    found = None
     if needs_lam:  # on rank 0, broadcast: every rank solves at the same λ
         if dist.is_main():
-            x_cal = store.load(cfg.calib_tokens).acts.to(cfg.device)
-            cal = calibrate_lambda(x_cal, sae, "unamortized", target=cfg.lambda_target, strict=False)
-        cal = dist.broadcast(cal)
+            n_load = calibration_rows_to_load(cfg.calib_tokens, cfg.batch_size, store.n_tokens)
+            found = calibrate_eval_lambda(store.load(n_load).acts.to(cfg.device), sae, cfg.lambda_target,
+                                          cfg.calib_tokens, cfg.batch_size)
+        found = dist.broadcast(found)
+    cal = found.calibration if found else None
     lam = cal.lam if cal else None
     label_names = store.label_names
     families = [m for m in cfg.metrics if m != "splice"]
@@ -183,6 +189,7 @@ def evaluate_sae(spec: str, sae, model, store, hook: str, cfg: EvalConfig,
                                                     parent=world.structure.parent, sae_atoms=dictionary.atoms.cpu())
     truths = world.iter_truth(cfg.batch_size) if world is not None else itertools.repeat(None)
     gaps: list[np.ndarray] = []
+    converged = {key: [0, 0] for key in [*metrics, "z*"]}  # rows whose stopping rule held, rows
     n_rows = min(store.n_tokens, cfg.tokens)  # a given store (--activations) may hold more rows than asked for
     mine = dist.block(-(-n_rows // cfg.batch_size))  # this rank's contiguous batches
     for i, (batch, truth) in enumerate(zip(store.iter_batches(cfg.batch_size), truths)):
@@ -195,13 +202,21 @@ def evaluate_sae(spec: str, sae, model, store, hook: str, cfg: EvalConfig,
             batch, truth = batch.rows(0, keep), None if truth is None else truth[:keep]
         x = batch.acts.to(cfg.device)
         star = infer(x, sae, "unamortized", lam=lam) if lam is not None else None
+        encoded = infer(x, sae, "amortized", lam=lam) if warm or "amortized" in cfg.modes else None
         results = {}
         for v in variants:
             if v.mode == "unamortized" and star is not None:
                 results[v.label] = star
+            elif v.mode == "amortized":
+                results[v.label] = encoded
+            elif v.label in warm:  # the amortized mode's code of this very batch; its encoder time counts here too
+                res = infer(x, sae, v.mode, lam=lam, init=encoded.codes, **v.options)
+                results[v.label] = res._replace(seconds=res.seconds + encoded.seconds)
             else:
                 results[v.label] = infer(x, sae, v.mode, lam=lam, **v.options)
         labels = batch.labels if label_names else None
+        for label, res in [*results.items(), *([("z*", star)] if star is not None else [])]:
+            converged[label] = [converged[label][0] + int(res.converged.sum()), converged[label][1] + len(res.codes)]
         for label, res in results.items():
             mb = metric_batch(x, res, dictionary, labels=labels, token_ids=batch.token_ids, doc_ids=batch.doc_ids,
                               objective_star=None if star is None else star.objective)._replace(truth=truth)
@@ -210,21 +225,28 @@ def evaluate_sae(spec: str, sae, model, store, hook: str, cfg: EvalConfig,
         if star is not None and "amortized" in results and sum(map(len, gaps)) < GAP_SAMPLE:
             gaps.append((results["amortized"].objective - star.objective).cpu().numpy())
 
-    merged, all_gaps = dist.merge_metrics(metrics), dist.gather(gaps)
+    merged, all_gaps, all_converged = dist.merge_metrics(metrics), dist.gather(gaps), dist.gather(converged)
     if not dist.is_main():
         return [], {"freqs": {}, "gap": np.zeros(0)}
     metrics, gaps = merged, [g for part in all_gaps for g in part]
+    counts = {key: np.sum([part[key] for part in all_converged], axis=0) for key in converged}
+    converged_frac = {key: float(c / n) if n else None for key, (c, n) in counts.items()}
     use_splice = splice_toks is not None and "splice" in cfg.metrics
     reference = splice_reference(model, splice_toks.tokens, hook, splice_toks.lengths) if use_splice else None
     rows, freqs, splice_cache = [], {}, {}
     for v in variants:
         row: dict[str, Any] = {"sae": spec, "mode": v.label, "inference_mode": v.mode, "semi_steps": v.steps,
-                               "architecture": sae.cfg.architecture(), "lam": lam, "lambda_target": cfg.lambda_target,
+                               "architecture": sae.cfg.architecture(), "lam": lam,
+                               "lambda_target": found.target if found else cfg.lambda_target,
                                "lambda_target_value": cal.target_value if cal else None,
-                               "lambda_achieved": cal.achieved if cal else None}
+                               "lambda_achieved": cal.achieved if cal else None,
+                               "lambda_calib_rows": cal.n_rows if cal else None,
+                               "converged_frac": converged_frac[v.label], "ref_converged_frac": converged_frac["z*"]}
         skipped: dict[str, str] = {}
+        if found is not None and found.note:
+            skipped[f"{cfg.lambda_target} target"] = found.note
         for name, m in metrics[v.label].items():
-            row.update({k: val for k, val in m.compute().items() if not k.startswith("n_")})
+            row.update({f"{name}/{k}" if k in COUNT_KEYS else k: val for k, val in m.compute().items()})
             skipped.update(m.skipped)
             if name == "sparsity":
                 freqs[(spec, v.label)] = np.asarray(m.artifacts()["firing_frequency"])
@@ -234,7 +256,7 @@ def evaluate_sae(spec: str, sae, model, store, hook: str, cfg: EvalConfig,
                                      reference=reference, cache=splice_cache, **v.options)
                 tag = "_keep_error" if keep else ""
                 row.update({"ce_clean": sp.ce_clean, "ce_zero": sp.ce_zero, f"ce_spliced{tag}": sp.ce_spliced,
-                            f"ce_recovered{tag}": sp.ce_recovered, f"kl{tag}": sp.kl})
+                            f"ce_recovered{tag}": sp.ce_recovered, f"kl{tag}": sp.kl, "splice/n_tokens": sp.n_tokens})
                 if sp.ce_recovered is None:
                     skipped[f"ce_recovered{tag}"] = ce_recovered_problem(sp.ce_clean, sp.ce_zero)
         if model is None and "splice" in cfg.metrics:

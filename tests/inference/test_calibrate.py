@@ -79,3 +79,32 @@ def test_calibration_failures_say_what_was_reached():
     for bad in ("dense@2", "l1", 0.0, 1000.0):
         with pytest.raises(SaeAmortError, match="target"):
             calibrate_lambda(x, d, target=bad)
+
+
+def test_calibration_measures_every_row_it_is_given():
+    sae = saelens_amort.load_sae("toy/standard")
+    x = toy_activations(sae.cfg.metadata.hook_name, n_docs=48)[:3000]  # more than infer's 2048-row slice
+    with torch.no_grad():
+        l0_all, l0_head = mean_l0(sae.encode(x)), mean_l0(sae.encode(x[:2048]))
+    assert abs(l0_all - l0_head) > 0.1  # the rows past 2048 change the target
+    cal = calibrate_lambda(x, sae, "semi", steps=2)
+    assert cal.target_value == pytest.approx(l0_all, rel=1e-6) and cal.n_rows == 3000
+    assert abs(cal.achieved - l0_all) <= 0.05 * l0_all
+    # The target may come from amortized codes the caller already has (the batches its amortized mode saw).
+    ref = torch.zeros(64, sae.cfg.d_sae)
+    ref[:, :5] = 1.0
+    cal = calibrate_lambda(x[:64], sae, "unamortized", reference=ref)
+    assert cal.target_value == 5.0 and abs(cal.achieved - 5.0) <= 0.25
+    with pytest.raises(SaeAmortError, match="reference codes have shape"):
+        calibrate_lambda(x[:64], sae, "unamortized", reference=ref[:10])
+
+
+def test_strict_calibration_raises_when_no_lambda_reaches_the_target():
+    d = random_dictionary(32, 128, seed=12)
+    x = sparse_signals(d, 16, l0=4, seed=12)
+    # Just below λ_max one row keeps one latent (mean L0 1/16); nothing between that and 0 is within 5 % of 0.01.
+    with pytest.raises(SaeAmortError, match="no λ reaches the density target 0.01.*strict=False"):
+        calibrate_lambda(x, d, target=0.01)
+    with pytest.warns(UserWarning, match="no λ reaches .* using the closest λ"):
+        closest = calibrate_lambda(x, d, target=0.01, strict=False)
+    assert closest.achieved == 0.0 and closest.n_rows == 16  # λ_max's all-zero codes are closer than 1/16

@@ -2,7 +2,14 @@
 
 import pytest
 import torch
-from helpers import random_dictionary, sae_dictionary, sparse_signals, torch_threads, toy_activations
+from helpers import (
+    batch_topk_training_sae,
+    random_dictionary,
+    sae_dictionary,
+    sparse_signals,
+    torch_threads,
+    toy_activations,
+)
 
 import saelens_amort
 from saelens_amort.errors import SaeAmortError
@@ -167,3 +174,21 @@ def test_sae_dictionaries_are_cached_until_the_weights_change():
     second = resolve_dictionary(sae)
     assert second is not first
     torch.testing.assert_close(second.norms, 2.0 * first.norms)
+
+
+def test_k_and_lambda_targets_come_from_the_encoder_on_the_whole_batch():
+    sae = batch_topk_training_sae()
+    x = toy_activations(sae.cfg.metadata.hook_name, n_docs=48)  # 3072 rows, more than the 2048 calibration rows
+    with torch.no_grad():
+        codes = sae.encode(x)  # the amortized mode's codes for this batch
+    l0 = lambda z: float((z != 0).sum(dim=-1).float().mean())  # noqa: E731
+    assert l0(sae.encode(x[:2048])) == 8.0 and l0(codes[:2048]) != pytest.approx(8.0, abs=1e-3)
+    res = infer(x, sae, "semi", steps=1)
+    cal = res.info["calibration"]
+    assert cal["n_rows"] == 2048 and cal["target_value"] == pytest.approx(l0(codes[:2048]), rel=1e-6)
+    assert res.info["init"] == "encoder"
+    register_mode("test_k", _k_mode, needs_lambda=False, needs_k=True)
+    shipped = saelens_amort.load_sae("toy/standard")
+    with torch.no_grad():
+        expected = l0(shipped.encode(x))
+    assert infer(x, shipped, "test_k").info["k"]["amortized_l0"] == pytest.approx(expected, rel=1e-6)

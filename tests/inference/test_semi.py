@@ -2,10 +2,19 @@
 
 import pytest
 import torch
-from helpers import random_dictionary, sae_dictionary, sparse_signals, torch_threads, toy_activations
+from helpers import (
+    batch_topk_training_sae,
+    random_dictionary,
+    sae_dictionary,
+    sparse_signals,
+    torch_threads,
+    toy_activations,
+)
 
 import saelens_amort
-from saelens_amort.inference import infer
+from saelens_amort.inference import infer, resolve_dictionary
+from saelens_amort.inference.registry import run_mode
+from saelens_amort.inference.result import ModeOptions
 
 
 @pytest.fixture(autouse=True)
@@ -71,3 +80,21 @@ def test_alista_init_needs_no_encoder():
     assert (res.objective <= one_step.objective).all()
     full = infer(x, d, "unamortized", lam=lam, tol=1e-8, steps=3000)
     assert (full.objective <= res.objective * (1 + 1e-6)).all()
+
+
+def test_batch_dependent_encoder_semi_at_zero_steps_is_amortized_bit_for_bit():
+    sae = batch_topk_training_sae()
+    x = toy_activations(sae.cfg.metadata.hook_name, n_docs=48)  # 3072 rows: more than one 2048-row solver chunk
+    with torch.no_grad():
+        assert not torch.equal(sae.encode(x)[:2048], sae.encode(x[:2048]))  # the code depends on the batch
+    amortized = infer(x, sae, "amortized", lam=1.0)
+    for solver in ("fista", "working_set"):
+        zero = infer(x, sae, "semi", lam=1.0, steps=0, solver=solver)
+        assert zero.info["init"] == "encoder"
+        assert torch.equal(zero.codes, amortized.codes) and torch.equal(zero.objective, amortized.objective)
+    # The same without `infer` (the mode encodes all rows at once) and from the codes passed in as init.
+    direct = run_mode("semi", x, resolve_dictionary(sae), ModeOptions(lam=1.0, steps=0))
+    given = infer(x, sae, "semi", lam=1.0, steps=0, init=amortized.codes)
+    assert torch.equal(direct.codes, amortized.codes) and torch.equal(given.codes, amortized.codes)
+    # K steps from that start never raise F above the amortized code's.
+    assert (infer(x, sae, "semi", lam=1.0, steps=3).objective <= amortized.objective * (1 + 1e-6)).all()

@@ -4,10 +4,13 @@ import json
 
 import pandas as pd
 import pytest
-from helpers import chromium_probe
+import torch
+from helpers import batch_topk_training_sae, chromium_probe
 
-from saelens_amort import SaeAmortError
-from saelens_amort.runners.eval import EvalConfig, run_eval
+from saelens_amort import SaeAmortError, load_model, load_sae
+from saelens_amort.activations import CollectConfig, collect_activations, resolve_source
+from saelens_amort.inference.calibrate import mean_l0
+from saelens_amort.runners.eval import EvalConfig, evaluate_sae, run_eval
 
 CFG = EvalConfig(model="toy", layer=2, saes=("toy/topk", "toy/standard"), tokens=1536, calib_tokens=512,
                  batch_size=512, splice_sequences=4)
@@ -63,3 +66,50 @@ def test_bad_configs():
         EvalConfig(model="toy", tokens=100, calib_tokens=512)
     with pytest.raises(SaeAmortError, match="lambda-target"):
         EvalConfig(model="toy", lambda_target="l1")
+
+
+def _toy_store(tmp_path_factory, n_tokens):
+    model = load_model("toy")
+    request = CollectConfig(hook_name="blocks.2.hook_resid_post", n_tokens=n_tokens, context_size=128, seed=0)
+    store = collect_activations(model, resolve_source("toy"), request, tmp_path_factory.mktemp("acts"),
+                                model_name="toy", progress=False)
+    return model, store
+
+
+@pytest.fixture(scope="module")
+def toy_store(tmp_path_factory):
+    return _toy_store(tmp_path_factory, 2304)
+
+
+def test_batch_dependent_encoder_rows_counts_and_convergence(toy_store):
+    model, store = toy_store
+    sae = batch_topk_training_sae()
+    # One 2304-row batch (more than a solver chunk) and 2100 calibration rows (more than infer's 2048).
+    cfg = EvalConfig(model="toy", layer=2, semi_steps=0,
+                     metrics=("reconstruction", "sparsity", "probes", "gap", "cost"), tokens=2304, calib_tokens=2100,
+                     batch_size=2304, splice_sequences=0)
+    rows, _ = evaluate_sae("batchtopk-training", sae, model, store, "blocks.2.hook_resid_post", cfg, None)
+    df = pd.DataFrame(rows).set_index("mode")
+    with torch.no_grad():
+        target = mean_l0(sae.encode(store.load().acts)[:2100])
+    for col in ("nmse", "l0", "gap_mean", "dense_rate@0.1"):  # semi at K = 0 is the amortized code itself
+        assert df.loc["semi", col] == df.loc["amortized", col], col
+    assert df["lambda_target_value"].iloc[0] == pytest.approx(target) and df["lambda_calib_rows"].eq(2100).all()
+    assert df["reconstruction/n_tokens"].eq(2304).all() and df["gap/n_tokens"].eq(2304).all()
+    assert (df["probes/n_train"] + df["probes/n_test"]).gt(0).all() and df["n_iter_mean"].notna().all()
+    assert df.loc["amortized", "converged_frac"] == 1.0 and 0 <= df.loc["unamortized", "converged_frac"] <= 1
+    assert df["ref_converged_frac"].eq(df.loc["unamortized", "converged_frac"]).all()
+
+
+def test_dense_target_without_a_dense_latent_is_stated_and_the_eval_goes_on(tmp_path_factory):
+    model, store = _toy_store(tmp_path_factory, 256)
+    sae = load_sae("toy/standard")
+    with torch.no_grad():  # switch off every latent that fires on ≥ 5 % of the rows: no dense latent is left
+        sae.b_enc[(sae.encode(store.load().acts) > 0).float().mean(dim=0) >= 0.05] = -1e4
+    cfg = EvalConfig(model="toy", layer=2, modes=("amortized", "unamortized"), metrics=("sparsity",), tokens=256,
+                     calib_tokens=256, batch_size=256, splice_sequences=0, lambda_target="dense@0.1")
+    rows, _ = evaluate_sae("no-dense", sae, model, store, "blocks.2.hook_resid_post", cfg, None)
+    df = pd.DataFrame(rows).set_index("mode")
+    assert df["dense_rate@0.1"].eq(0).all() and df["lambda_target"].eq("l0").all() and df["lam"].gt(0).all()
+    assert df["skipped"].str.contains("dense@0.1 target: no amortized latent fires on ≥ 0.1 of the 256").all()
+    assert df["lambda_target_value"].iloc[0] == pytest.approx(df.loc["amortized", "l0"])

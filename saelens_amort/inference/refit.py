@@ -1,0 +1,223 @@
+"""Refit: non-negative least squares on the support a mode chose (debiasing, DESIGN §9).
+
+    γ* = argmin_{γ ≥ 0} ½ ‖x' − γ A_S‖²        S = {j : u_j > 0}, the mode's support per row
+
+`infer(..., refit=True)` replaces any mode's codes by γ* on the mode's own support (zero elsewhere): the shrinkage
+of an L1 code, or the magnitude error of an encoder, is removed while the support stays the mode's. L0 never grows
+(NNLS may set coefficients to 0), and ½‖x' − uA‖² never rises (the mode's own code is feasible).
+
+Most rows are done in one step: the least-squares solution on the whole support is positive, so it is the NNLS
+optimum. The others go to Lawson–Hanson, batched over rows and warm-started: WARM_STEPS FISTA steps from the mode's
+code on its support (step 1/σ_max(A)², safe for every support since A_S is a subset of A's rows) give a feasible point;
+its positive set starts the passive set. Each round solves the least-squares problem on the passive set by a
+masked Cholesky factorisation (fp64) — if a coefficient is ≤ 0, it moves from the feasible point towards that
+solution until the first coefficient reaches 0 and drops it; otherwise it adds back the support atom with the most
+positive gradient, until none is positive (the KKT conditions). Rows are sorted by support size and solved in
+blocks, so a block's Gram is only as wide as its largest support.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+from jaxtyping import Bool, Float, Int
+from torch import Tensor
+
+from saelens_amort.inference.gram import atom_gram, gram_bytes
+from saelens_amort.inference.result import InferenceResult, objective_from_residual
+from saelens_amort.inference.sparse_codes import to_csr
+from saelens_amort.saes.dictionary import Dictionary
+
+GRAM_BYTES = 1 << 28
+"""Largest fp64 atom Gram the support systems are looked up in (256 MiB: d_sae ≈ 5800)."""
+
+BLOCK_ELEMENTS = 2**24
+"""Rows per block are chosen so one block's support atoms and Gram stay near this many numbers."""
+
+KKT_TOL = 1000
+"""An atom re-enters the passive set when its gradient exceeds KKT_TOL · eps · support size · max|A_S x'|."""
+
+RIDGE = 1e-10
+"""A row whose support Gram is singular (more atoms than dimensions) is solved with this relative ridge added."""
+
+WARM_STEPS = 200
+"""FISTA steps on the support before the Lawson–Hanson rounds."""
+
+OBJECTIVE = "l2 (NNLS) on the mode's support"
+"""What `info["objective"]` says a refitted row solved."""
+
+
+def support_of(u: Float[Tensor, "n m"], width: int) -> tuple[Int[Tensor, "n T"], Float[Tensor, "n T"]]:
+    """The `width` largest entries of each row as slot indices and values (slots past a row's support hold 0)."""
+    width = max(1, min(width, u.shape[1]))
+    top = u.topk(width, dim=1)
+    return top.indices, top.values.clamp_min(0)
+
+
+class SupportSystems:
+    """Normal equations of least squares on per-row supports, in fp64: G_S = A_S A_Sᵀ and b_S = A_S x'.
+
+    Looked up in the dictionary's cached fp64 Gram and in x'Aᵀ when the Gram is at most GRAM_BYTES, else computed
+    from the support atoms.
+    """
+
+    def __init__(self, x_target: Float[Tensor, "n d_in"], dictionary: Dictionary) -> None:
+        m = dictionary.d_sae
+        self.x = x_target.double()
+        if gram_bytes(m, torch.float64) <= GRAM_BYTES:
+            self.gram = atom_gram(dictionary, torch.float64)
+            self.c = self.x @ dictionary.atoms.double().T
+        else:
+            self.gram, self.atoms = None, dictionary.atoms.double()
+
+    def __call__(self, rows: Tensor, idx: Int[Tensor, "r T"], active: Bool[Tensor, "r T"]) -> tuple[Tensor, Tensor]:
+        """(G_S [r, T, T], b_S [r, T]) for rows `rows` of x' and their support slots (zero on inactive slots)."""
+        both = active.unsqueeze(2) & active.unsqueeze(1)
+        if self.gram is not None:
+            m = self.gram.shape[0]
+            G = torch.where(both, torch.take(self.gram, idx.unsqueeze(2) * m + idx.unsqueeze(1)), 0.0)
+            return G, torch.where(active, torch.take(self.c, rows.unsqueeze(1) * m + idx), 0.0)
+        A_S = self.atoms[idx] * active.unsqueeze(2).to(self.atoms.dtype)
+        return A_S @ A_S.transpose(1, 2), torch.bmm(A_S, self.x[rows].unsqueeze(2)).squeeze(2)
+
+
+def masked_cholesky_solve(
+    gram: Float[Tensor, "n T T"], b: Float[Tensor, "n T"], active: Bool[Tensor, "n T"]
+) -> tuple[Float[Tensor, "n T"], Bool[Tensor, " n"]]:
+    """Least squares on the active slots: G_PP γ_P = b_P (γ = 0 elsewhere), and which rows needed the ridge."""
+    both = active.unsqueeze(2) & active.unsqueeze(1)
+    eye = torch.eye(gram.shape[1], dtype=gram.dtype, device=gram.device)
+    gm = torch.where(both, gram, 0.0) + torch.diag_embed((~active).to(gram.dtype))
+    chol, info = torch.linalg.cholesky_ex(gm)
+    singular = info != 0
+    if bool(singular.any()):
+        bad = singular.nonzero().squeeze(1)
+        scale = gm[bad].diagonal(dim1=1, dim2=2).amax(dim=1).clamp_min(1.0)
+        chol[bad] = torch.linalg.cholesky(gm[bad] + RIDGE * scale[:, None, None] * eye)
+    gamma = torch.cholesky_solve((b * active).unsqueeze(-1), chol).squeeze(-1)
+    return torch.where(active, gamma, 0.0), singular
+
+
+@torch.no_grad()
+def nnls(
+    gram: Float[Tensor, "n T T"],
+    b: Float[Tensor, "n T"],
+    valid: Bool[Tensor, "n T"],
+    start: Float[Tensor, "n T"],
+    lipschitz: float,
+) -> tuple[Float[Tensor, "n T"], Int[Tensor, " n"]]:
+    """Batched NNLS min_{γ ≥ 0, γ = 0 off `valid`} ½γᵀGγ − bᵀγ, from `start` (≥ 0 on `valid`).
+
+    `lipschitz` bounds every row's largest eigenvalue of G (σ_max(A)² does, for supports of A's rows). Returns γ
+    and the Lawson–Hanson rounds each row took.
+    """
+    n, T = b.shape
+    # Most rows: the least-squares solution on the whole support is positive, hence the NNLS optimum.
+    out, singular = masked_cholesky_solve(gram, b, valid)
+    rounds = torch.ones(n, dtype=torch.long, device=b.device)
+    todo = ((valid & (out <= 0)).any(dim=1) | singular).nonzero().squeeze(1)
+    start = start.clone()
+    start[todo] = _accelerated_projected_gradient(gram[todo], b[todo], valid[todo], start[todo], lipschitz)
+    passive = valid & (start > 0)
+    prev = torch.where(passive, start, 0.0)
+    tol = KKT_TOL * torch.finfo(b.dtype).eps * max(T, 1) * (b * valid).abs().amax(dim=1).clamp_min(1e-300)
+    for _ in range(3 * T + 5):
+        if todo.numel() == 0:
+            break
+        G, bb, ok, P, p = gram[todo], b[todo], valid[todo], passive[todo], prev[todo]
+        rounds[todo] += 1
+        gamma, _ = masked_cholesky_solve(G, bb, P)
+        neg = P & (gamma <= 0)
+        has_neg = neg.any(dim=1)
+        # rows with a non-positive coefficient: move from p towards γ until the first one reaches 0, drop it
+        ratio = torch.where(neg, p / (p - gamma).clamp_min(torch.finfo(p.dtype).tiny), torch.inf)
+        alpha = ratio.amin(dim=1, keepdim=True).clamp(0, 1)
+        step = p + alpha * (gamma - p)
+        drop = P & ((neg & (ratio <= alpha)) | (step <= 0))
+        moved_P = P & ~drop
+        moved = torch.where(moved_P, step, 0.0)
+        # rows whose solution is positive: add the support atom with the largest positive gradient, if any
+        grad = bb - (G @ gamma.unsqueeze(-1)).squeeze(-1)
+        grad = torch.where(ok & ~P, grad, -torch.inf)
+        g_max, j = grad.max(dim=1)
+        add = ~has_neg & (g_max > tol[todo])
+        grown_P = P | (torch.nn.functional.one_hot(j, T).bool() & add.unsqueeze(1))
+        P = torch.where(has_neg.unsqueeze(1), moved_P, grown_P)
+        p = torch.where(has_neg.unsqueeze(1), moved, gamma)
+        passive[todo], prev[todo] = P, p
+        done = ~has_neg & ~add
+        out[todo[done]] = gamma[done]
+        todo = todo[~done]
+    if todo.numel():  # round cap reached (rounding cycles): keep the last feasible point
+        out[todo] = prev[todo]
+    return out, rounds
+
+
+def _accelerated_projected_gradient(G: Tensor, b: Tensor, valid: Tensor, start: Tensor, lipschitz: float) -> Tensor:
+    """WARM_STEPS of FISTA on the NNLS problem: a feasible point whose positive set is usually the optimum's, so
+    Lawson–Hanson then needs few rounds (from the whole support it drops one atom per round)."""
+    step = 1.0 / lipschitz if lipschitz > 0 else 0.0
+    u = y = torch.where(valid, start, 0.0)
+    t = 1.0
+    for _ in range(WARM_STEPS):
+        grad = (G @ y.unsqueeze(-1)).squeeze(-1) - b
+        u_new = torch.where(valid, (y - step * grad).clamp_min(0), 0.0)
+        t_new = 0.5 * (1 + (1 + 4 * t * t) ** 0.5)
+        y = u_new + ((t - 1) / t_new) * (u_new - u)
+        u, t = u_new, t_new
+    return u
+
+
+def size_blocks(
+    sizes: Int[Tensor, " n"], per_row: int, per_slot: int, budget: int = BLOCK_ELEMENTS
+) -> Iterator[tuple[Tensor, int]]:
+    """Row indices in blocks of similar size, each with its width (the block's largest size, ≥ 1).
+
+    Rows are sorted by `sizes`; a block's width is at most twice its smallest size, and rows × (per_row + width ×
+    (per_slot + width)) numbers stay near `budget` (a width × width Gram per row included).
+    """
+    order = torch.argsort(sizes, stable=True)
+    s = [max(v, 1) for v in sizes[order].tolist()]
+    i, n = 0, len(s)
+    while i < n:
+        j = i + 1
+        while j < n and s[j] <= 2 * s[i] and (j + 1 - i) * (per_row + s[j] * (per_slot + s[j])) <= budget:
+            j += 1
+        yield order[i:j], s[j - 1]
+        i = j
+
+
+@torch.no_grad()
+def refit_codes(x_target: Float[Tensor, "n d_in"], u: Float[Tensor, "n m"], dictionary: Dictionary) -> Tensor:
+    """NNLS on the support of each row of unit-atom codes `u` (fp64 solve; returned in u's dtype)."""
+    out = torch.zeros_like(u)
+    sizes = (u > 0).sum(dim=1)
+    systems = SupportSystems(x_target, dictionary)
+    for rows, width in size_blocks(sizes, 2 * u.shape[1], 2):
+        idx, val = support_of(u[rows].double(), width)
+        valid = val > 0
+        gram, b = systems(rows, idx, valid)
+        gamma, _ = nnls(gram, b, valid, val, dictionary.lipschitz)
+        out[rows] = torch.zeros_like(u[rows]).scatter_(1, idx, gamma.to(u.dtype))
+    return out
+
+
+@torch.no_grad()
+def refit_result(result: InferenceResult, x: Float[Tensor, "n d_in"], dictionary: Dictionary) -> InferenceResult:
+    """`result` with its codes replaced by NNLS on their support; objective re-measured at the result's λ."""
+    x_target = dictionary.target(x)
+    u = dictionary.from_sae_codes(result.codes.to(dictionary.atoms.dtype))
+    refit = refit_codes(x_target, u, dictionary)
+    residual = x_target.float() - (to_csr(refit) @ dictionary.atoms).float()
+    info = {
+        **result.info,
+        "objective": OBJECTIVE,
+        "refit": {"of": result.mode, "atoms_dropped": int(((u > 0) & (refit <= 0)).sum())},
+    }
+    return result._replace(
+        codes=dictionary.to_sae_codes(refit).to(result.codes.dtype),
+        objective=objective_from_residual(residual, refit, result.lam),
+        info=info,
+    )
+

@@ -1,0 +1,153 @@
+"""k-sparse modes: best-subset optimum on tiny problems, monotone steps, the encoder's own per-row L0 on real toy
+SAEs (never worse than the encoder, decodable by sae.decode), per-row k, bad k."""
+
+import itertools
+
+import numpy as np
+import pytest
+import torch
+from helpers import random_dictionary, sparse_signals, torch_threads, toy_activations
+from scipy.optimize import nnls as scipy_nnls
+
+import saelens_amort
+from saelens_amort.errors import SaeAmortError
+from saelens_amort.inference import get_mode, infer, list_modes
+from saelens_amort.saes.dictionary import Dictionary
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    with torch_threads(1):
+        yield
+
+
+def half_sq_error(x_target, u, atoms):
+    return 0.5 * (x_target - u @ atoms).square().sum(dim=1)
+
+
+def test_registered_without_lambda_semi_needs_the_encoder():
+    assert {"ksparse", "semi_ksparse"} <= set(list_modes())
+    assert not get_mode("ksparse").needs_lambda and not get_mode("ksparse").needs_sae
+    assert not get_mode("semi_ksparse").needs_lambda and get_mode("semi_ksparse").needs_sae
+
+
+def test_finds_the_exhaustive_best_subset_on_tiny_problems():
+    """d = 8, m = 16, k = 2: the optimum over all 120 supports (scipy NNLS on each) on ≥ 95 % of rows."""
+    d, m, k, n = 8, 16, 2, 200
+    gen = torch.Generator().manual_seed(0)
+    D = torch.randn(m, d, generator=gen, dtype=torch.float64)
+    dictionary = Dictionary.from_matrix(D / D.norm(dim=1, keepdim=True))
+    atoms = dictionary.atoms
+    support = torch.rand(n, m, generator=gen).argsort(dim=1)[:, :k]
+    codes = torch.zeros(n, m, dtype=torch.float64).scatter_(1, support, 0.5 + torch.rand(n, k, generator=gen).double())
+    x = codes @ atoms + 0.05 * torch.randn(n, d, generator=gen, dtype=torch.float64)
+    A, X = atoms.numpy(), x.numpy()
+    best = np.array([min(0.5 * scipy_nnls(A[list(s)].T, row)[1] ** 2 for s in itertools.combinations(range(m), k))
+                     for row in X])
+    result = infer(x, dictionary, "ksparse", k=k, starts=4)
+    err = half_sq_error(x, result.codes, atoms).numpy()
+    assert (err >= best * (1 - 1e-9) - 1e-12).all()  # nothing beats the exhaustive optimum
+    assert np.mean(err <= best * (1 + 1e-6) + 1e-12) >= 0.95
+    assert ((result.codes > 0).sum(dim=1) <= k).all() and (result.codes >= 0).all()
+    assert result.info["objective"] == "l2 at fixed per-row L0" and result.info["starts"] == 4
+
+
+def test_steps_never_raise_the_error_from_any_start():
+    d = random_dictionary(d_in=32, d_sae=256, seed=2)
+    x = sparse_signals(d, 128, l0=12, noise=0.2, seed=3)
+    gen = torch.Generator().manual_seed(5)
+    k = 6
+    support = torch.rand(128, d.d_sae, generator=gen).argsort(dim=1)[:, :k]
+    init = torch.zeros(128, d.d_sae).scatter_(1, support, torch.rand(128, k, generator=gen) + 0.1)
+    x_target = d.target(x)
+    before = half_sq_error(x_target, d.from_sae_codes(init), d.atoms)
+    for steps in (1, 2, 5, 50):
+        result = infer(x, d, "ksparse", k=k, init=init, steps=steps)
+        after = half_sq_error(x_target, d.from_sae_codes(result.codes), d.atoms)
+        assert (after <= before * (1 + 1e-6)).all(), steps
+    assert ((result.codes > 0).sum(dim=1) == k).all()
+    assert result.converged.float().mean() > 0.9
+
+
+@pytest.fixture(scope="module")
+def toy_x():
+    return toy_activations()[:256]
+
+
+@pytest.mark.parametrize("family", ["topk", "batchtopk", "jumprelu"])
+def test_semi_keeps_the_encoder_l0_per_row_and_never_reconstructs_worse(family, toy_x):
+    sae = saelens_amort.load_sae(f"toy/{family}")
+    with torch.no_grad():
+        z_enc = sae.encode(toy_x)
+        err_enc = 0.5 * (toy_x - sae.decode(z_enc)).square().sum(dim=1)
+        result = infer(toy_x, sae, "semi_ksparse")
+        err = 0.5 * (toy_x - sae.decode(result.codes)).square().sum(dim=1)  # codes in the SAE's own code space
+    assert torch.equal((result.codes > 0).sum(dim=1), (z_enc > 0).sum(dim=1))
+    assert (err <= err_enc * (1 + 1e-5) + 1e-6).all()
+    assert err.sum() < 0.9 * err_enc.sum()
+    assert result.info["k"]["source"] == "encoder per-row L0" and result.info["objective"] == "l2 at fixed per-row L0"
+
+
+def test_unamortized_matches_the_encoder_l0_and_beats_omp_at_it(toy_x):
+    sae = saelens_amort.load_sae("toy/topk")
+    with torch.no_grad():
+        l0 = (sae.encode(toy_x) > 0).sum(dim=1)
+        result = infer(toy_x, sae, "ksparse")
+        omp = infer(toy_x, sae, "omp", k=int(l0[0]))
+        err, err_omp = (0.5 * (toy_x - sae.decode(r.codes)).square().sum(dim=1) for r in (result, omp))
+    assert torch.equal((result.codes > 0).sum(dim=1), l0)
+    assert (err <= err_omp * (1 + 1e-5) + 1e-6).all()  # OMP is its start
+
+
+def test_per_row_k_and_leading_shape():
+    d = random_dictionary(d_in=32, d_sae=128, seed=4)
+    x = sparse_signals(d, 24, l0=10, seed=6).reshape(4, 6, 32)
+    k = torch.arange(1, 25).reshape(4, 6) % 9 + 1
+    result = infer(x, d, "ksparse", k=k)
+    assert result.codes.shape == (4, 6, 128)
+    assert torch.equal((result.codes > 0).sum(dim=-1), k)
+    assert torch.equal(result.info["k_rows"], k.reshape(-1)) and result.info["k"]["source"] == "given per row"
+
+
+@pytest.mark.parametrize(
+    ("k", "message"),
+    [
+        (0, "k must be a positive integer"),
+        (-2, "k must be a positive integer"),
+        (129, "exceeds the dictionary size"),
+        (torch.tensor([1, 0, 2]), r"every k must be in \[1, d_sae=128\]"),
+        (torch.tensor([1, 129, 2]), r"every k must be in \[1, d_sae=128\]"),
+        (torch.tensor([1, 2]), "per-row k has shape"),
+        (torch.tensor([1.0, 2.0, 3.0]), "integer tensor"),
+    ],
+)
+def test_bad_k_is_one_clear_error(k, message):
+    d = random_dictionary(d_in=32, d_sae=128)
+    x = sparse_signals(d, 3)
+    with pytest.raises(SaeAmortError, match=message) as err:
+        infer(x, d, "ksparse", k=k)
+    assert "\n" not in str(err.value)
+
+
+def test_default_k_needs_the_encoder_and_per_row_k_needs_a_ksparse_mode():
+    d = random_dictionary(d_in=32, d_sae=128)
+    x = sparse_signals(d, 3)
+    with pytest.raises(SaeAmortError, match="needs the SAE's encoder"):
+        infer(x, d, "ksparse")
+    with pytest.raises(SaeAmortError, match="per-row k is for the ksparse modes"):
+        infer(x, d, "omp", k=torch.tensor([1, 2, 3]))
+
+
+def test_usable_through_the_saebench_adapter_with_refit(toy_x):
+    bench = pytest.importorskip("saelens_amort.bench")
+    if not bench.HAVE_SAEBENCH:
+        pytest.skip("pip install --no-deps sae-bench==0.6.0")
+    sae = saelens_amort.load_sae("toy/batchtopk")
+    adapter = bench.as_saebench_sae(sae, "semi_ksparse", refit=True)
+    x = toy_x[:64]
+    with torch.no_grad():
+        direct = infer(x, sae, "semi_ksparse", refit=True)
+        torch.testing.assert_close(adapter.encode(x), direct.codes * sae.W_dec.norm(dim=1), atol=1e-5, rtol=1e-5)
+        err_enc = (x - sae.decode(sae.encode(x))).square().sum()
+        assert (x - adapter(x)).square().sum() < err_enc
+    assert direct.info["objective"] == "l2 (NNLS) on the mode's support" and direct.info["refit"]["of"] == "semi_ksparse"
