@@ -13,7 +13,8 @@ from rich.table import Table
 from saelens_amort.cli import app
 from saelens_amort.errors import SaeAmortError
 
-SHOWN = ("nmse", "l0", "dead_rate", "real/f1@1", "real/absorption_rate", "gap_mean", "ce_recovered", "kl")
+SHOWN = ("nmse", "l0", "dead_rate", "real/f1@1", "real/absorption_rate", "gap_mean", "ce_recovered", "kl", "recovered",
+         "code_mcc", "true_absorption")
 
 MODEL = typer.Option("pythia-160m-deduped", help="TransformerLens name, local HF checkpoint dir, or 'toy'.")
 LAYER = typer.Option(8, help="Block whose hook_resid_post the SAEs read (toy: 2).")
@@ -33,6 +34,8 @@ DEVICE = typer.Option("cpu", help="cpu, cuda or cuda:N.")
 LLM_DTYPE = typer.Option(None, help="Language-model dtype: fp32, bf16 or fp16 (default: as loaded).")
 SAE_DTYPE = typer.Option(None, help="SAE dtype: fp32, bf16 or fp16 (default: as stored; objectives stay fp32).")
 SEED = typer.Option(0, help="Seed of the toy corpus stream.")
+ACTIVATIONS = typer.Option(None, help="Evaluate on this activation store or world instead of the model (no spliced "
+                                      "CE/KL; a world adds truth metrics).")
 
 
 @app.command("eval")
@@ -46,6 +49,7 @@ def eval_command(
     tokens: int = TOKENS, calib_tokens: int = CALIB, source: Optional[str] = SOURCE, lambda_target: str = TARGET,
     batch_size: int = BATCH, splice_sequences: int = SPLICE, out: Optional[Path] = OUT, overwrite: bool = OVERWRITE,
     device: str = DEVICE, seed: int = SEED, llm_dtype: Optional[str] = LLM_DTYPE, sae_dtype: Optional[str] = SAE_DTYPE,
+    activations: Optional[Path] = ACTIVATIONS,
 ) -> None:
     """Compare encoder codes with sparse-coding codes on the same dictionary; write results.{parquet,csv,json} and
     report.html."""
@@ -53,7 +57,8 @@ def eval_command(
     _run("eval", out, overwrite, model=model, layer=layer, hook=hook, sae=sae, sae_path=sae_path, modes=mode_list,
          semi_steps=semi_steps, tokens=tokens, calib_tokens=calib_tokens, source=source, lambda_target=lambda_target,
          batch_size=batch_size, splice_sequences=splice_sequences, seed=seed, device=device, llm_dtype=llm_dtype,
-         sae_dtype=sae_dtype, metrics=tuple(m.strip() for m in metrics.split(",") if m.strip()))
+         sae_dtype=sae_dtype, metrics=tuple(m.strip() for m in metrics.split(",") if m.strip()),
+         activations=str(activations) if activations else None)
 
 
 @app.command("sweep-semi")
@@ -102,9 +107,10 @@ def toy_layer(model: str, layer: int | None, hook: str | None) -> int | None:
 
 def print_table(df, first: tuple[str, ...] = ()) -> None:
     """The headline metrics, one line per SAE × mode."""
-    table = Table(*first, "SAE", "mode", *SHOWN)
+    shown = [c for c in SHOWN if c in df.columns]
+    table = Table(*first, "SAE", "mode", *shown)
     for row in df.to_dict("records"):
-        table.add_row(*[_fmt(row.get(c)) for c in (*first, "sae", "mode", *SHOWN)])
+        table.add_row(*[_fmt(row.get(c)) for c in (*first, "sae", "mode", *shown)])
     Console(width=max(Console().width, 150)).print(table)
 
 

@@ -60,6 +60,8 @@ class MetricBatch(NamedTuple):
     """Wall time the mode took on this batch (for cost)."""
     mode: str | None = None
     """The inference mode that produced `codes` (for FLOPs)."""
+    truth: Float[Tensor, "N n_true"] | None = None
+    """True codes per row, on a ground-truth world (for the truth metrics)."""
 
     @property
     def n_rows(self) -> int:

@@ -8,6 +8,7 @@ one objective. Activations stream batch by batch through the metric accumulators
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import math
@@ -24,6 +25,15 @@ from saelens_amort.errors import SaeAmortError
 from saelens_amort.provenance import provenance
 from saelens_amort.atomic import write_atomic
 from saelens_amort.run_folder import check_run_folder
+from saelens_amort.runners.eval_inputs import (
+    ORACLE,
+    SpliceTokens,
+    load_eval_sae,
+    make_out,
+    model_activations,
+    open_activations,
+    splice_tokens,
+)
 from saelens_amort.runners.eval_partials import COMMAND, PARTIAL_DIR, load_partials, save_partial
 
 logger = logging.getLogger(__name__)
@@ -91,6 +101,9 @@ class EvalConfig:
     """fp32 | bf16 | fp16 for the language model (None: as loaded)."""
     sae_dtype: str | None = None
     """fp32 | bf16 | fp16 for the SAEs (None: as stored); solves accumulate objectives in fp32 regardless."""
+    activations: str | None = None
+    """Evaluate on this activation store (e.g. a ground-truth world) instead of the model's activations: metrics
+    that need the language model (spliced CE / KL) are skipped; on a world, the truth metrics are added."""
     extra: dict[str, Any] = field(default_factory=dict)
     """Free-form options recorded with the results."""
 
@@ -142,32 +155,10 @@ def check_out_dir(out: Path, cfg: EvalConfig, overwrite: bool) -> None:
     check_run_folder(out, COMMAND, cfg.as_json(), overwrite=overwrite)
 
 
-class SpliceTokens(NamedTuple):
-    """Right-padded sequences and their real lengths (BOS included): padding is known by length, not by token id."""
-
-    tokens: torch.Tensor
-    lengths: torch.Tensor
-
-
-def splice_tokens(store, n_sequences: int, bos: int | None, pad: int) -> SpliceTokens | None:
-    """Rebuild the first whole sequences from the store's rows (a sequence restarts where position returns to its
-    first value), with BOS put back in front; right-padded with `pad`, with each row's real length."""
-    if n_sequences <= 0:
-        return None
-    batch = store.load(min(store.n_tokens, 64 * store.meta.get("request", {}).get("context_size", 128)))
-    starts = torch.nonzero(torch.diff(batch.positions, prepend=batch.positions[:1] + 1) <= 0).flatten().tolist()
-    bounds = list(zip(starts, starts[1:] + [batch.positions.numel()]))[:n_sequences]
-    seqs = [([bos] if bos is not None else []) + batch.token_ids[a:b].tolist() for a, b in bounds]
-    width = max(len(s) for s in seqs)
-    out = torch.full((len(seqs), width), pad, dtype=torch.long)
-    for i, s in enumerate(seqs):
-        out[i, : len(s)] = torch.tensor(s)
-    return SpliceTokens(out, torch.tensor([len(s) for s in seqs]))
-
-
 def evaluate_sae(spec: str, sae, model, store, hook: str, cfg: EvalConfig,
-                 splice_toks: SpliceTokens | None) -> tuple[list[dict], dict]:
-    """All variants of one SAE: rows for the results table and artifacts for the report."""
+                 splice_toks: SpliceTokens | None, world=None) -> tuple[list[dict], dict]:
+    """All variants of one SAE: rows for the results table and artifacts for the report. `model` is None for an
+    activation-only evaluation; `world` (a ground-truth World) adds the truth metrics."""
     from saelens_amort import distributed as dist
     from saelens_amort.inference import get_mode, infer
     from saelens_amort.metrics import make_metric, metric_batch, splice_reference, spliced_metrics
@@ -192,12 +183,23 @@ def evaluate_sae(spec: str, sae, model, store, hook: str, cfg: EvalConfig,
     families = [m for m in cfg.metrics if m != "splice"]
     metrics = {v.label: {name: (make_metric(name, label_names=label_names) if name in ("probes", "absorption")
                                 else make_metric(name)) for name in families} for v in variants}
+    if world is not None:
+        for v in variants:
+            metrics[v.label]["truth"] = make_metric("truth", true_atoms=world.structure.atoms,
+                                                    parent=world.structure.parent, sae_atoms=dictionary.atoms.cpu())
+    truths = world.iter_truth(cfg.batch_size) if world is not None else itertools.repeat(None)
     gaps: list[np.ndarray] = []
     converged = {key: [0, 0] for key in [*metrics, "z*"]}  # rows whose stopping rule held, rows
-    mine = dist.block(-(-store.n_tokens // cfg.batch_size))  # this rank's contiguous batches
-    for i, batch in enumerate(store.iter_batches(cfg.batch_size)):
+    n_rows = min(store.n_tokens, cfg.tokens)  # a given store (--activations) may hold more rows than asked for
+    mine = dist.block(-(-n_rows // cfg.batch_size))  # this rank's contiguous batches
+    for i, (batch, truth) in enumerate(zip(store.iter_batches(cfg.batch_size), truths)):
+        if i * cfg.batch_size >= n_rows:
+            break
         if i not in mine:
             continue
+        keep = n_rows - i * cfg.batch_size
+        if keep < batch.n_rows:
+            batch, truth = batch.rows(0, keep), None if truth is None else truth[:keep]
         x = batch.acts.to(cfg.device)
         star = infer(x, sae, "unamortized", lam=lam) if lam is not None else None
         encoded = infer(x, sae, "amortized", lam=lam) if warm or "amortized" in cfg.modes else None
@@ -217,7 +219,7 @@ def evaluate_sae(spec: str, sae, model, store, hook: str, cfg: EvalConfig,
             converged[label] = [converged[label][0] + int(res.converged.sum()), converged[label][1] + len(res.codes)]
         for label, res in results.items():
             mb = metric_batch(x, res, dictionary, labels=labels, token_ids=batch.token_ids, doc_ids=batch.doc_ids,
-                              objective_star=None if star is None else star.objective)
+                              objective_star=None if star is None else star.objective)._replace(truth=truth)
             for m in metrics[label].values():
                 m.update(mb)
         if star is not None and "amortized" in results and sum(map(len, gaps)) < GAP_SAMPLE:
@@ -257,6 +259,8 @@ def evaluate_sae(spec: str, sae, model, store, hook: str, cfg: EvalConfig,
                             f"ce_recovered{tag}": sp.ce_recovered, f"kl{tag}": sp.kl, "splice/n_tokens": sp.n_tokens})
                 if sp.ce_recovered is None:
                     skipped[f"ce_recovered{tag}"] = ce_recovered_problem(sp.ce_clean, sp.ce_zero)
+        if model is None and "splice" in cfg.metrics:
+            skipped["splice"] = "activation-only evaluation (--activations): no language model to splice into"
         if cal is not None and abs(cal.achieved - cal.target_value) > CALIBRATION_TOL * cal.target_value:
             skipped["matched density"] = (f"no λ reaches the target {cal.target_value:.4g}; closest "
                                           f"{cal.achieved:.4g} at λ={cal.lam:.3g}")
@@ -281,60 +285,48 @@ class Evaluation:
 
 def run_eval(cfg: EvalConfig, out: Path, *, overwrite: bool = False, progress: bool = True) -> pd.DataFrame:
     """`saeamort eval` / `sweep-semi`: evaluate, then write results.{parquet,csv,json} and report.html in `out`."""
-    from saelens_amort.saes.suites import default_suite
-
     from saelens_amort import distributed as dist
 
     dist.init(cfg.device)
     out = Path(out)
     check_out_dir(out, cfg, overwrite)
-    ev = evaluate(cfg, cfg.saes or default_suite(cfg.model, cfg.layer), out, progress=progress)
+    ev = evaluate(cfg, cfg.saes or _default_specs(cfg), out, progress=progress)
     if dist.is_main():
         write_outputs(out, ev, cfg)
     dist.barrier()  # the other ranks return once the outputs exist
     return ev.df
 
 
+def _default_specs(cfg: EvalConfig) -> tuple[str, ...]:
+    from saelens_amort.saes.suites import default_suite
+
+    if cfg.activations is None:
+        return default_suite(cfg.model, cfg.layer)
+    from saelens_amort.world import World
+    from saelens_amort.world.saes import default_world_suite
+    from saelens_amort.world.store import WORLD_FILE
+
+    if not (Path(cfg.activations) / WORLD_FILE).exists():
+        raise SaeAmortError(f"--activations {cfg.activations}: name the SAEs to evaluate with --sae / --sae-path")
+    return default_world_suite(World.open(cfg.activations))
+
+
 def evaluate(cfg: EvalConfig, specs: tuple[str, ...], out: Path, *, progress: bool = True) -> Evaluation:
     """Load the model and every SAE (checking each fits before any work), create `out`, stream the activations once
-    (cached), and evaluate the SAEs one at a time (one SAE in memory at once)."""
-    from saelens_amort.activations import CollectConfig, collect_activations, resolve_source
-    from saelens_amort.models import load_model
-    from saelens_amort.runners.collect import resolve_hook
-    from saelens_amort.saes import check_sae_fits, load_sae
-
+    (cached), and evaluate the SAEs one at a time (one SAE in memory at once). With `cfg.activations`, read that
+    store instead (no model); on a world, add the truth metrics and the oracle (spec `oracle`)."""
+    from saelens_amort import distributed as dist
     from saelens_amort.devices import check_device, resolve_dtype
 
     check_device(cfg.device)
-    llm_dtype = resolve_dtype(cfg.llm_dtype, cfg.device, "--llm-dtype")
     sae_dtype = resolve_dtype(cfg.sae_dtype, cfg.device, "--sae-dtype")
-    try:  # the model and the text source are what an offline machine lacks: say how to run the study anyway
-        model = load_model(cfg.model, device=cfg.device, dtype=llm_dtype)
-        source = resolve_source(cfg.resolved_source(), seed=cfg.seed)
-    except SaeAmortError as e:
-        if cfg.model == "toy":
-            raise
-        raise SaeAmortError(f"{str(e).rstrip('.')}; the same study offline: saeamort eval --model toy") from None
-    hook = resolve_hook(model.cfg.n_layers, cfg.layer, cfg.hook)
-    for spec in specs:
-        check_sae_fits(load_sae(spec, device=cfg.device, dtype=sae_dtype), model, hook)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise SaeAmortError(f"cannot create --out {out} ({e.strerror or e})") from None
-    from saelens_amort import distributed as dist
-
-    request = CollectConfig(hook_name=hook, n_tokens=cfg.tokens, context_size=cfg.context_size, seed=cfg.seed)
-    if not dist.is_main():
-        dist.barrier()  # rank 0 fills the activation cache; the others then read it
-    store = collect_activations(model, source, request, None, model_name=cfg.model,
-                                progress=progress and dist.is_main())
-    if dist.is_main():
-        dist.barrier()
-    tok = model.tokenizer
-    bos = tok.bos_token_id if tok is not None else None
-    pad = (tok.pad_token_id if tok is not None and tok.pad_token_id is not None else 0)
-    splice_toks = splice_tokens(store, cfg.splice_sequences, bos, pad)
+    if cfg.activations is not None:
+        store, world = open_activations(cfg, specs, sae_dtype)
+        model, hook, splice_toks = None, store.hook_name, None
+        make_out(out)
+    else:
+        world = None
+        model, store, hook, splice_toks = model_activations(cfg, specs, sae_dtype, out, progress)
     rows, freqs, gaps = [], {}, {}
     done = load_partials(out, cfg.as_json()) if dist.is_main() else {}  # results stay on rank 0; the others learn which
     finished = set(dist.broadcast(sorted(done)))
@@ -345,8 +337,8 @@ def evaluate(cfg: EvalConfig, specs: tuple[str, ...], out: Path, *, progress: bo
         else:
             logger.info("[%d/%d] evaluating %s (%s)", i + 1, len(specs), spec,
                         ", ".join(v.label for v in cfg.variants()))
-            r, art = evaluate_sae(spec, load_sae(spec, device=cfg.device, dtype=sae_dtype), model, store, hook, cfg,
-                                  splice_toks)
+            r, art = evaluate_sae(spec, load_eval_sae(spec, world, cfg.device, sae_dtype), model, store, hook, cfg,
+                                  splice_toks, world)
             if dist.is_main():
                 save_partial(out, cfg.as_json(), i, r, art)
         rows += r

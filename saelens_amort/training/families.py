@@ -46,6 +46,8 @@ class TrainConfig:
     context_size: int = 128
     live: bool = False
     """Train on activations computed on the fly from the model (nothing cached) instead of the activation cache."""
+    activations: str | None = None
+    """Train on this activation store (e.g. a ground-truth world) instead of the model's activations."""
     seed: int = 0
     device: str = "cpu"
     wandb: bool = False
@@ -59,6 +61,8 @@ class TrainConfig:
         if need > self.tokens:
             raise SaeAmortError(f"{self.n_steps} steps of {self.batch_size} tokens need {need} training tokens; "
                                 f"--tokens is {self.tokens} (pass --tokens {need} or fewer --steps)")
+        if self.activations is not None and self.live:
+            raise SaeAmortError("--activations trains on a store; it cannot be combined with --live")
         if self.checkpoint_every < 0:
             raise SaeAmortError("--checkpoint-every must be ≥ 0")
 

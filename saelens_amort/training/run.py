@@ -202,7 +202,7 @@ def run_train(cfg: TrainConfig, out: Path, *, overwrite: bool = False, resume: b
               progress: bool = True) -> dict:
     from sae_lens import TopKTrainingSAE
 
-    from saelens_amort.activations import CollectConfig, collect_activations, resolve_source
+    from saelens_amort.activations import ActivationStore, CollectConfig, collect_activations, resolve_source
     from saelens_amort.activations.collect import live_activations
     from saelens_amort.models import load_model
     from saelens_amort.runners.collect import resolve_hook
@@ -211,13 +211,21 @@ def run_train(cfg: TrainConfig, out: Path, *, overwrite: bool = False, resume: b
 
     out = Path(out)
     check_out(out, cfg, overwrite, resume)
-    model = load_model(cfg.model, device=cfg.device)
-    hook = resolve_hook(model.cfg.n_layers, cfg.layer, cfg.hook)
-    cfg.check_fits(model.cfg.d_model)
-    source = resolve_source(cfg.source or ("toy" if cfg.model == "toy" else "hf:monology/pile-uncopyrighted"),
-                            seed=cfg.seed)
-    request = CollectConfig(hook_name=hook, n_tokens=cfg.tokens + HELD_OUT_ROWS, context_size=cfg.context_size,
-                            seed=cfg.seed)
+    if cfg.activations is not None:
+        store = ActivationStore.open(cfg.activations)
+        if store.n_tokens < cfg.tokens + HELD_OUT_ROWS:
+            raise SaeAmortError(f"--activations {cfg.activations} holds {store.n_tokens} rows; training on "
+                                f"{cfg.tokens} plus {HELD_OUT_ROWS} held out needs {cfg.tokens + HELD_OUT_ROWS}")
+        d_in, hook, model_name = store.d_in, store.hook_name, store.model_name
+    else:
+        model = load_model(cfg.model, device=cfg.device)
+        d_in, model_name = model.cfg.d_model, cfg.model
+        hook = resolve_hook(model.cfg.n_layers, cfg.layer, cfg.hook)
+        source = resolve_source(cfg.source or ("toy" if cfg.model == "toy" else "hf:monology/pile-uncopyrighted"),
+                                seed=cfg.seed)
+        request = CollectConfig(hook_name=hook, n_tokens=cfg.tokens + HELD_OUT_ROWS, context_size=cfg.context_size,
+                                seed=cfg.seed)
+    cfg.check_fits(d_in)
     if cfg.live:  # held-out rows: the first HELD_OUT_ROWS of the stream; training: everything after them
         held_out = _first_rows(live_activations(model, source, request), HELD_OUT_ROWS)
 
@@ -228,7 +236,8 @@ def run_train(cfg: TrainConfig, out: Path, *, overwrite: bool = False, resume: b
         def sample(n: int) -> torch.Tensor:
             return _first_rows(_drop_rows(live_activations(model, source, request), HELD_OUT_ROWS), n)
     else:
-        store = collect_activations(model, source, request, None, model_name=cfg.model, progress=progress)
+        if cfg.activations is None:
+            store = collect_activations(model, source, request, None, model_name=cfg.model, progress=progress)
         held_out = held_out_rows(store, cfg.tokens)
 
         def data_fn(skip: int) -> Iterator[torch.Tensor]:
@@ -248,7 +257,7 @@ def run_train(cfg: TrainConfig, out: Path, *, overwrite: bool = False, resume: b
         if (pre_dir / "done").exists():
             topk = TopKTrainingSAE.load_from_disk(pre_dir / "training")
         else:
-            topk = make_training_sae(cfg, model.cfg.d_model, hook, cfg.model)
+            topk = make_training_sae(cfg, d_in, hook, model_name)
             pre_ckpt = out / "pretrain_checkpoints"
             _fit(topk, cfg, data_fn, pre_steps, out, pre_ckpt, _latest_checkpoint(pre_ckpt) if resume else None,
                  progress)
@@ -262,7 +271,7 @@ def run_train(cfg: TrainConfig, out: Path, *, overwrite: bool = False, resume: b
             sae.load_state_dict(_load_training_weights(resume_ckpt))
         _fit(sae, cfg, data_fn, steps - pre_steps, out, ckpt_dir, resume_ckpt, progress)
     else:
-        sae = make_training_sae(cfg, model.cfg.d_model, hook, cfg.model)
+        sae = make_training_sae(cfg, d_in, hook, model_name)
         resume_ckpt = _latest_checkpoint(ckpt_dir) if resume else None
         if resume_ckpt is not None:
             sae.load_state_dict(_load_training_weights(resume_ckpt))
