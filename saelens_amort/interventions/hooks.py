@@ -102,7 +102,9 @@ def latent_edit(
     """Run the model with `edit` applied to the SAE codes at `hook_name` (default: the SAE's hook) inside the block.
 
     skip_first: leave position 0 (BOS) untouched in full-sequence passes (a one-token pass, as in cached generation,
-    is edited). Yields a dict that records, per forward pass, the λ used and the number of edited positions.
+    is edited). lam: λ of a λ-mode; None calibrates it once, on the first forward pass's edited positions, and reuses
+    it for every later pass in the block. Yields a dict that records the λ used and the number of forward passes and
+    edited positions.
     """
     from saelens_amort.inference import infer
     from saelens_amort.saes import Dictionary
@@ -120,7 +122,7 @@ def latent_edit(
     def hook(act: Tensor, hook: Any) -> Tensor:
         first = 1 if skip_first and act.shape[1] > 1 else 0
         x = act[:, first:].reshape(-1, act.shape[-1])
-        result = infer(x, sae, mode, lam=lam, **infer_kwargs)
+        result = infer(x, sae, mode, lam=log["lam"], **infer_kwargs)
         log["lam"] = result.lam
         z = result.codes
         u, u_edit = dictionary.from_sae_codes(z), dictionary.from_sae_codes(edit(z))

@@ -32,6 +32,24 @@ def test_noop_edit_changes_nothing_and_ablation_acts(world):
     assert active_hooks(model) == 0
 
 
+def test_lambda_is_calibrated_once_and_reused(world):
+    from saelens_amort.inference import infer
+
+    model, sae, tokens = world
+    hook = sae.cfg.metadata.hook_name
+    first, second = tokens[:1], tokens[1:3]
+    acts = model.run_with_cache(first, names_filter=hook)[1][hook][:, 1:]
+    lam = infer(acts.reshape(-1, acts.shape[-1]), sae, "semi").lam  # calibrated on the first pass's positions
+    edit = LatentEdit(scale={5: 2.0})
+    with latent_edit(model, sae, edit, mode="semi") as log:
+        model(first)
+        assert log["lam"] == pytest.approx(lam, rel=1e-6)
+        edited = model(second)
+        assert log["lam"] == pytest.approx(lam, rel=1e-6) and log["passes"] == 2
+    with latent_edit(model, sae, edit, mode="semi", lam=lam):
+        torch.testing.assert_close(model(second), edited, atol=1e-5, rtol=1e-5)
+
+
 def test_no_hook_survives_an_exception(world):
     model, sae, tokens = world
     with pytest.raises(RuntimeError, match="boom"):
