@@ -84,7 +84,8 @@ def run_gis(cfg: GisConfig, out: Path) -> pd.DataFrame:
                 texts = {}
                 for arm in ("clean", "intervened"):
                     torch.manual_seed(cfg.seed)
-                    ctx = gis_hook(alpha=cal.alpha, **hook_kw) if arm == "intervened" else contextlib.nullcontext()
+                    ctx = (gis_hook(alpha=cal.alpha, **{**hook_kw, "rms_ratio": cal.rms_ratio, "lam": cal.lam})
+                           if arm == "intervened" else contextlib.nullcontext())
                     with ctx:
                         gen = model.generate(toks, max_new_tokens=cfg.max_new_tokens, do_sample=decoding == "sampled",
                                              stop_at_eos=False, use_past_kv_cache=False, verbose=False)
