@@ -15,7 +15,8 @@ import pandas as pd
 import torch
 
 from saelens_amort.errors import SaeAmortError
-from saelens_amort.interventions.alpha_sweep import DEFAULT_ALPHAS, Feature, sweep_feature, top_snippets
+from saelens_amort.interventions.alpha_sweep import DEFAULT_ALPHAS, Feature, real_positions, sweep_feature, \
+    top_snippets
 from saelens_amort.provenance import provenance
 
 
@@ -47,7 +48,8 @@ def parse_layer_saes(items: Sequence[str]) -> tuple[tuple[int, str], ...]:
     return tuple(out)
 
 
-def eval_tokens(model, cfg: SweepConfig, hook: str) -> torch.Tensor:
+def eval_tokens(model, cfg: SweepConfig, hook: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-padded evaluation sequences [B, T] (BOS first) and their real lengths [B]."""
     from saelens_amort.activations import CollectConfig, collect_activations, resolve_source
     from saelens_amort.runners.eval import splice_tokens
 
@@ -59,7 +61,9 @@ def eval_tokens(model, cfg: SweepConfig, hook: str) -> torch.Tensor:
                                 progress=False)
     tok = model.tokenizer
     pad = tok.pad_token_id if tok is not None and tok.pad_token_id is not None else 0
-    return splice_tokens(store, cfg.sequences, tok.bos_token_id if tok is not None else None, pad)
+    marked = splice_tokens(store, cfg.sequences, tok.bos_token_id if tok is not None else None, -1)  # -1: no token id
+    lengths = (marked != -1).sum(dim=1)
+    return marked.masked_fill(marked == -1, pad), lengths
 
 
 def run_alpha_sweep(cfg: SweepConfig, features: Sequence[Feature], out: Path) -> pd.DataFrame:
@@ -86,20 +90,21 @@ def run_alpha_sweep(cfg: SweepConfig, features: Sequence[Feature], out: Path) ->
         if bad:
             raise SaeAmortError(f"feature {bad[0]} at layer {layer} is out of range (d_sae={sae.cfg.d_sae})")
         saes[layer] = (hook, sae)
-    tokens = eval_tokens(model, cfg, saes[min(saes)][0]).to(cfg.device)
-    lams = {layer: _lam(model, sae, hook, tokens, cfg.mode) for layer, (hook, sae) in saes.items()}
+    tokens, lengths = eval_tokens(model, cfg, saes[min(saes)][0])
+    tokens = tokens.to(cfg.device)
+    lams = {layer: _lam(model, sae, hook, tokens, lengths, cfg.mode) for layer, (hook, sae) in saes.items()}
     with torch.no_grad():
         clean = model(tokens)
     rows, snippets, skipped = [], {}, []
     for f in features:
         hook, sae = saes[f.layer]
         res = sweep_feature(model, sae, hook, tokens, f.latent, cfg.alphas, percentile=cfg.percentile,
-                            batch=cfg.batch, clean_logits=clean, mode=cfg.mode, lam=lams[f.layer])
+                            batch=cfg.batch, clean_logits=clean, mode=cfg.mode, lam=lams[f.layer], lengths=lengths)
         if not res:
             skipped.append(f"layer {f.layer} latent {f.latent}: never fires on the evaluation tokens")
             continue
         rows += [{"layer": f.layer, "feature": f.latent, "label": f.label, **r} for r in res]
-        snippets[f"{f.layer}/{f.latent}"] = top_snippets(model, sae, hook, tokens, f.latent)
+        snippets[f"{f.layer}/{f.latent}"] = top_snippets(model, sae, hook, tokens, f.latent, lengths=lengths)
     df = pd.DataFrame(rows)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -122,14 +127,17 @@ def run_alpha_sweep(cfg: SweepConfig, features: Sequence[Feature], out: Path) ->
     return df
 
 
-def _lam(model, sae, hook: str, tokens: torch.Tensor, mode: str) -> float | None:
+def _lam(model, sae, hook: str, tokens: torch.Tensor, lengths: torch.Tensor, mode: str) -> float | None:
+    """λ calibrated on the real (non-BOS, non-padding) positions of the evaluation tokens."""
     from saelens_amort.inference import calibrate_lambda, get_mode
 
     if not get_mode(mode).needs_lambda:
         return None
+    real = real_positions(tokens, lengths)
+    real[:, 0] = False
     with torch.no_grad():
-        acts = model.run_with_cache(tokens, names_filter=hook)[1][hook][:, 1:]
-    return calibrate_lambda(acts.reshape(-1, acts.shape[-1]), sae, "unamortized", strict=False).lam
+        acts = model.run_with_cache(tokens, names_filter=hook)[1][hook][real]
+    return calibrate_lambda(acts.reshape(acts.shape[0], -1), sae, "unamortized", strict=False).lam
 
 
 def _markdown(cfg: SweepConfig, df: pd.DataFrame, summary: pd.DataFrame, snippets: dict, skipped: list[str]) -> str:

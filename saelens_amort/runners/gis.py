@@ -45,6 +45,7 @@ class GisConfig:
 def run_gis(cfg: GisConfig, out: Path) -> pd.DataFrame:
     from saelens_amort.inference import calibrate_lambda, get_mode
     from saelens_amort.interventions.gis import calibrate_alpha, continuation_scores, gis_hook
+    from saelens_amort.interventions.alpha_sweep import real_positions
     from saelens_amort.interventions.hooks import checked_latents
     from saelens_amort.interventions.patching import prompt_tokens
     from saelens_amort.report import Section, table_html, write_report
@@ -69,10 +70,10 @@ def run_gis(cfg: GisConfig, out: Path) -> pd.DataFrame:
         lam = calibrate_lambda(store.load(1024).acts, sae, "unamortized", strict=False).lam
     hook_kw = {"model": model, "sae": sae, "hook_name": hook, "latents": latents, "kind": cfg.kind, "mode": cfg.mode,
                "lam": lam}
-    seqs = eval_tokens(model, SweepConfig(model=cfg.model, sequences=cfg.sequences, context_size=cfg.context_size,
-                                          source=cfg.source, seed=cfg.seed), hook).to(cfg.device)
-    pad = model.tokenizer.pad_token_id if model.tokenizer.pad_token_id is not None else -1
-    mask = seqs != pad
+    seqs, lengths = eval_tokens(model, SweepConfig(model=cfg.model, sequences=cfg.sequences,
+                                                   context_size=cfg.context_size, source=cfg.source, seed=cfg.seed),
+                                hook)
+    seqs, mask = seqs.to(cfg.device), real_positions(seqs, lengths).to(cfg.device)
     prompts = list(cfg.prompts) or [model.to_string(seqs[i, 1:1 + PROMPT_TOKENS]) for i in range(cfg.n_prompts)]
     rows, calibrations = [], []
     for target in cfg.kl_targets:
