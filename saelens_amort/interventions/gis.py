@@ -63,6 +63,10 @@ class _Intervention:
     mode: str
     infer_kwargs: dict
 
+    @property
+    def d_in(self) -> int:
+        return int(self.sae.cfg.d_in)
+
     def direction(self, x: Tensor, lam: float | None) -> tuple[Tensor, float | None]:
         """Δ for flat activations x [N, d_in] (in x's space) and the λ its codes used."""
         from saelens_amort.inference import infer
@@ -100,11 +104,12 @@ def gis_hook(model: "HookedTransformer", sae: "SAE", hook_name: str, latents: Se
 
     def hook(act: Tensor, hook: Any) -> Tensor:
         first = 1 if act.shape[1] > 1 else 0
-        x = act[:, first:].reshape(-1, act.shape[-1]).float()
+        edited = act[:, first:]
+        x = edited.reshape(-1, spec.d_in).float()  # hook_z heads flattened, and put back below
         direction, state["lam"] = spec.direction(x, state["lam"])
         out = act.clone()
         new = x + alpha * rms_ratio * direction.float()
-        out[:, first:] = new.reshape(act.shape[0], -1, act.shape[-1]).to(act.dtype)
+        out[:, first:] = new.reshape(edited.shape).to(act.dtype)
         return out
 
     with model.hooks(fwd_hooks=[(hook_name, hook)]):
@@ -119,7 +124,7 @@ def rms_ratio(model: "HookedTransformer", tokens: Tensor, mask: Tensor, sae: "SA
     those positions when a λ-mode gets none)."""
     spec = _intervention(sae, latents, kind, mode, infer_kwargs)
     acts = model.run_with_cache(tokens, names_filter=hook_name)[1][hook_name]
-    x = acts[:, 1:][mask[:, 1:]].reshape(-1, acts.shape[-1]).float()
+    x = acts[:, 1:][mask[:, 1:].to(acts.device)].reshape(-1, spec.d_in).float()
     if x.shape[0] == 0:
         raise SaeAmortError("no calibration position to measure the intervention's scale on (all BOS or padding)")
     direction, lam = spec.direction(x, lam)
