@@ -124,8 +124,18 @@ def test_shipped_recipes_load():
         cfg = TrainConfig.from_yaml(path, tokens=1 << 20)
         assert cfg.arch in ARCHS
     classic = TrainConfig.from_yaml(recipes[[p.stem for p in recipes].index("relu_l1")], tokens=1 << 20, lr=1e-3)
-    assert (classic.expansion, classic.l1_coefficient, classic.lr_warm_up_steps, classic.lr_end) == (8, 3e-4, 500, 1.5e-3)
+    assert (classic.expansion, classic.l1_coefficient, classic.lr_warm_up_steps, classic.lr_end) == (8, 20.0, 500, 1.5e-3)
     assert classic.lr == 1e-3 and classic.normalize_activations == "layer_norm"  # given options override the recipe
+
+
+@pytest.mark.slow
+def test_relu_l1_recipe_trains_a_sparse_sae(tmp_path):
+    from pathlib import Path
+
+    recipe = Path(__file__).resolve().parents[2] / "configs" / "relu_l1.yaml"
+    cfg = TrainConfig.from_yaml(recipe, batch_size=1024, tokens=307_200, lr_warm_up_steps=30)  # 300 short steps
+    summary = run_train(cfg, tmp_path / "relu_l1", progress=False)
+    assert summary["l0"] < 0.08 * 1024 and summary["explained_variance"] > 0.95  # 3e-4 gave L0 656 of 1024
 
 
 @pytest.mark.slow
