@@ -102,6 +102,7 @@ def patch_generate(
         raise SaeAmortError("give at least one prompt")
     if max_new_tokens < 1:
         raise SaeAmortError(f"--max-new-tokens must be ≥ 1, got {max_new_tokens}")
+    edit.check(int(sae.cfg.d_sae))
     hook_name = hook_name or sae.cfg.metadata.hook_name
     out = []
     for prompt in prompts:

@@ -150,4 +150,6 @@ def test_bad_inputs(world):
     assert parse_edit("1,2", "3:2.5", "4:-1") == LatentEdit(ablate=(1, 2), scale={3: 2.5}, set={4: -1.0})
     with pytest.raises(SaeAmortError, match="at least one prompt"):
         patch_generate(model, sae, LatentEdit(ablate=(1,)), [])
+    with pytest.raises(SaeAmortError, match="out of range .*d_sae=1024"):
+        patch_generate(model, sae, LatentEdit(ablate=(5000,)), ["the match ended"])
     assert active_hooks(model) == 0
