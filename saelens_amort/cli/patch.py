@@ -32,6 +32,7 @@ def patch_command(
     """Generate each prompt's continuation with and without the latent edit (SAE error term kept)."""
     from saelens_amort.errors import SaeAmortError
     from saelens_amort.interventions import parse_edit, patch_generate
+    from saelens_amort.interventions.patching import calibrate_on_prompts
     from saelens_amort.interventions.report import write_patch_outputs
     from saelens_amort.models import load_model
     from saelens_amort.runners.collect import resolve_hook
@@ -49,8 +50,8 @@ def patch_command(
     sae_obj = load_sae(sae, device=device)
     hook_name = resolve_hook(lm.cfg.n_layers, toy_layer(model, layer, hook), hook)
     check_sae_fits(sae_obj, lm, hook_name)
-    if lam is None and mode != "amortized":
-        lam = _calibrate_on_prompts(lm, sae_obj, hook_name, prompt, mode)
+    if lam is None:
+        lam = calibrate_on_prompts(lm, sae_obj, hook_name, prompt, mode, max_new_tokens)
     rows = patch_generate(lm, sae_obj, edit, prompt, max_new_tokens=max_new_tokens, greedy=not sample, seed=seed,
                           hook_name=hook_name, mode=mode, lam=lam)
     table = Table("prompt", "original", "patched", show_lines=True)
@@ -63,17 +64,3 @@ def patch_command(
                                              "greedy": not sample, "max_new_tokens": max_new_tokens})
         Console().print(f"patch.csv and report.html in {out}/")
 
-
-def _calibrate_on_prompts(model, sae, hook_name: str, prompts: list[str], mode: str) -> float:
-    import torch
-
-    from saelens_amort.inference import calibrate_lambda, get_mode
-
-    if not get_mode(mode).needs_lambda:
-        return None
-    acts = []
-    with torch.no_grad():
-        for p in prompts:
-            _, cache = model.run_with_cache(model.to_tokens(p), names_filter=hook_name)
-            acts.append(cache[hook_name][0, 1:])
-    return calibrate_lambda(torch.cat(acts), sae, mode, strict=False).lam

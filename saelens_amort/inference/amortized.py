@@ -14,6 +14,7 @@ from saelens_amort.errors import SaeAmortError
 from saelens_amort.inference.registry import register_mode
 from saelens_amort.inference.result import InferenceResult, ModeOptions, make_result, objective
 from saelens_amort.saes.dictionary import Dictionary
+from saelens_amort.saes.dictionary_probe import encode_rows
 
 
 @torch.no_grad()
@@ -22,7 +23,7 @@ def encode(x: Float[Tensor, "N d_in"], dictionary: Dictionary, options: ModeOpti
     sae = dictionary.sae
     if sae is None:
         raise SaeAmortError("amortized mode needs the SAE's encoder; pass the SAE, not a bare Dictionary")
-    codes = sae.encode(x)
+    codes = encode_rows(sae, x)
     u = dictionary.from_sae_codes(codes.to(dictionary.atoms.dtype))
     obj = objective(dictionary.target(x), u, dictionary, options.lam)
     return make_result(codes, obj, lam=options.lam)

@@ -34,6 +34,7 @@ from saelens_amort.inference.result import (
 from saelens_amort.inference.sparse_codes import row_sums, to_csr
 from saelens_amort.inference.working_set import default_ws_size, solve_working_set
 from saelens_amort.saes.dictionary import Dictionary
+from saelens_amort.saes.dictionary_probe import encode_rows
 
 DEFAULT_MAX_ITER = 200
 """Unamortized iteration cap (the paper's)."""
@@ -237,7 +238,7 @@ def initial_codes(
     if init == "encoder":
         if dictionary.sae is None:
             raise SaeAmortError("init='encoder' needs the SAE's encoder; pass the SAE or use init='alista'")
-        z = dictionary.sae.encode(x)
+        z = encode_rows(dictionary.sae, x)
         return dictionary.from_sae_codes(z.to(dictionary.atoms.dtype)).clamp_min(0)
     if init == "alista":
         L = dictionary.lipschitz

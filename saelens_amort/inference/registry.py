@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import numbers
 import time
-import weakref
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Collection
 
@@ -117,40 +116,9 @@ def get_mode(name: str) -> ModeSpec:
         raise SaeAmortError(f"unknown inference mode {name!r}; registered modes: {', '.join(_MODES)}") from None
 
 
-_DICTIONARIES: "weakref.WeakKeyDictionary[Any, tuple[tuple, Dictionary]]" = weakref.WeakKeyDictionary()
-
-
 def resolve_dictionary(sae_or_dictionary: "SAE | Dictionary") -> Dictionary:
-    """The dictionary view of an SAE (or a Dictionary as is).
-
-    Views of SAEs are cached per SAE object (building one probes the decoder and its σ_max) and rebuilt when any of
-    its parameters or buffers changes (in-place updates bump tensor versions).
-    """
-    if isinstance(sae_or_dictionary, Dictionary):
-        return sae_or_dictionary
-    stamp = _module_stamp(sae_or_dictionary)
-    if stamp is not None:
-        try:
-            cached = _DICTIONARIES.get(sae_or_dictionary)
-        except TypeError:  # not weak-referenceable
-            cached = None
-        if cached is not None and cached[0] == stamp:
-            return cached[1]
-    dictionary = Dictionary.of(sae_or_dictionary)
-    if stamp is not None:
-        try:
-            _DICTIONARIES[sae_or_dictionary] = (stamp, dictionary)
-        except TypeError:
-            pass
-    return dictionary
-
-
-def _module_stamp(obj: Any) -> tuple | None:
-    """Identity and version of every tensor of an nn.Module (None for anything else)."""
-    if not isinstance(obj, torch.nn.Module):
-        return None
-    tensors = [*obj.parameters(), *obj.buffers()]
-    return tuple((t.data_ptr(), t._version, t.dtype, t.device, tuple(t.shape)) for t in tensors)
+    """The dictionary view of an SAE (or a Dictionary as is): `Dictionary.of`, cached per SAE object."""
+    return Dictionary.of(sae_or_dictionary)
 
 
 @torch.no_grad()

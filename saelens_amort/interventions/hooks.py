@@ -1,6 +1,7 @@
 """Latent edits as TransformerLens hooks held by a context manager (DESIGN §5).
 
-At the SAE's hook, for every edited position:  z = codes of x in the chosen inference mode (amortized = `sae.encode`,
+At the SAE's hook (hook_z activations [..., n_heads, d_head] are edited as flat rows and put back in their shape),
+for every edited position:  z = codes of x in the chosen inference mode (amortized = `sae.encode`,
 or semi / unamortized / … at λ),  z' = edit(z),  and  x_new = x + decode(z') − decode(z),  so the SAE's error term
 x − decode(z) is kept and an edit that changes nothing changes nothing. The hook lives only inside the `with` block
 (`HookedTransformer.hooks`, which removes it on exit and on exceptions).
@@ -102,7 +103,9 @@ def latent_edit(
     """Run the model with `edit` applied to the SAE codes at `hook_name` (default: the SAE's hook) inside the block.
 
     skip_first: leave position 0 (BOS) untouched in full-sequence passes (a one-token pass, as in cached generation,
-    is edited). Yields a dict that records, per forward pass, the λ used and the number of edited positions.
+    is edited). lam: λ of a λ-mode; None calibrates it once, on the first forward pass's edited positions, and reuses
+    it for every later pass in the block. Yields a dict that records the λ used and the number of forward passes and
+    edited positions.
     """
     from saelens_amort.inference import infer
     from saelens_amort.saes import Dictionary
@@ -119,14 +122,15 @@ def latent_edit(
 
     def hook(act: Tensor, hook: Any) -> Tensor:
         first = 1 if skip_first and act.shape[1] > 1 else 0
-        x = act[:, first:].reshape(-1, act.shape[-1])
-        result = infer(x, sae, mode, lam=lam, **infer_kwargs)
+        edited = act[:, first:]
+        x = edited.reshape(-1, dictionary.d_in)  # hook_z: [B, T, n_heads, d_head] → rows of n_heads · d_head
+        result = infer(x, sae, mode, lam=log["lam"], **infer_kwargs)
         log["lam"] = result.lam
         z = result.codes
         u, u_edit = dictionary.from_sae_codes(z), dictionary.from_sae_codes(edit(z))
         delta = dictionary.decode_to_input_space(u_edit, x) - dictionary.decode_to_input_space(u, x)
         out = act.clone()
-        out[:, first:] = (x + delta.to(x.dtype)).reshape(act.shape[0], -1, act.shape[-1]).to(act.dtype)
+        out[:, first:] = (x + delta.to(x.dtype)).reshape(edited.shape).to(act.dtype)
         log["passes"] += 1
         log["edited_positions"] += x.shape[0]
         return out

@@ -22,7 +22,13 @@ import torch
 
 from saelens_amort.config_file import read_yaml_mapping, typed_fields
 from saelens_amort.errors import SaeAmortError
-from saelens_amort.interventions.alpha_sweep import DEFAULT_ALPHAS, Feature, sweep_feature, top_snippets
+from saelens_amort.interventions.alpha_sweep import (
+    DEFAULT_ALPHAS,
+    Feature,
+    real_positions,
+    sweep_feature,
+    top_snippets,
+)
 from saelens_amort.interventions.feature_lists import read_features
 from saelens_amort.provenance import provenance
 from saelens_amort.run_folder import check_run_folder, record_run
@@ -123,7 +129,8 @@ def resolve_sweep(config: Path | None, sae_items: Sequence[str], given: dict[str
     return SweepConfig(saes=saes, **settings), features, out
 
 
-def eval_tokens(model, cfg: SweepConfig, hook: str) -> torch.Tensor:
+def eval_tokens(model, cfg: SweepConfig, hook: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-padded evaluation sequences [B, T] (BOS first) and their real lengths [B]."""
     from saelens_amort.activations import CollectConfig, collect_activations, resolve_source
     from saelens_amort.runners.eval import splice_tokens
 
@@ -135,7 +142,8 @@ def eval_tokens(model, cfg: SweepConfig, hook: str) -> torch.Tensor:
                                 progress=False)
     tok = model.tokenizer
     pad = tok.pad_token_id if tok is not None and tok.pad_token_id is not None else 0
-    return splice_tokens(store, cfg.sequences, tok.bos_token_id if tok is not None else None, pad).tokens
+    seqs = splice_tokens(store, cfg.sequences, tok.bos_token_id if tok is not None else None, pad)
+    return seqs.tokens, seqs.lengths
 
 
 def run_alpha_sweep(cfg: SweepConfig, features: Sequence[Feature], out: Path, *,
@@ -168,20 +176,21 @@ def run_alpha_sweep(cfg: SweepConfig, features: Sequence[Feature], out: Path, *,
         if bad:
             raise SaeAmortError(f"feature {bad[0]} at layer {layer} is out of range (d_sae={sae.cfg.d_sae})")
         saes[layer] = (hook, sae)
-    tokens = eval_tokens(model, cfg, saes[min(saes)][0]).to(cfg.device)
-    lams = {layer: _lam(model, sae, hook, tokens, cfg.mode) for layer, (hook, sae) in saes.items()}
+    tokens, lengths = eval_tokens(model, cfg, saes[min(saes)][0])
+    tokens = tokens.to(cfg.device)
+    lams = {layer: _lam(model, sae, hook, tokens, lengths, cfg.mode) for layer, (hook, sae) in saes.items()}
     with torch.no_grad():
         clean = model(tokens)
     rows, snippets, skipped = [], {}, []
     for f in features:
         hook, sae = saes[f.layer]
         res = sweep_feature(model, sae, hook, tokens, f.latent, cfg.alphas, percentile=cfg.percentile,
-                            batch=cfg.batch, clean_logits=clean, mode=cfg.mode, lam=lams[f.layer])
+                            batch=cfg.batch, clean_logits=clean, mode=cfg.mode, lam=lams[f.layer], lengths=lengths)
         if not res:
             skipped.append(f"layer {f.layer} latent {f.latent}: never fires on the evaluation tokens")
             continue
         rows += [{"layer": f.layer, "hook": hook, "feature": f.latent, "label": f.label, **r} for r in res]
-        snippets[f"{f.layer}/{f.latent}"] = top_snippets(model, sae, hook, tokens, f.latent)
+        snippets[f"{f.layer}/{f.latent}"] = top_snippets(model, sae, hook, tokens, f.latent, lengths=lengths)
     df = pd.DataFrame(rows)
     out = Path(out)
     record_run(out, "alpha-sweep", run)
@@ -204,14 +213,17 @@ def run_alpha_sweep(cfg: SweepConfig, features: Sequence[Feature], out: Path, *,
     return df
 
 
-def _lam(model, sae, hook: str, tokens: torch.Tensor, mode: str) -> float | None:
+def _lam(model, sae, hook: str, tokens: torch.Tensor, lengths: torch.Tensor, mode: str) -> float | None:
+    """λ calibrated on the real (non-BOS, non-padding) positions of the evaluation tokens."""
     from saelens_amort.inference import calibrate_lambda, get_mode
 
     if not get_mode(mode).needs_lambda:
         return None
+    real = real_positions(tokens, lengths)
+    real[:, 0] = False
     with torch.no_grad():
-        acts = model.run_with_cache(tokens, names_filter=hook)[1][hook][:, 1:]
-    return calibrate_lambda(acts.reshape(-1, acts.shape[-1]), sae, "unamortized", strict=False).lam
+        acts = model.run_with_cache(tokens, names_filter=hook)[1][hook][real]
+    return calibrate_lambda(acts.reshape(acts.shape[0], -1), sae, "unamortized", strict=False).lam
 
 
 def _markdown(cfg: SweepConfig, df: pd.DataFrame, summary: pd.DataFrame, snippets: dict, skipped: list[str]) -> str:

@@ -47,6 +47,7 @@ def run_gis(cfg: GisConfig, out: Path, *, overwrite: bool = False) -> pd.DataFra
     """Calibrate, generate and score; outputs in `out` (another run's `out` is refused unless `overwrite`)."""
     from saelens_amort.inference import calibrate_lambda, get_mode
     from saelens_amort.interventions.gis import calibrate_alpha, continuation_scores, gis_hook
+    from saelens_amort.interventions.alpha_sweep import real_positions
     from saelens_amort.interventions.hooks import checked_latents
     from saelens_amort.interventions.patching import prompt_tokens
     from saelens_amort.report import Section, table_html, write_report
@@ -72,10 +73,10 @@ def run_gis(cfg: GisConfig, out: Path, *, overwrite: bool = False) -> pd.DataFra
         lam = calibrate_lambda(store.load(1024).acts, sae, "unamortized", strict=False).lam
     hook_kw = {"model": model, "sae": sae, "hook_name": hook, "latents": latents, "kind": cfg.kind, "mode": cfg.mode,
                "lam": lam}
-    seqs = eval_tokens(model, SweepConfig(model=cfg.model, sequences=cfg.sequences, context_size=cfg.context_size,
-                                          source=cfg.source, seed=cfg.seed), hook).to(cfg.device)
-    pad = model.tokenizer.pad_token_id if model.tokenizer.pad_token_id is not None else -1
-    mask = seqs != pad
+    seqs, lengths = eval_tokens(model, SweepConfig(model=cfg.model, sequences=cfg.sequences,
+                                                   context_size=cfg.context_size, source=cfg.source, seed=cfg.seed),
+                                hook)
+    seqs, mask = seqs.to(cfg.device), real_positions(seqs, lengths).to(cfg.device)
     prompts = list(cfg.prompts) or [model.to_string(seqs[i, 1:1 + PROMPT_TOKENS]) for i in range(cfg.n_prompts)]
     rows, calibrations = [], []
     for target in cfg.kl_targets:
@@ -87,7 +88,8 @@ def run_gis(cfg: GisConfig, out: Path, *, overwrite: bool = False) -> pd.DataFra
                 texts = {}
                 for arm in ("clean", "intervened"):
                     torch.manual_seed(cfg.seed)
-                    ctx = gis_hook(alpha=cal.alpha, **hook_kw) if arm == "intervened" else contextlib.nullcontext()
+                    ctx = (gis_hook(alpha=cal.alpha, **{**hook_kw, "rms_ratio": cal.rms_ratio, "lam": cal.lam})
+                           if arm == "intervened" else contextlib.nullcontext())
                     with ctx:
                         gen = model.generate(toks, max_new_tokens=cfg.max_new_tokens, do_sample=decoding == "sampled",
                                              stop_at_eos=False, use_past_kv_cache=False, verbose=False)

@@ -114,14 +114,16 @@ class Dictionary:
     def of(cls, source: "Dictionary | SAE | Tensor | Any") -> "Dictionary":
         """A Dictionary from a Dictionary (returned as is), an SAE (`from_sae`) or a decoder matrix (`from_matrix`).
 
-        Building from an SAE probes its decode (O(d_in² · d_sae)); build once per SAE and pass the Dictionary on.
+        Building from an SAE probes its decode (O(d_in² · d_sae)), so the view of an SAE module is cached on the SAE
+        object (it dies with the SAE) and rebuilt when any of its parameters or buffers changes (replaced
+        tensors change their data pointer, in-place updates bump their version).
         """
         if isinstance(source, Dictionary):
             return source
         if isinstance(source, Tensor):
             return cls.from_matrix(source)
         if callable(getattr(source, "decode", None)) and hasattr(source, "cfg"):
-            return cls.from_sae(source)
+            return _cached_view(source, cls.from_sae)
         raise SaeAmortError(
             f"cannot build a dictionary from {type(source).__name__}; pass an SAE-Lens SAE, a Dictionary or a "
             "[d_sae, d_in] decoder matrix"
@@ -167,6 +169,32 @@ class Dictionary:
         if self._lipschitz is None:
             self._lipschitz = _sigma_max_sq(self.atoms)
         return self._lipschitz
+
+
+_VIEW_ATTRIBUTE = "_saeamort_dictionary"
+"""Where an SAE module keeps its cached view (stamp, Dictionary). On the SAE itself, not in a global weak map: the view
+refers back to its SAE, so a global map would keep every SAE alive."""
+
+
+def _cached_view(sae: Any, build: Any) -> Dictionary:
+    """`build(sae)`, reused while the SAE module's tensors are unchanged (non-modules are never cached)."""
+    stamp = _module_stamp(sae)
+    if stamp is None:
+        return build(sae)
+    cached = vars(sae).get(_VIEW_ATTRIBUTE)
+    if cached is not None and cached[0] == stamp:
+        return cached[1]
+    view = build(sae)
+    vars(sae)[_VIEW_ATTRIBUTE] = (stamp, view)
+    return view
+
+
+def _module_stamp(obj: Any) -> tuple | None:
+    """Identity and version of every tensor of an nn.Module (None for anything else)."""
+    if not isinstance(obj, torch.nn.Module):
+        return None
+    tensors = [*obj.parameters(), *obj.buffers()]
+    return tuple((t.data_ptr(), t._version, t.dtype, t.device, tuple(t.shape)) for t in tensors)
 
 
 @torch.no_grad()

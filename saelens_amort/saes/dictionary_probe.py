@@ -103,6 +103,17 @@ def linear_decode_part(sae: Any) -> Iterator[Callable[[Tensor], Tensor]]:
         yield sae.decode
 
 
+def encode_rows(sae: Any, x: Tensor) -> Tensor:
+    """`sae.encode` of flat rows [..., d_in]. A hook_z SAE reshapes its input from [..., n_heads, d_head] itself, so it
+    reads flat rows with that reshaping switched off (flattened heads are exactly what it would build), restored
+    afterwards; every other SAE (and any unflattened input) goes straight to `sae.encode`."""
+    if getattr(sae, "hook_z_reshaping_mode", False) and x.ndim == 2 and x.shape[-1] == int(sae.cfg.d_in):
+        with _preserved_attributes(sae):
+            vars(sae)["reshape_fn_in"] = lambda rows: rows
+            return sae.encode(x)
+    return sae.encode(x)
+
+
 def _accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
     """fp32 for fp32 and narrower (its rounding is far below the fp32 tolerance), fp64 for fp64."""
     return torch.promote_types(dtype, torch.float32)

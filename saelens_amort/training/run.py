@@ -269,7 +269,10 @@ def run_train(cfg: TrainConfig, out: Path, *, overwrite: bool = False, resume: b
         sae = loca_from_topk(topk, sample(32_768), cfg.budgets)
         if resume_ckpt is not None:
             sae.load_state_dict(_load_training_weights(resume_ckpt))
-        _fit(sae, cfg, data_fn, steps - pre_steps, out, ckpt_dir, resume_ckpt, progress)
+        def fresh_data_fn(skip: int) -> Iterator[torch.Tensor]:  # the batches after the pretraining ones
+            return data_fn(pre_steps + skip)
+
+        _fit(sae, cfg, fresh_data_fn, steps - pre_steps, out, ckpt_dir, resume_ckpt, progress)
     else:
         sae = make_training_sae(cfg, d_in, hook, model_name)
         resume_ckpt = _latest_checkpoint(ckpt_dir) if resume else None

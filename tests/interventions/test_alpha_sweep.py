@@ -36,6 +36,38 @@ def test_alpha_one_is_a_noop_and_ablation_acts(world):
     assert semi[1.0]["kl"] == pytest.approx(0.0, abs=1e-7) and semi[0.0]["kl"] > 0
 
 
+def test_padding_is_neither_scored_nor_live_nor_in_the_threshold(world):
+    from saelens_amort.interventions import LatentEdit, latent_edit
+    from saelens_amort.metrics.splice import kl_per_position
+
+    model, sae, tokens, j = world
+    lengths = torch.tensor([32, 12, 20, 9, 32, 16])
+    padded = tokens.clone()
+    padded[torch.arange(32)[None, :] >= lengths[:, None]] = model.tokenizer.pad_token_id
+    # reference: every row run alone at its real length (no padding anywhere)
+    rows = [padded[i:i + 1, :n] for i, n in enumerate(lengths.tolist())]
+    z = torch.cat([sae.encode(model.run_with_cache(r, names_filter=HOOK)[1][HOOK])[0, 1:, j] for r in rows])
+    threshold = float(torch.quantile(z[z > 0], 0.9))
+    ce_clean, ce_edit, kls = [], [], []
+    for r in rows:
+        lp = model(r).log_softmax(-1)[0, :-1]
+        with latent_edit(model, sae, LatentEdit(scale={j: 0.0}, live_threshold={j: 0.0})):
+            lp_edit = model(r).log_softmax(-1)[0, :-1]
+        ce_clean.append(-lp.gather(-1, r[0, 1:, None]).squeeze(-1))
+        ce_edit.append(-lp_edit.gather(-1, r[0, 1:, None]).squeeze(-1))
+        kls.append(kl_per_position(lp, lp_edit))
+    delta_ce = float(torch.cat(ce_edit).mean() - torch.cat(ce_clean).mean())
+    kl = float(torch.cat(kls).mean())
+    row = sweep_feature(model, sae, HOOK, padded, j, (0.0,), percentile=0, lengths=lengths)[0]
+    assert row["delta_ce"] == pytest.approx(delta_ce, rel=1e-3, abs=1e-6)
+    assert row["kl"] == pytest.approx(kl, rel=1e-3, abs=1e-7)
+    assert row["live_positions"] == int((z > 0).sum())
+    narrow = sweep_feature(model, sae, HOOK, padded, j, (0.0,), percentile=90, lengths=lengths)[0]
+    assert narrow["threshold"] == pytest.approx(threshold, rel=1e-5)
+    with pytest.raises(SaeAmortError, match="lengths must give"):
+        sweep_feature(model, sae, HOOK, padded, j, (0.0,), lengths=torch.tensor([33, 2, 2, 2, 2, 2]))
+
+
 def test_oom_retry_halves_the_batch():
     seen = []
 

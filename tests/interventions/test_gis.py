@@ -29,9 +29,30 @@ def test_calibration_hits_the_target(world, kind):
     cal = calibrate_alpha(model, tokens, mask, 0.2, **kw)
     assert cal.reached and abs(cal.kl - 0.2) <= 0.05 * 0.2 and cal.passes <= 24
     clean_lp = model(tokens).float().log_softmax(-1)
+    kw = {**kw, "rms_ratio": cal.rms_ratio, "lam": cal.lam}
     assert mean_kl(model, tokens, clean_lp, mask, alpha=cal.alpha, **kw) == pytest.approx(cal.kl, rel=1e-4)
     assert mean_kl(model, tokens, clean_lp, mask, alpha=0.0, **kw) == pytest.approx(0.0, abs=1e-6)
+    # generation runs one sequence per pass: the calibrated α must give the calibrated KL there too
+    one_at_a_time = [mean_kl(model, tokens[i:i + 1], clean_lp[i:i + 1], mask[i:i + 1], alpha=cal.alpha, **kw)
+                     for i in range(tokens.shape[0])]
+    assert sum(one_at_a_time) / len(one_at_a_time) == pytest.approx(cal.kl, rel=1e-3)
     assert active_hooks(model) == 0
+
+
+def test_ablate_at_one_over_the_ratio_is_exact_ablation_on_any_pass(world):
+    from saelens_amort.interventions import LatentEdit, latent_edit
+    from saelens_amort.interventions.gis import rms_ratio
+
+    model, sae, tokens = world
+    latents = [399, 987, 568]
+    mask = torch.ones_like(tokens, dtype=torch.bool)
+    mask[:, -8:] = False  # padding: not part of the scale
+    ratio, _ = rms_ratio(model, tokens, mask, sae, HOOK, latents, kind="ablate")
+    one = tokens[:1, :20]  # a generation-like pass: another batch, another length
+    with latent_edit(model, sae, LatentEdit(ablate=tuple(latents))):
+        ablated = model(one)
+    with gis_hook(model, sae, HOOK, latents, 1.0 / ratio, rms_ratio=ratio, kind="ablate"):
+        torch.testing.assert_close(model(one), ablated, atol=1e-4, rtol=1e-4)
 
 
 def test_unreachable_target_names_the_best(world):
@@ -40,7 +61,7 @@ def test_unreachable_target_names_the_best(world):
     with pytest.raises(SaeAmortError, match="best reached was KL .* at α"):
         calibrate_alpha(model, tokens, mask, 5.0, sae=sae, hook_name=HOOK, latents=[399], max_passes=3)
     with pytest.raises(SaeAmortError, match="empty"):
-        with gis_hook(model, sae, HOOK, [], 1.0):
+        with gis_hook(model, sae, HOOK, [], 1.0, rms_ratio=1.0):
             pass
     assert active_hooks(model) == 0
 

@@ -1,9 +1,11 @@
 """Latent edits as hooks on the real toy model and SAEs: error term kept (no-op edits change nothing), edits act,
 no hook survives (also when the body raises), patching side by side, and the bad inputs."""
 
+import warnings
+
 import pytest
 import torch
-from helpers import toy_model, toy_tokens
+from helpers import tiny_model, tiny_tokenizer, toy_model, toy_tokens
 
 from saelens_amort import SaeAmortError
 from saelens_amort.interventions import LatentEdit, active_hooks, latent_edit, parse_edit, patch_generate
@@ -30,6 +32,24 @@ def test_noop_edit_changes_nothing_and_ablation_acts(world):
         ablated = model(tokens)
     assert (ablated - clean).abs().max() > 1e-2
     assert active_hooks(model) == 0
+
+
+def test_lambda_is_calibrated_once_and_reused(world):
+    from saelens_amort.inference import infer
+
+    model, sae, tokens = world
+    hook = sae.cfg.metadata.hook_name
+    first, second = tokens[:1], tokens[1:3]
+    acts = model.run_with_cache(first, names_filter=hook)[1][hook][:, 1:]
+    lam = infer(acts.reshape(-1, acts.shape[-1]), sae, "semi").lam  # calibrated on the first pass's positions
+    edit = LatentEdit(scale={5: 2.0})
+    with latent_edit(model, sae, edit, mode="semi") as log:
+        model(first)
+        assert log["lam"] == pytest.approx(lam, rel=1e-6)
+        edited = model(second)
+        assert log["lam"] == pytest.approx(lam, rel=1e-6) and log["passes"] == 2
+    with latent_edit(model, sae, edit, mode="semi", lam=lam):
+        torch.testing.assert_close(model(second), edited, atol=1e-5, rtol=1e-5)
 
 
 def test_no_hook_survives_an_exception(world):
@@ -60,6 +80,61 @@ def test_patch_generate_side_by_side(world):
         patch_generate(model, sae, LatentEdit(scale={3: 1.0}), ["word " * 500], max_new_tokens=4)
 
 
+def test_patch_lambda_is_calibrated_on_the_generation_tokens_without_bos(world):
+    from saelens_amort.inference import calibrate_lambda
+    from saelens_amort.interventions.patching import calibrate_on_prompts, prompt_activations, prompt_tokens
+
+    model, sae, _ = world
+    hook = sae.cfg.metadata.hook_name
+    prompts = ["the match ended", "a quiet river"]
+    with_bos = [prompt_tokens(model, p, 6) for p in prompts]
+    assert all(int(t[0, 0]) == model.tokenizer.bos_token_id for t in with_bos)
+    acts = torch.cat([model.run_with_cache(t, names_filter=hook)[1][hook][0, 1:] for t in with_bos])
+    expected = calibrate_lambda(acts, sae, "semi", strict=False).lam
+    default = model.cfg.default_prepend_bos
+    model.cfg.default_prepend_bos = False  # a model whose tokens carry no BOS unless asked for one
+    try:
+        assert calibrate_on_prompts(model, sae, hook, prompts, "semi", 6) == pytest.approx(expected, rel=1e-6)
+        bare = model.to_tokens(prompts[0])
+        assert int(bare[0, 0]) != model.tokenizer.bos_token_id
+        assert prompt_activations(model, hook, bare).shape[0] == bare.shape[1]  # a first real token is kept
+    finally:
+        model.cfg.default_prepend_bos = default
+    assert calibrate_on_prompts(model, sae, hook, prompts, "amortized", 6) is None
+
+
+def test_patch_warns_about_latents_that_never_fire_on_the_prompt(world):
+    model, sae, _ = world
+    hook = sae.cfg.metadata.hook_name
+    tokens = model.to_tokens("the match ended", prepend_bos=True)
+    codes = sae.encode(model.run_with_cache(tokens, names_filter=hook)[1][hook])[0, 1:]
+    fired = codes.gt(0).any(0)
+    live, silent = int(fired.nonzero()[0]), int((~fired).nonzero()[0])
+    with pytest.warns(UserWarning, match=rf"latent\(s\) {silent} never fire on the prompt 'the match ended'"):
+        patch_generate(model, sae, LatentEdit(ablate=(silent, live)), ["the match ended"], max_new_tokens=2)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        patch_generate(model, sae, LatentEdit(scale={live: 2.0}), ["the match ended"], max_new_tokens=2)
+    assert not [w for w in caught if "never fire" in str(w.message)]
+
+
+def test_patch_warns_about_empty_continuations(tmp_path):
+    from sae_lens import StandardSAE, StandardSAEConfig
+    from tokenizers import AddedToken
+
+    tokenizer = tiny_tokenizer(tmp_path)
+    tokenizer.add_tokens([AddedToken("\n", normalized=False)])
+    model = tiny_model(tokenizer)
+    with torch.no_grad():
+        model.unembed.b_U[tokenizer.convert_tokens_to_ids("\n")] = 1e3  # always generates newlines: no text
+    torch.manual_seed(0)
+    sae = StandardSAE(StandardSAEConfig(d_in=32, d_sae=64))
+    sae.cfg.metadata.hook_name = "blocks.0.hook_resid_post"
+    with pytest.warns(UserWarning, match="the original continuation of 'the match ended' is empty"):
+        rows = patch_generate(model, sae, LatentEdit(scale={3: 1.0}), ["the match ended"], max_new_tokens=3)
+    assert rows[0].original.strip() == ""
+
+
 def test_bad_inputs(world):
     model, sae, _ = world
     with pytest.raises(SaeAmortError, match="out of range .*d_sae=1024"):
@@ -75,4 +150,6 @@ def test_bad_inputs(world):
     assert parse_edit("1,2", "3:2.5", "4:-1") == LatentEdit(ablate=(1, 2), scale={3: 2.5}, set={4: -1.0})
     with pytest.raises(SaeAmortError, match="at least one prompt"):
         patch_generate(model, sae, LatentEdit(ablate=(1,)), [])
+    with pytest.raises(SaeAmortError, match="out of range .*d_sae=1024"):
+        patch_generate(model, sae, LatentEdit(ablate=(5000,)), ["the match ended"])
     assert active_hooks(model) == 0

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import gc
 import time
 import warnings
+import weakref
 from types import SimpleNamespace
 
 import pytest
@@ -279,6 +281,25 @@ def test_of_accepts_dictionaries_saes_and_matrices():
     assert m.d_sae == D_SAE and m.d_in == D_IN and m.sae is None
     with pytest.raises(SaeAmortError, match="cannot build a dictionary"):
         Dictionary.of("standard")
+
+
+def test_of_caches_the_view_per_sae_until_its_weights_change():
+    sae = _build("standard")
+    d = Dictionary.of(sae)
+    assert Dictionary.of(sae) is d  # not re-probed: hooks call Dictionary.of on every entry
+    with torch.no_grad():
+        sae.W_dec.mul_(2.0)  # in place: the tensor's version changes
+    d2 = Dictionary.of(sae)
+    assert d2 is not d
+    torch.testing.assert_close(d2.norms, 2.0 * d.norms)
+    sae.W_dec = torch.nn.Parameter(sae.W_dec.detach() * 3.0)  # replaced: the data pointer changes
+    d3 = Dictionary.of(sae)
+    assert d3 is not d2
+    torch.testing.assert_close(d3.norms, 3.0 * d2.norms)
+    alive = weakref.ref(sae)
+    del sae, d, d2, d3
+    gc.collect()
+    assert alive() is None  # the cache does not keep its SAE alive
 
 
 def test_zero_norm_atoms_keep_zero_codes():

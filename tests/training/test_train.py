@@ -52,6 +52,28 @@ def test_loca_beats_its_global_initialisation(tmp_path):
     assert final.cfg.budgets == [4, 3, 2, 1]
 
 
+def test_loca_fine_tunes_on_the_batches_after_the_pretraining_ones(tmp_path, monkeypatch):
+    from itertools import islice
+
+    import saelens_amort.training.run as run_module
+
+    calls, real_fit = [], run_module._fit
+
+    def recording_fit(sae, cfg, data_fn, steps, *args, **kwargs):
+        calls.append((data_fn, steps))
+        return real_fit(sae, cfg, data_fn, steps, *args, **kwargs)
+
+    monkeypatch.setattr(run_module, "_fit", recording_fit)
+    cfg = TrainConfig(arch="loca", budgets=(2, 1), **{**SMALL, "tokens": 2048, "batch_size": 128})
+    run_train(cfg, tmp_path / "loca", progress=False)
+    (pre_data, pre_steps), (fine_data, fine_steps) = calls
+    assert pre_steps + fine_steps == cfg.n_steps == 16
+    stream = list(islice(pre_data(0), pre_steps + fine_steps))  # one pass over the --tokens rows
+    for skip in (0, 3):  # 3: a resumed fine-tune
+        fine = list(islice(fine_data(skip), fine_steps - skip))
+        assert all(torch.equal(a, b) for a, b in zip(fine, stream[pre_steps + skip:], strict=True))
+
+
 @pytest.mark.slow
 def test_checkpoints_resume_and_dynamics(tmp_path):
     cfg = TrainConfig(arch="topk", checkpoint_every=20, **{**SMALL, "tokens": 15_360})
@@ -102,8 +124,18 @@ def test_shipped_recipes_load():
         cfg = TrainConfig.from_yaml(path, tokens=1 << 20)
         assert cfg.arch in ARCHS
     classic = TrainConfig.from_yaml(recipes[[p.stem for p in recipes].index("relu_l1")], tokens=1 << 20, lr=1e-3)
-    assert (classic.expansion, classic.l1_coefficient, classic.lr_warm_up_steps, classic.lr_end) == (8, 3e-4, 500, 1.5e-3)
+    assert (classic.expansion, classic.l1_coefficient, classic.lr_warm_up_steps, classic.lr_end) == (8, 20.0, 500, 1.5e-3)
     assert classic.lr == 1e-3 and classic.normalize_activations == "layer_norm"  # given options override the recipe
+
+
+@pytest.mark.slow
+def test_relu_l1_recipe_trains_a_sparse_sae(tmp_path):
+    from pathlib import Path
+
+    recipe = Path(__file__).resolve().parents[2] / "configs" / "relu_l1.yaml"
+    cfg = TrainConfig.from_yaml(recipe, batch_size=1024, tokens=307_200, lr_warm_up_steps=30)  # 300 short steps
+    summary = run_train(cfg, tmp_path / "relu_l1", progress=False)
+    assert summary["l0"] < 0.08 * 1024 and summary["explained_variance"] > 0.95  # 3e-4 gave L0 656 of 1024
 
 
 @pytest.mark.slow
