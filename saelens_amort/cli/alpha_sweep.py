@@ -9,8 +9,8 @@ from typing import List, Optional
 import typer
 from rich.console import Console
 
-from saelens_amort.cli import app
-from saelens_amort.cli.eval import DEVICE, SEED, SOURCE
+from saelens_amort.cli.app import app
+from saelens_amort.cli.options import DEVICE, MODEL, SEED, SOURCE, count_option, out_option
 
 
 @app.command("alpha-sweep")
@@ -19,13 +19,13 @@ def alpha_sweep_command(
     sae: List[str] = typer.Option([], help="LAYER=SPEC, one per layer (default for toy: 2=toy/topk); repeatable."),
     alphas: str = typer.Option("0,0.5,1,2,4", help="Comma-separated scale factors."),
     percentile: float = typer.Option(90.0, help="Live = above this percentile of the latent's positive values."),
-    sequences: int = typer.Option(16, help="Evaluation sequences."),
-    context_size: int = typer.Option(64, help="Tokens per sequence."),
-    batch: int = typer.Option(16, help="Sequences per forward pass (halved on CUDA OOM)."),
+    sequences: int = count_option(16, "Evaluation sequences."),
+    context_size: int = count_option(64, "Tokens per sequence."),
+    batch: int = count_option(16, "Sequences per forward pass (halved on CUDA OOM)."),
     mode: str = typer.Option("amortized", help="Inference mode of the codes that are scaled."),
-    model: str = typer.Option("toy", help="TransformerLens name, local HF checkpoint dir, or 'toy'."),
+    model: str = MODEL,
     source: Optional[str] = SOURCE, seed: int = SEED, device: str = DEVICE,
-    out: Path = typer.Option(Path("runs/alpha-sweep"), help="Output directory."),
+    out: Path = out_option(Path("runs/alpha-sweep")),
 ) -> None:
     """Per feature and α: ΔCE, KL and top logit deltas; per_feature_metrics.csv, per_layer_summary.csv, report."""
     from saelens_amort.errors import SaeAmortError
