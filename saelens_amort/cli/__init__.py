@@ -66,6 +66,5 @@ def _error(message: str, status: int = USER_ERROR) -> int:
 
 
 def _interrupted() -> int:
-    print("saeamort: interrupted; completed work (shards, finished SAEs) is kept and the next run resumes",
-          file=sys.stderr)
+    print("saeamort: interrupted; finished work is kept (collect and eval resume where they stopped)", file=sys.stderr)
     return INTERRUPTED
