@@ -3,11 +3,13 @@
 Public API (stable names): load_model, load_sae, check_sae_fits, collect_activations, CollectConfig,
 ActivationStore, resolve_source, Dictionary, infer, register_mode, list_modes, calibrate_lambda, InferenceResult,
 SaeAmortError.
+
+Importing the package is cheap (the `saeamort` command starts from it): the names that need torch, SAE-Lens or
+TransformerLens load on first use. `saelens_amort.saes` (and so `load_sae`) registers the SAE-Lens architecture
+"loca" (idempotent).
 """
 
 from saelens_amort.errors import SaeAmortError
-from saelens_amort.models import load_model
-from saelens_amort.training import loca as _loca  # noqa: F401  registers SAE-Lens architecture "loca" (idempotent)
 
 __version__ = "0.1.0"
 
@@ -30,7 +32,11 @@ __all__ = [
 
 
 def __getattr__(name: str):
-    # Loading the SAE and activation modules pulls in sae_lens; defer it until asked for.
+    # The model, SAE and activation modules pull in torch, transformer_lens and sae_lens; defer them until asked for.
+    if name == "load_model":
+        from saelens_amort import models
+
+        return models.load_model
     if name in ("load_sae", "check_sae_fits", "Dictionary"):
         from saelens_amort import saes
 

@@ -1,6 +1,8 @@
 """Device and dtype choices for the commands: validated once, with clear errors and the documented fallbacks.
 
-- `--device cpu | cuda | cuda:N`: CUDA requested where none is available (or N out of range) is a user error.
+- `--device auto | cpu | cuda | cuda:N | mps`: `auto` (every command's default) takes cuda, then mps, then cpu;
+  CUDA or MPS requested where none is available (or N out of range) is a user error. On MPS (Apple Silicon) what
+  Metal lacks runs on the CPU: the CLI sets PYTORCH_ENABLE_MPS_FALLBACK=1 before torch loads.
 - `--llm-dtype` / `--sae-dtype`: fp32 | bf16 | fp16 (aliases float32, bfloat16, float16). Half precision on a CPU:
   bf16 falls back to fp32 with a warning where the CPU has no native bf16 matmul path worth using, fp16 always does
   (CPU fp16 matmuls are emulated). Objectives are accumulated in fp32 whatever the dtype (inference engine).
@@ -19,10 +21,18 @@ DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat1
 
 
 def check_device(device: str) -> str:
+    """The device to use for `device` (`auto` resolved), or SaeAmortError when it is unknown or not on this machine."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "mps" if _has_mps() else "cpu"
     if device == "cpu":
         return device
-    if not device.startswith("cuda"):
-        raise SaeAmortError(f"unknown --device {device!r}; use cpu, cuda or cuda:N")
+    if device == "mps":
+        if not _has_mps():
+            raise SaeAmortError("--device mps requested but MPS (Apple Silicon GPU) is not available here; use "
+                                "--device auto or cpu")
+        return device
+    if device != "cuda" and not device.startswith("cuda:"):
+        raise SaeAmortError(f"unknown --device {device!r}; use auto, cpu, cuda, cuda:N or mps")
     if not torch.cuda.is_available():
         raise SaeAmortError(f"--device {device} requested but CUDA is not available here (torch "
                             f"{torch.__version__}); use --device cpu or a CUDA build of torch on a GPU machine")
@@ -46,6 +56,10 @@ def resolve_dtype(name: str | None, device: str, what: str) -> torch.dtype | Non
         warnings.warn(f"{what} bf16: this CPU has no native bf16 support; using fp32", UserWarning, stacklevel=2)
         return torch.float32
     return dtype
+
+
+def _has_mps() -> bool:
+    return bool(torch.backends.mps.is_available())
 
 
 def _cpu_has_bf16() -> bool:

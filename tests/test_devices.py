@@ -17,6 +17,8 @@ def test_device_and_dtype_choices():
             check_device("cuda:0")
     with pytest.raises(SaeAmortError, match="unknown --device"):
         check_device("tpu")
+    with pytest.raises(SaeAmortError, match="unknown --device"):
+        check_device("cudax")
     assert resolve_dtype(None, "cpu", "--sae-dtype") is None
     assert resolve_dtype("fp32", "cpu", "--sae-dtype") == torch.float32
     with pytest.warns(UserWarning, match="fp16 on CPU"):
@@ -24,6 +26,16 @@ def test_device_and_dtype_choices():
     assert resolve_dtype("bf16", "cpu", "--sae-dtype") in (torch.bfloat16, torch.float32)
     with pytest.raises(SaeAmortError, match="use fp32, bf16 or fp16"):
         resolve_dtype("int8", "cpu", "--sae-dtype")
+
+
+def test_auto_takes_cuda_then_mps_then_cpu():
+    expected = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
+    assert check_device("auto") == expected
+    if torch.backends.mps.is_available():
+        assert check_device("mps") == "mps"
+    else:
+        with pytest.raises(SaeAmortError, match="MPS .*not available"):
+            check_device("mps")
 
 
 @pytest.mark.parametrize("mode", ["amortized", "semi", "unamortized", "omp"])

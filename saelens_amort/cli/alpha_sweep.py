@@ -9,8 +9,8 @@ from typing import List, Optional
 import typer
 from rich.console import Console
 
-from saelens_amort.cli import app
-from saelens_amort.cli.eval import OVERWRITE
+from saelens_amort.cli.app import app
+from saelens_amort.cli.options import MAX_SEED, OPTIONAL_DEVICE, OVERWRITE, bounded, count_option, out_option
 
 
 @app.command("alpha-sweep")
@@ -29,17 +29,18 @@ def alpha_sweep_command(
     alphas: Optional[str] = typer.Option(None, help="Comma-separated scale factors (default 0,0.5,1,2,4)."),
     percentile: Optional[float] = typer.Option(None, help="Live = above this percentile of the latent's positive "
                                                           "values (default 90)."),
-    sequences: Optional[int] = typer.Option(None, help="Evaluation sequences (default 16)."),
-    context_size: Optional[int] = typer.Option(None, help="Tokens per sequence (default 64)."),
-    batch: Optional[int] = typer.Option(None, help="Sequences per forward pass, halved on CUDA OOM (default 16)."),
+    sequences: Optional[int] = count_option(None, "Evaluation sequences (default 16)."),
+    context_size: Optional[int] = count_option(None, "Tokens per sequence (default 64)."),
+    batch: Optional[int] = count_option(None, "Sequences per forward pass, halved on CUDA OOM (default 16)."),
     mode: Optional[str] = typer.Option(None, help="Inference mode of the codes that are scaled (default amortized)."),
     model: Optional[str] = typer.Option(None, help="TransformerLens name, local HF checkpoint dir, or 'toy' "
                                                    "(default toy)."),
     source: Optional[str] = typer.Option(None, help="Text source: toy, a .txt/.jsonl/.parquet file, hf:DATASET "
                                                     "(default: toy for toy, the Pile otherwise)."),
-    seed: Optional[int] = typer.Option(None, help="Seed of the toy corpus stream (default 0)."),
-    device: Optional[str] = typer.Option(None, help="cpu, cuda or cuda:N (default cpu)."),
-    out: Optional[Path] = typer.Option(None, help="Output directory (default runs/alpha-sweep)."),
+    seed: Optional[int] = typer.Option(None, help="Seed of the toy corpus stream (default 0).",
+                                       callback=bounded(low=0, high=MAX_SEED)),
+    device: Optional[str] = OPTIONAL_DEVICE,
+    out: Optional[Path] = out_option(None, "Output directory (default runs/alpha-sweep)."),
     overwrite: bool = OVERWRITE,
 ) -> None:
     """Per feature and α: ΔCE, KL and top logit deltas; per_feature_metrics.csv, per_layer_summary.csv, report."""

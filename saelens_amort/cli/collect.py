@@ -8,32 +8,32 @@ from typing import Optional
 import typer
 from rich.console import Console
 
-from saelens_amort.cli import app
+from saelens_amort.cli.app import app
+from saelens_amort.cli.options import (
+    DEVICE, HOOK, LAYER, MAX_TOKENS, MODEL, SEED, count_option, out_option, resolve_layer, tokens_option,
+)
 
 
 @app.command()
 def collect(
-    model: str = typer.Option("toy", help="TransformerLens name, local HF checkpoint directory, or 'toy'."),
-    layer: Optional[int] = typer.Option(None, help="Block whose hook_resid_post to read (blocks.L.hook_resid_post)."),
-    hook: Optional[str] = typer.Option(None, help="Any hook name instead of --layer, e.g. blocks.2.hook_mlp_out."),
+    model: str = MODEL, layer: Optional[int] = LAYER, hook: Optional[str] = HOOK,
     source: str = typer.Option(
         "toy", help="toy | toy:news | toy:code | FILE.txt/.jsonl/.parquet | hf:NAME[:CONFIG][@SPLIT]."
     ),
-    tokens: int = typer.Option(100_000, help="Activation rows to collect (BOS and padding excluded)."),
-    out: Optional[Path] = typer.Option(None, help="Store directory (default: a keyed folder in the cache)."),
-    context_size: int = typer.Option(128, help="Tokens per sequence, BOS included; longer documents are split."),
-    batch_size: int = typer.Option(16, help="Sequences per forward pass."),
-    shard_tokens: int = typer.Option(65_536, help="Activation rows per shard file."),
+    tokens: int = tokens_option(100_000, "Activation rows to collect (BOS and padding excluded)."),
+    out: Optional[Path] = out_option(None, "Store directory (default: a keyed folder in the cache)."),
+    context_size: int = count_option(128, "Tokens per sequence, BOS included; longer documents are split."),
+    batch_size: int = count_option(16, "Sequences per forward pass."),
+    shard_tokens: int = count_option(65_536, "Activation rows per shard file.", high=MAX_TOKENS),
     dtype: str = typer.Option("float32", help="Storage dtype: float32, float16 or bfloat16."),
-    seed: int = typer.Option(0, help="Seed of the toy corpus stream."),
-    device: str = typer.Option("cpu", help="cpu, cuda or cuda:N."),
+    seed: int = SEED, device: str = DEVICE,
 ) -> None:
     """Collect activations at one hook into an atomic, resumable shard store (a repeat request reads the cache)."""
     from saelens_amort.runners.collect import run_collect
 
     store = run_collect(
         model,
-        layer=layer,
+        layer=resolve_layer(model, layer, hook),
         hook=hook,
         source=source,
         cfg_kwargs=dict(

@@ -8,11 +8,9 @@ from typing import Optional
 import typer
 from rich.console import Console
 
-from saelens_amort.cli import app
-from saelens_amort.cli.eval import (
-    BATCH, CALIB, DEVICE, HOOK, LAYER, MODEL, OUT, OVERWRITE, SEED, SOURCE, SPLICE, TARGET, TOKENS, print_table,
-    toy_layer,
-)
+from saelens_amort.cli.app import app
+from saelens_amort.cli.eval import BATCH, CALIB, SEMI_STEPS, SPLICE, TARGET, TOKENS, print_table
+from saelens_amort.cli.options import DEVICE, HOOK, LAYER, MODEL, OUT, OVERWRITE, SEED, SOURCE, resolve_layer
 
 
 @app.command("dynamics")
@@ -21,7 +19,7 @@ def dynamics_command(
                                                "depth); the step comes from trainer metadata or the name."),
     model: str = MODEL, layer: Optional[int] = LAYER, hook: Optional[str] = HOOK,
     modes: str = typer.Option("amortized,semi,unamortized", help="Comma-separated registered modes."),
-    semi_steps: int = typer.Option(30, help="K for the semi-amortized mode."),
+    semi_steps: int = SEMI_STEPS,
     tokens: int = TOKENS, calib_tokens: int = CALIB, source: Optional[str] = SOURCE, lambda_target: str = TARGET,
     batch_size: int = BATCH, splice_sequences: int = SPLICE, out: Optional[Path] = OUT, overwrite: bool = OVERWRITE,
     device: str = DEVICE, seed: int = SEED,
@@ -31,7 +29,7 @@ def dynamics_command(
     from saelens_amort.runners.dynamics import run_dynamics
     from saelens_amort.runners.eval import EvalConfig
 
-    layer = toy_layer(model, layer, hook)
+    layer = resolve_layer(model, layer, hook)
     cfg = EvalConfig(model=model, layer=layer, hook=hook, modes=tuple(m.strip() for m in modes.split(",") if m.strip()),
                      semi_steps=semi_steps, tokens=tokens, calib_tokens=calib_tokens, source=source,
                      lambda_target=lambda_target, batch_size=batch_size, splice_sequences=splice_sequences, seed=seed,

@@ -10,30 +10,25 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from saelens_amort.cli import app
+from saelens_amort.cli.app import app
+from saelens_amort.cli.options import (
+    DEVICE, HOOK, LAYER, MAX_TOKENS, MODEL, OUT, OVERWRITE, SEED, SOURCE, count_option, resolve_layer, tokens_option,
+)
 from saelens_amort.errors import SaeAmortError
 
 SHOWN = ("nmse", "l0", "dead_rate", "real/f1@1", "real/absorption_rate", "gap_mean", "ce_recovered", "kl", "recovered",
          "code_mcc", "true_absorption")
 
-MODEL = typer.Option("pythia-160m-deduped", help="TransformerLens name, local HF checkpoint dir, or 'toy'.")
-LAYER = typer.Option(8, help="Block whose hook_resid_post the SAEs read (toy: 2).")
-HOOK = typer.Option(None, help="Any hook name instead of --layer.")
 SAE = typer.Option([], help="SAE spec: toy/<family>, saebench:[WIDTH/]FAMILY/trainer_I, RELEASE/SAE_ID; repeatable.")
 SAE_PATH = typer.Option([], help="Local SAE-Lens or dictionary_learning SAE directory; repeatable.")
-TOKENS = typer.Option(20_000, help="Activation rows evaluated.")
-CALIB = typer.Option(1024, help="Rows of the λ-calibration slice.")
-SOURCE = typer.Option(None, help="Text source: toy, a .txt/.jsonl/.parquet file, hf:DATASET (default: toy for toy, "
-                                 "the Pile otherwise).")
+TOKENS = tokens_option(20_000)
+CALIB = count_option(1024, "Rows of the λ-calibration slice.", high=MAX_TOKENS)
 TARGET = typer.Option("l0", help="λ target: l0 (match the encoder's mean L0) or dense@0.1.")
-BATCH = typer.Option(1024, help="Activation rows per inference batch.")
-SPLICE = typer.Option(16, help="Sequences for spliced CE/KL (0 skips).")
-OUT = typer.Option(None, help="Output directory (default runs/<command>-<model>).")
-OVERWRITE = typer.Option(False, help="Replace results of a different config in --out.")
-DEVICE = typer.Option("cpu", help="cpu, cuda or cuda:N.")
+BATCH = count_option(1024, "Activation rows per inference batch.")
+SPLICE = count_option(16, "Sequences for spliced CE/KL (0 skips).", low=0)
 LLM_DTYPE = typer.Option(None, help="Language-model dtype: fp32, bf16 or fp16 (default: as loaded).")
 SAE_DTYPE = typer.Option(None, help="SAE dtype: fp32, bf16 or fp16 (default: as stored; objectives stay fp32).")
-SEED = typer.Option(0, help="Seed of the toy corpus stream.")
+SEMI_STEPS = count_option(30, "K for the semi-amortized mode.")
 ACTIVATIONS = typer.Option(None, help="Evaluate on this activation store or world instead of the model (no spliced "
                                       "CE/KL; a world adds truth metrics).")
 
@@ -43,7 +38,7 @@ def eval_command(
     model: str = MODEL, layer: Optional[int] = LAYER, hook: Optional[str] = HOOK, sae: List[str] = SAE,
     sae_path: List[Path] = SAE_PATH,
     modes: str = typer.Option("amortized,semi,unamortized", help="Comma-separated registered modes."),
-    semi_steps: int = typer.Option(30, help="K for the semi-amortized mode."),
+    semi_steps: int = SEMI_STEPS,
     metrics: str = typer.Option("reconstruction,sparsity,probes,absorption,gap,cost,splice",
                                 help="Comma-separated registered metric families."),
     tokens: int = TOKENS, calib_tokens: int = CALIB, source: Optional[str] = SOURCE, lambda_target: str = TARGET,
@@ -87,10 +82,10 @@ def _run(command: str, out: Path | None, overwrite: bool, *, model: str, layer: 
          sae: list[str], sae_path: list[Path], **options) -> None:
     from saelens_amort.runners.eval import EvalConfig, run_eval
 
-    layer = toy_layer(model, layer, hook)
+    layer = resolve_layer(model, layer, hook)
     specs = tuple(sae) + tuple(str(p) for p in sae_path)
     cfg = EvalConfig(model=model, layer=layer, hook=hook, saes=specs, **options)
-    out = out or Path("runs") / f"{command}-{Path(model).name}"
+    out = out or Path("runs") / f"{command}-{Path(options.get('activations') or model).name}"
     df = run_eval(cfg, out, overwrite=overwrite)
     from saelens_amort import distributed
 
@@ -98,11 +93,6 @@ def _run(command: str, out: Path | None, overwrite: bool, *, model: str, layer: 
         return
     print_table(df)
     Console().print(f"results and report in {out}/ (report.html)")
-
-
-def toy_layer(model: str, layer: int | None, hook: str | None) -> int | None:
-    """--layer 8 (the paper's pythia default) means the toy SAEs' block 2 on the toy model."""
-    return 2 if model == "toy" and layer == 8 and hook is None else layer
 
 
 def print_table(df, first: tuple[str, ...] = ()) -> None:

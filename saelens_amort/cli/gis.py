@@ -9,8 +9,8 @@ from typing import List, Optional
 import typer
 from rich.console import Console
 
-from saelens_amort.cli import app
-from saelens_amort.cli.eval import DEVICE, OVERWRITE, SEED, SOURCE
+from saelens_amort.cli.app import app
+from saelens_amort.cli.options import DEVICE, OVERWRITE, LAYER, MODEL, SEED, SOURCE, count_option, out_option, resolve_layer
 
 
 @app.command("gis")
@@ -22,12 +22,12 @@ def gis_command(
     mode: str = typer.Option("amortized", help="Inference mode giving the codes (ablate)."),
     class_id: Optional[int] = typer.Option(None, help="Class whose probability shift is scored."),
     prompt: List[str] = typer.Option([], help="Prompt; repeatable (default: openings of source documents)."),
-    max_new_tokens: int = typer.Option(16, help="Tokens generated per continuation."),
-    model: str = typer.Option("toy", help="TransformerLens name, local HF checkpoint dir, or 'toy'."),
+    max_new_tokens: int = count_option(16, "Tokens generated per continuation."),
+    model: str = MODEL,
     sae: Optional[str] = typer.Option(None, help="SAE spec (default for toy: toy/topk)."),
-    layer: int = typer.Option(2, help="Block whose hook_resid_post the SAE reads."),
+    layer: Optional[int] = LAYER,
     source: Optional[str] = SOURCE, seed: int = SEED, device: str = DEVICE,
-    out: Path = typer.Option(Path("runs/gis"), help="Output directory."), overwrite: bool = OVERWRITE,
+    out: Path = out_option(Path("runs/gis")), overwrite: bool = OVERWRITE,
 ) -> None:
     """Calibrate α so the mean next-token KL hits each target, then generate with and without the intervention."""
     from saelens_amort.errors import SaeAmortError
@@ -49,9 +49,9 @@ def gis_command(
         if model != "toy":
             raise SaeAmortError("--sae is required for models other than the toy")
         sae = "toy/topk"
-    cfg = GisConfig(model=model, sae=sae, layer=layer, latents=chosen, class_id=class_id, kind=kind, mode=mode,
-                    kl_targets=targets, prompts=tuple(prompt), max_new_tokens=max_new_tokens, source=source,
-                    seed=seed, device=device)
+    cfg = GisConfig(model=model, sae=sae, layer=resolve_layer(model, layer, None), latents=chosen, class_id=class_id,
+                    kind=kind, mode=mode, kl_targets=targets, prompts=tuple(prompt), max_new_tokens=max_new_tokens,
+                    source=source, seed=seed, device=device)
     df = run_gis(cfg, out, overwrite=overwrite)
     for (target, alpha, reached), _ in df.groupby(["kl_target", "alpha", "kl"]):
         Console().print(f"KL target {target:g}: α = {alpha:.4g} (KL {reached:.4g})")

@@ -9,23 +9,24 @@ from typing import Optional
 import typer
 from rich.console import Console
 
-from saelens_amort.cli import app
-from saelens_amort.cli.eval import DEVICE, OVERWRITE, SEED, SOURCE
+from saelens_amort.cli.app import app
+from saelens_amort.cli.options import (
+    DEVICE, LAYER, MODEL, OVERWRITE, SEED, SOURCE, count_option, out_option, resolve_layer, tokens_option,
+)
 
 
 @app.command("interpret")
 def interpret_command(
     sae: Optional[str] = typer.Option(None, help="SAE spec or directory (default for toy: toy/topk)."),
     latents: str = typer.Option("", help="Comma-separated latents (default: the most frequent non-dense ones)."),
-    n_latents: int = typer.Option(16, help="How many latents when --latents is not given."),
-    top_n: int = typer.Option(10, help="Contexts per latent."),
-    window: int = typer.Option(10, help="Tokens of context before the peak token."),
+    n_latents: int = count_option(16, "How many latents when --latents is not given."),
+    top_n: int = count_option(10, "Contexts per latent."),
+    window: int = count_option(10, "Tokens of context before the peak token.", low=0),
     mode: str = typer.Option("amortized", help="Inference mode giving the codes."),
-    tokens: int = typer.Option(20_000, help="Tokens scanned."),
-    model: str = typer.Option("toy", help="TransformerLens name, local HF checkpoint dir, or 'toy'."),
-    layer: int = typer.Option(2, help="Block whose hook_resid_post the SAE reads."),
+    tokens: int = tokens_option(20_000, "Tokens scanned."),
+    model: str = MODEL, layer: Optional[int] = LAYER,
     source: Optional[str] = SOURCE, seed: int = SEED, device: str = DEVICE,
-    out: Path = typer.Option(Path("runs/interpret"), help="Output directory."), overwrite: bool = OVERWRITE,
+    out: Path = out_option(Path("runs/interpret")), overwrite: bool = OVERWRITE,
 ) -> None:
     """Top-activating contexts per latent (JSON, markdown, HTML with a plotly view per latent) and feature density."""
     from saelens_amort.errors import SaeAmortError
@@ -39,8 +40,8 @@ def interpret_command(
         chosen = [int(j) for j in latents.split(",") if j.strip()] or None
     except ValueError:
         raise SaeAmortError(f"--latents must be comma-separated integers, got {latents!r}") from None
-    cfg = TppConfig(model=model, layer=layer, sae=sae, modes=(mode,), tokens=tokens, source=source, seed=seed,
-                    device=device)
+    cfg = TppConfig(model=model, layer=resolve_layer(model, layer, None), sae=sae, modes=(mode,), tokens=tokens,
+                    source=source, seed=seed, device=device)
     run = {**asdict(cfg), "latents": chosen, "n_latents": n_latents, "top_n": top_n, "window": window}
     check_run_folder(out, "interpret", run, overwrite=overwrite)
     lm, sae_obj, hook, store = prepare(cfg)
@@ -59,22 +60,21 @@ def cross_domain_command(
     domain_a: str = typer.Option("toy:news", help="Source of domain A."),
     domain_b: str = typer.Option("toy:code", help="Source of domain B."),
     arch: str = typer.Option("topk", help="SAE family trained on each domain."),
-    tokens: int = typer.Option(102_400, help="Training tokens per domain."),
-    batch_size: int = typer.Option(1024, help="Tokens per step."),
-    expansion: int = typer.Option(8, help="d_sae / d_in."),
-    k: int = typer.Option(16, help="Active latents (TopK families)."),
-    model: str = typer.Option("toy", help="TransformerLens name, local HF checkpoint dir, or 'toy'."),
-    layer: int = typer.Option(2, help="Block whose hook_resid_post to train on."),
+    tokens: int = tokens_option(102_400, "Training tokens per domain."),
+    batch_size: int = count_option(1024, "Tokens per step."),
+    expansion: int = count_option(8, "d_sae / d_in."),
+    k: int = count_option(16, "Active latents (TopK families)."),
+    model: str = MODEL, layer: Optional[int] = LAYER,
     seed: int = SEED, device: str = DEVICE,
-    out: Path = typer.Option(Path("runs/cross-domain"), help="Output directory."),
+    out: Path = out_option(Path("runs/cross-domain")),
     overwrite: bool = typer.Option(False, help="Replace earlier runs in --out."),
 ) -> None:
     """Train on A and on B, evaluate both on both: degradation table and per-latent selectivity."""
     from saelens_amort.training.families import TrainConfig
     from saelens_amort.views.cross_domain import run_cross_domain
 
-    cfg = TrainConfig(arch=arch, model=model, layer=layer, tokens=tokens, batch_size=batch_size, expansion=expansion,
-                      k=k, seed=seed, device=device)
+    cfg = TrainConfig(arch=arch, model=model, layer=resolve_layer(model, layer, None), tokens=tokens,
+                      batch_size=batch_size, expansion=expansion, k=k, seed=seed, device=device)
     df = run_cross_domain(cfg, domain_a, domain_b, out, overwrite=overwrite)
     Console().print(df[["trained_on", "evaluated_on", "nmse", "l0", "nmse_degradation"]].to_string(index=False))
     Console().print(f"cross_domain.csv, selectivity.csv and report.html in {out}/")

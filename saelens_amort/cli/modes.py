@@ -1,23 +1,21 @@
-"""`saeamort modes`: the registered inference modes (built-in and user-registered)."""
+"""`saeamort modes`: the built-in inference modes and what each needs (from the catalog: no torch to import)."""
 
 from __future__ import annotations
 
 from rich.console import Console
 from rich.table import Table
 
-from saelens_amort.cli import app
+from saelens_amort.cli.app import app
+from saelens_amort.mode_catalog import BUILTIN_MODES
 
 
 @app.command()
 def modes() -> None:
-    """List the registered inference modes and what each needs (λ, k, the SAE's encoder)."""
-    from saelens_amort.inference import get_mode, list_modes
-
+    """List the inference modes and what each needs (λ, k, the SAE's encoder); Python code adds its own with
+    saelens_amort.register_mode."""
     table = Table("mode", "needs λ", "needs k", "needs encoder", "what it does")
-    for name in list_modes():
-        spec = get_mode(name)
-        doc = (spec.fn.__doc__ or "").strip().splitlines()
-        table.add_row(name, _yes(spec.needs_lambda), _yes(spec.needs_k), _yes(spec.needs_sae), doc[0] if doc else "")
+    for m in BUILTIN_MODES:
+        table.add_row(m.name, _yes(m.needs_lambda), _yes(m.needs_k), _yes(m.needs_sae), m.summary)
     Console().print(table)
 
 

@@ -9,8 +9,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from saelens_amort.cli import app
-from saelens_amort.cli.eval import DEVICE, HOOK, LAYER, MODEL, toy_layer
+from saelens_amort.cli.app import app
+from saelens_amort.cli.options import DEVICE, HOOK, LAYER, MODEL, SEED, count_option, out_option, resolve_layer
 
 
 @app.command("patch")
@@ -23,11 +23,11 @@ def patch_command(
     mode: str = typer.Option("amortized", help="Inference mode that gives the codes to edit."),
     lam: Optional[float] = typer.Option(None, help="λ for λ-modes (default: calibrated on the prompts to the "
                                                    "encoder's L0)."),
-    max_new_tokens: int = typer.Option(20, help="Tokens generated per continuation."),
+    max_new_tokens: int = count_option(20, "Tokens generated per continuation."),
     sample: bool = typer.Option(False, help="Sample (seeded) instead of greedy decoding."),
-    seed: int = typer.Option(0, help="Sampling seed."),
+    seed: int = SEED,
     model: str = MODEL, layer: Optional[int] = LAYER, hook: Optional[str] = HOOK, device: str = DEVICE,
-    out: Optional[Path] = typer.Option(None, help="Also write patch.csv and report.html here."),
+    out: Optional[Path] = out_option(None, "Also write patch.csv and report.html here."),
 ) -> None:
     """Generate each prompt's continuation with and without the latent edit (SAE error term kept)."""
     from saelens_amort.errors import SaeAmortError
@@ -48,7 +48,7 @@ def patch_command(
         sae = "toy/topk"
     lm = load_model(model, device=device)
     sae_obj = load_sae(sae, device=device)
-    hook_name = resolve_hook(lm.cfg.n_layers, toy_layer(model, layer, hook), hook)
+    hook_name = resolve_hook(lm.cfg.n_layers, resolve_layer(model, layer, hook), hook)
     check_sae_fits(sae_obj, lm, hook_name)
     if lam is None:
         lam = calibrate_on_prompts(lm, sae_obj, hook_name, prompt, mode, max_new_tokens)

@@ -9,7 +9,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from saelens_amort.cli import app
+from saelens_amort.cli.app import app
 
 toy_app = typer.Typer(help="The embedded toy world: corpus, tokenizer, GPT-NeoX-style model, one SAE per family.")
 app.add_typer(toy_app, name="toy")

@@ -8,27 +8,29 @@ from typing import Optional
 import typer
 from rich.console import Console
 
-from saelens_amort.cli import app
-from saelens_amort.cli.eval import DEVICE, HOOK, OVERWRITE, SEED, SOURCE, TOKENS
+from saelens_amort.cli.app import app
+from saelens_amort.cli.options import (
+    DEVICE, HOOK, LAYER, MODEL, OVERWRITE, SEED, SOURCE, count_option, out_file_option, out_option, resolve_layer,
+    tokens_option,
+)
 
-MODEL = typer.Option("toy", help="TransformerLens name, local HF checkpoint dir, or 'toy'.")
-LAYER = typer.Option(2, help="Block whose hook_resid_post the SAE reads.")
+TOKENS = tokens_option(20_000, "Tokens of labelled documents read.")
 SAE = typer.Option(None, help="SAE spec or directory (default for toy: toy/topk).")
 POOLING = typer.Option("mean", help="Pool tokens per document: mean or last.")
 
 
-def _cfg(**kw):
+def _cfg(model: str, layer: int | None, hook: str | None, **kw):
     from saelens_amort.runners.tpp import TppConfig
 
-    return TppConfig(**kw)
+    return TppConfig(model=model, layer=resolve_layer(model, layer, hook), hook=hook, **kw)
 
 
 @app.command("select-latents")
 def select_latents_command(
     class_id: int = typer.Option(..., help="Class whose latents to select (index into the source's labels)."),
-    top_m: int = typer.Option(10, help="Latents to keep."),
+    top_m: int = count_option(10, "Latents to keep."),
     mode: str = typer.Option("amortized", help="Inference mode giving the codes."),
-    out: Path = typer.Option(Path("latents.json"), help="Output JSON (mode, λ, latents, scores)."),
+    out: Path = out_file_option(Path("latents.json"), "Output JSON (mode, λ, latents, scores)."),
     overwrite: bool = OVERWRITE,
     model: str = MODEL, layer: Optional[int] = LAYER, hook: Optional[str] = HOOK, sae: Optional[str] = SAE,
     tokens: int = TOKENS, source: Optional[str] = SOURCE, pooling: str = POOLING, seed: int = SEED,
@@ -48,7 +50,7 @@ def select_latents_command(
 def tpp_command(
     top_m: str = typer.Option("2,5,10,20,50,100", help="Comma-separated numbers of ablated latents M."),
     modes: str = typer.Option("amortized,semi,unamortized", help="Comma-separated registered modes."),
-    out: Optional[Path] = typer.Option(None, help="Output directory (default runs/tpp-<model>)."),
+    out: Optional[Path] = out_option(None, "Output directory (default runs/tpp-<model>)."),
     overwrite: bool = OVERWRITE,
     model: str = MODEL, layer: Optional[int] = LAYER, hook: Optional[str] = HOOK, sae: Optional[str] = SAE,
     tokens: int = TOKENS, source: Optional[str] = SOURCE, pooling: str = POOLING, seed: int = SEED,

@@ -8,7 +8,8 @@ from typing import Optional
 import typer
 from rich.console import Console
 
-from saelens_amort.cli import app
+from saelens_amort.cli.app import app
+from saelens_amort.cli.options import DEVICE, MAX_SEED, MAX_TOKENS, count_option, out_option, tokens_option
 
 
 @app.command("train")
@@ -19,19 +20,20 @@ def train_command(
     model: Optional[str] = typer.Option(None, help="TransformerLens name, local HF checkpoint dir, or 'toy'."),
     layer: Optional[int] = typer.Option(None, help="Block whose hook_resid_post to train on (toy default 2)."),
     source: Optional[str] = typer.Option(None, help="Text source (default: toy for toy, the Pile otherwise)."),
-    tokens: Optional[int] = typer.Option(None, help="Training tokens (one pass)."),
-    steps: Optional[int] = typer.Option(None, help="Optimiser steps (default tokens // batch size)."),
-    batch_size: Optional[int] = typer.Option(None, help="Tokens per step."),
-    expansion: Optional[int] = typer.Option(None, help="d_sae / d_in."),
-    k: Optional[int] = typer.Option(None, help="Active latents per token (TopK families)."),
+    tokens: Optional[int] = tokens_option(None, "Training tokens (one pass)."),
+    steps: Optional[int] = count_option(None, "Optimiser steps (default tokens // batch size).", high=MAX_TOKENS),
+    batch_size: Optional[int] = count_option(None, "Tokens per step."),
+    expansion: Optional[int] = count_option(None, "d_sae / d_in."),
+    k: Optional[int] = count_option(None, "Active latents per token (TopK families)."),
     budgets: Optional[str] = typer.Option(None, help="LocA group budgets, e.g. 6,5,4,3,3,2,2,1."),
     lr: Optional[float] = typer.Option(None, help="Learning rate."),
-    checkpoint_every: Optional[int] = typer.Option(None, help="Checkpoint every N steps (for saeamort dynamics)."),
-    device: Optional[str] = typer.Option(None, help="cpu, cuda or cuda:N."),
-    seed: Optional[int] = typer.Option(None, help="Seed."),
+    checkpoint_every: Optional[int] = count_option(None, "Checkpoint every N steps (for saeamort dynamics).",
+                                                   high=MAX_TOKENS),
+    device: str = DEVICE,
+    seed: Optional[int] = count_option(None, "Seed (default: the recipe's, else 0).", low=0, high=MAX_SEED),
     wandb: bool = typer.Option(False, help="Also log to Weights & Biases (needs a wandb login)."),
     live: bool = typer.Option(False, help="Compute activations on the fly from the model instead of caching them."),
-    out: Path = typer.Option(..., help="Run directory."),
+    out: Path = out_option(..., "Run directory."),
     overwrite: bool = typer.Option(False, help="Replace a run with a different config in --out."),
     resume: bool = typer.Option(False, help="Continue the run in --out from its newest checkpoint."),
 ) -> None:

@@ -9,7 +9,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from saelens_amort.cli import app
+from saelens_amort.cli.app import app
 
 world_app = typer.Typer(help="A ground-truth feature world: known atoms and codes, stored as an activation store.")
 app.add_typer(world_app, name="world")

@@ -44,7 +44,8 @@ def test_different_request_into_the_same_out_is_refused(collected):
 @pytest.mark.parametrize(
     ("args", "pattern"),
     [
-        (["--model", "no-such-model"], "unknown model 'no-such-model'"),
+        (["--model", "no-such-model", "--layer", "0"], "unknown model 'no-such-model'"),
+        (["--model", "no-such-model"], "--model no-such-model: give --layer"),
         (["--model", "toy", "--hook", "blocks.1.hook_nope"], "hook"),
         (["--model", "toy", "--layer", "7"], r"layer 7 is out of range: the model has layers 0\.\.3"),
         (["--model", "toy", "--layer", "2", "--tokens", "0"], "--tokens must be positive"),

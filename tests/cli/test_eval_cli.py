@@ -69,7 +69,8 @@ def test_bad_inputs(tmp_path):
     bad = _tiny_sae_dir(tmp_path / "wide", d_in=64)
     assert_user_error(saeamort("eval", *SMALL, "--sae-path", str(bad), "--out", str(tmp_path / "c")),
                       "d_in=64 does not match")
-    assert_user_error(saeamort("eval", "--out", str(tmp_path / "d")), "saeamort eval --model toy")
+    assert_user_error(saeamort("eval", "--model", "pythia-160m-deduped", "--out", str(tmp_path / "d")),
+                      "saeamort eval --model toy")
     assert_user_error(saeamort("sweep-semi", *SMALL, "--steps", "5,x", "--out", str(tmp_path / "e")),
                       "comma-separated integers")
     assert_user_error(saeamort("sweep-semi", *SMALL, "--steps", "0,5", "--out", str(tmp_path / "f")),
