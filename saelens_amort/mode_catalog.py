@@ -17,8 +17,13 @@ class ModeInfo(NamedTuple):
 
 BUILTIN_MODES = (
     ModeInfo("amortized", False, False, True, "the SAE's own encoder: exactly sae.encode(x)"),
-    ModeInfo("unamortized", True, False, False, "FISTA (adaptive restart) from zero to convergence at λ"),
+    ModeInfo("unamortized", True, False, False, "non-negative lasso at λ from zero, solved to a certified duality "
+                                                "gap (working-set solver; dense FISTA or ISTA on request)"),
     ModeInfo("semi", True, False, False, "K FISTA steps at λ warm-started from the encoder's code"),
     ModeInfo("omp", False, True, False, "non-negative orthogonal matching pursuit, k atoms per row"),
     ModeInfo("mp", False, True, False, "matching pursuit, k atoms per row"),
+    ModeInfo("ksparse", False, False, False, "min ½‖x′ − uA‖² with u ≥ 0 and at most k atoms per row (default k: the "
+                                             "encoder's own per-row L0), from OMP"),
+    ModeInfo("semi_ksparse", False, False, True, "the same k-sparse problem started from the encoder's code: never "
+                                                 "worse than the encoder, same per-row L0"),
 )

@@ -33,6 +33,9 @@ def train_command(
     seed: Optional[int] = count_option(None, "Seed (default: the recipe's, else 0).", low=0, high=MAX_SEED),
     wandb: bool = typer.Option(False, help="Also log to Weights & Biases (needs a wandb login)."),
     live: bool = typer.Option(False, help="Compute activations on the fly from the model instead of caching them."),
+    activations: Optional[Path] = typer.Option(None, help="Train on this activation store or world instead of the "
+                                                          "model's activations (--steps may pass over it several "
+                                                          "times)."),
     out: Path = out_option(..., "Run directory."),
     overwrite: bool = typer.Option(False, help="Replace a run with a different config in --out."),
     resume: bool = typer.Option(False, help="Continue the run in --out from its newest checkpoint."),
@@ -48,7 +51,8 @@ def train_command(
         raise SaeAmortError(f"--budgets must be comma-separated integers, got {budgets!r}") from None
     given = dict(arch=arch, model=model, layer=layer, source=source, tokens=tokens, steps=steps, batch_size=batch_size,
                  expansion=expansion, k=k, budgets=budget_tuple, lr=lr, checkpoint_every=checkpoint_every,
-                 device=device, seed=seed, wandb=wandb or None, live=live or None)
+                 device=device, seed=seed, wandb=wandb or None, live=live or None,
+                 activations=str(activations) if activations else None)
     if config is not None:
         cfg = TrainConfig.from_yaml(config, **given)
     else:
