@@ -24,7 +24,7 @@ app = typer.Typer(
 
 
 def _register() -> None:
-    from saelens_amort.cli import alpha_sweep, collect, dynamics, eval, gis, interpret, modes, patch, toy, tpp, train  # noqa: F401  (commands register themselves on import)
+    from saelens_amort.cli import alpha_sweep, collect, dynamics, eval, frontier, gis, interpret, modes, patch, toy, tpp, train  # noqa: F401  (commands register themselves on import)
 
 
 def _setup_logging(verbose: bool) -> None:

@@ -14,7 +14,7 @@ import math
 import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -273,9 +273,20 @@ def run_eval(cfg: EvalConfig, out: Path, *, overwrite: bool = False, progress: b
     return ev.df
 
 
-def evaluate(cfg: EvalConfig, specs: tuple[str, ...], out: Path, *, progress: bool = True) -> Evaluation:
-    """Load the model and every SAE (checking each fits before any work), create `out`, stream the activations once
-    (cached), and evaluate the SAEs one at a time (one SAE in memory at once)."""
+class Inputs(NamedTuple):
+    """What every SAE of a run is evaluated on: the model, the hook, the streamed activations, splice sequences."""
+
+    model: Any
+    hook: str
+    store: Any
+    splice_toks: SpliceTokens | None
+    sae_dtype: torch.dtype | None
+
+
+def load_inputs(cfg: EvalConfig, specs: tuple[str, ...], out: Path, *, progress: bool = True,
+                check_sae: Callable[[Any], None] | None = None) -> Inputs:
+    """Load the model and every SAE (checking each fits, and `check_sae(sae)` when given, before any work), create
+    `out`, and stream the activations once (cached)."""
     from saelens_amort.activations import CollectConfig, collect_activations, resolve_source
     from saelens_amort.models import load_model
     from saelens_amort.runners.collect import resolve_hook
@@ -295,7 +306,10 @@ def evaluate(cfg: EvalConfig, specs: tuple[str, ...], out: Path, *, progress: bo
         raise SaeAmortError(f"{str(e).rstrip('.')}; the same study offline: saeamort eval --model toy") from None
     hook = resolve_hook(model.cfg.n_layers, cfg.layer, cfg.hook)
     for spec in specs:
-        check_sae_fits(load_sae(spec, device=cfg.device, dtype=sae_dtype), model, hook)
+        sae = load_sae(spec, device=cfg.device, dtype=sae_dtype)
+        check_sae_fits(sae, model, hook)
+        if check_sae is not None:
+            check_sae(sae)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -312,7 +326,15 @@ def evaluate(cfg: EvalConfig, specs: tuple[str, ...], out: Path, *, progress: bo
     tok = model.tokenizer
     bos = tok.bos_token_id if tok is not None else None
     pad = (tok.pad_token_id if tok is not None and tok.pad_token_id is not None else 0)
-    splice_toks = splice_tokens(store, cfg.splice_sequences, bos, pad)
+    return Inputs(model, hook, store, splice_tokens(store, cfg.splice_sequences, bos, pad), sae_dtype)
+
+
+def evaluate(cfg: EvalConfig, specs: tuple[str, ...], out: Path, *, progress: bool = True) -> Evaluation:
+    """Load everything (`load_inputs`) and evaluate the SAEs one at a time (one SAE in memory at once)."""
+    from saelens_amort.saes import load_sae
+    from saelens_amort import distributed as dist
+
+    model, hook, store, splice_toks, sae_dtype = load_inputs(cfg, specs, out, progress=progress)
     rows, freqs, gaps = [], {}, {}
     done = load_partials(out, cfg.as_json()) if dist.is_main() else {}  # results stay on rank 0; the others learn which
     finished = set(dist.broadcast(sorted(done)))
