@@ -22,6 +22,7 @@ from collections.abc import Sequence
 from typing import NamedTuple
 
 import numpy as np
+import torch
 from jaxtyping import Float
 from torch import Tensor
 
@@ -30,7 +31,8 @@ NOT_REACHED = "not reached"
 
 def lambda_max(x_target: Float[Tensor, "N d_in"], atoms: Float[Tensor, "d_sae d_in"]) -> float:
     """The smallest λ at which every row's non-negative lasso code is zero: max over rows and atoms of x′·a_j."""
-    return float((x_target.float() @ atoms.float().T).max())
+    acc = torch.promote_types(atoms.dtype, torch.float32)
+    return float((x_target.to(acc) @ atoms.to(acc).T).max())
 
 
 def lambda_grid(lam_max: float, n: int, ratio: float) -> tuple[float, ...]:
