@@ -36,7 +36,6 @@ logger = logging.getLogger(__name__)
 COMMAND = "frontier"
 MODE_KNOBS = {"unamortized": "lam", "semi": "lam", "omp": "k", "mp": "k"}
 """The density knob of each mode that has one (a new k-sparse mode is one more entry)."""
-POINT_COLUMNS = ("l0", "nmse", "fvu")
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,7 @@ def build_frontier_report(path: Path, points: pd.DataFrame, prices: pd.DataFrame
         Section("Frontier points", html=table_html(points[[c for c in POINT_COLUMNS if c in points.columns]])),
     ]
     if meta.get("skipped"):
-        sections.append(Section("Skipped", html="<br>".join(html.escape(f"{k}: {v}") for k, v in meta["skipped"].items())))
+        lines = (html.escape(f"{k}: {v}") for k, v in meta["skipped"].items())
+        sections.append(Section("Skipped", html="<br>".join(lines)))
     title = f"Density frontiers — {cfg.get('model', '?')} @ {meta.get('hook_name', '?')}"
     return write_report(path, title, sections, provenance={k: v for k, v in meta.items() if k != "prices"})
