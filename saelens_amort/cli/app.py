@@ -16,7 +16,9 @@ app = typer.Typer(
 
 
 def register_commands() -> None:
-    from saelens_amort.cli import alpha_sweep, collect, dynamics, eval, gis, interpret, modes, patch, toy, tpp, train, world  # noqa: F401  (commands register themselves on import)
+    from saelens_amort.cli import (  # noqa: F401  (commands register themselves on import)
+        alpha_sweep, collect, dynamics, eval, frontier, gis, interpret, modes, patch, toy, tpp, train, world,
+    )
 
 
 def setup_logging(verbose: bool) -> None:

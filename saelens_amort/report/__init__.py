@@ -3,6 +3,7 @@
 from saelens_amort.report.figures import (
     cost_quality,
     firing_histograms,
+    frontier_plot,
     gap_distribution,
     metric_bars,
     pareto_scatter,
@@ -16,6 +17,7 @@ __all__ = [
     "Section",
     "cost_quality",
     "firing_histograms",
+    "frontier_plot",
     "gap_distribution",
     "metric_bars",
     "pareto_scatter",

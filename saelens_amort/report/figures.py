@@ -160,3 +160,33 @@ def semi_curves(df: pd.DataFrame, metrics: Sequence[str], steps: str = "semi_ste
 def step_curves(df: pd.DataFrame, metrics: Sequence[str], step: str = "step") -> go.Figure | None:
     """Metric vs training step of the SAE checkpoints, one line per mode; a dropdown picks the metric."""
     return metric_lines(df, metrics, step, "mode", "training step")
+
+
+def frontier_plot(points: pd.DataFrame) -> go.Figure | None:
+    """NMSE vs L0 (log–log), one line per mode over its knob, the encoder's point starred; a dropdown picks the SAE."""
+    if points.empty or not {"sae", "mode", "l0", "nmse", "encoder_point"} <= set(points.columns):
+        return None
+    saes = list(dict.fromkeys(points["sae"]))
+    fig, owner = go.Figure(), []
+    for sae in saes:
+        pts = points[points["sae"] == sae]
+        for mode, sub in pts.groupby("mode", sort=False):
+            sub = sub.sort_values("l0")
+            fig.add_scatter(
+                x=sub["l0"], y=sub["nmse"], mode="lines+markers", name=str(mode), visible=sae == saes[0],
+                line=dict(color=_color(str(mode))), customdata=sub[["knob", "value"]].astype(str).to_numpy(),
+                hovertemplate=f"{mode}<br>%{{customdata[0]}} %{{customdata[1]}}<br>L0 %{{x:.3g}}<br>NMSE %{{y:.4g}}"
+                              "<extra></extra>",
+            )
+            owner.append(sae)
+        enc = pts[pts["encoder_point"].astype(bool)]
+        fig.add_scatter(x=enc["l0"], y=enc["nmse"], mode="markers", name="encoder (as trained)",
+                        visible=sae == saes[0], marker=dict(symbol="star", size=16, color="black"),
+                        hovertemplate="encoder<br>L0 %{x:.3g}<br>NMSE %{y:.4g}<extra></extra>")
+        owner.append(sae)
+    visible = [[o == sae for o in owner] for sae in saes]
+    fig.update_layout(
+        title=f"Density frontier — {saes[0]}", xaxis_title="L0", yaxis_title="NMSE", xaxis_type="log",
+        yaxis_type="log", updatemenus=_dropdown(saes, visible, [{"title": f"Density frontier — {s}"} for s in saes]),
+    )
+    return fig

@@ -15,7 +15,7 @@ import math
 import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -27,7 +27,9 @@ from saelens_amort.atomic import write_atomic
 from saelens_amort.run_folder import check_run_folder
 from saelens_amort.runners.eval_inputs import (
     ORACLE,
+    Inputs,
     SpliceTokens,
+    load_inputs,
     load_eval_sae,
     make_out,
     model_activations,
@@ -312,21 +314,10 @@ def _default_specs(cfg: EvalConfig) -> tuple[str, ...]:
 
 
 def evaluate(cfg: EvalConfig, specs: tuple[str, ...], out: Path, *, progress: bool = True) -> Evaluation:
-    """Load the model and every SAE (checking each fits before any work), create `out`, stream the activations once
-    (cached), and evaluate the SAEs one at a time (one SAE in memory at once). With `cfg.activations`, read that
-    store instead (no model); on a world, add the truth metrics and the oracle (spec `oracle`)."""
+    """Load everything (`load_inputs`) and evaluate the SAEs one at a time (one SAE in memory at once)."""
     from saelens_amort import distributed as dist
-    from saelens_amort.devices import check_device, resolve_dtype
 
-    check_device(cfg.device)
-    sae_dtype = resolve_dtype(cfg.sae_dtype, cfg.device, "--sae-dtype")
-    if cfg.activations is not None:
-        store, world = open_activations(cfg, specs, sae_dtype)
-        model, hook, splice_toks = None, store.hook_name, None
-        make_out(out)
-    else:
-        world = None
-        model, store, hook, splice_toks = model_activations(cfg, specs, sae_dtype, out, progress)
+    model, hook, store, splice_toks, sae_dtype, world = load_inputs(cfg, specs, out, progress=progress)
     rows, freqs, gaps = [], {}, {}
     done = load_partials(out, cfg.as_json()) if dist.is_main() else {}  # results stay on rank 0; the others learn which
     finished = set(dist.broadcast(sorted(done)))

@@ -3,8 +3,9 @@ KL), or a given activation store — a ground-truth world adds its truth and the
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 
@@ -33,7 +34,36 @@ def splice_tokens(store, n_sequences: int, bos: int | None, pad: int) -> SpliceT
     return SpliceTokens(out, torch.tensor([len(s) for s in seqs]))
 
 
-def model_activations(cfg, specs: tuple[str, ...], sae_dtype, out: Path, progress: bool):
+class Inputs(NamedTuple):
+    """What every SAE of a run is evaluated on: the model (None for --activations), the hook, the streamed
+    activations, the splice sequences, the SAE dtype, and the World when the activations have ground truth."""
+
+    model: Any
+    hook: str
+    store: Any
+    splice_toks: SpliceTokens | None
+    sae_dtype: torch.dtype | None
+    world: Any
+
+
+def load_inputs(cfg, specs: tuple[str, ...], out: Path, *, progress: bool = True,
+                check_sae: Callable[[Any], None] | None = None) -> Inputs:
+    """Load the model (or open `cfg.activations`) and every SAE, checking each fits (and `check_sae(sae)` when
+    given) before any work; create `out`; stream the activations once (cached)."""
+    from saelens_amort.devices import check_device, resolve_dtype
+
+    check_device(cfg.device)
+    sae_dtype = resolve_dtype(cfg.sae_dtype, cfg.device, "--sae-dtype")
+    if cfg.activations is not None:
+        store, world = open_activations(cfg, specs, sae_dtype, check_sae)
+        make_out(out)
+        return Inputs(None, store.hook_name, store, None, sae_dtype, world)
+    model, store, hook, splice_toks = model_activations(cfg, specs, sae_dtype, out, progress, check_sae)
+    return Inputs(model, hook, store, splice_toks, sae_dtype, None)
+
+
+def model_activations(cfg, specs: tuple[str, ...], sae_dtype, out: Path, progress: bool,
+                      check_sae: Callable[[Any], None] | None = None):
     """The model, its cached activations at the hook, the hook, and the sequences for spliced CE / KL."""
     from saelens_amort import distributed as dist
     from saelens_amort.activations import CollectConfig, collect_activations, resolve_source
@@ -52,7 +82,10 @@ def model_activations(cfg, specs: tuple[str, ...], sae_dtype, out: Path, progres
         raise SaeAmortError(f"{str(e).rstrip('.')}; the same study offline: saeamort eval --model toy") from None
     hook = resolve_hook(model.cfg.n_layers, cfg.layer, cfg.hook)
     for spec in specs:
-        check_sae_fits(load_sae(spec, device=cfg.device, dtype=sae_dtype), model, hook)
+        sae = load_sae(spec, device=cfg.device, dtype=sae_dtype)
+        check_sae_fits(sae, model, hook)
+        if check_sae is not None:
+            check_sae(sae)
     make_out(out)
     request = CollectConfig(hook_name=hook, n_tokens=cfg.tokens, context_size=cfg.context_size, seed=cfg.seed)
     if not dist.is_main():
@@ -71,7 +104,7 @@ ORACLE = "oracle"
 """On a world: the true dictionary as an SAE (every per-sample mode on it is the ceiling any SAE can reach)."""
 
 
-def open_activations(cfg, specs: tuple[str, ...], sae_dtype):
+def open_activations(cfg, specs: tuple[str, ...], sae_dtype, check_sae: Callable[[Any], None] | None = None):
     """The given store (and its World when it has ground truth); every SAE must read its width."""
     from saelens_amort.activations import ActivationStore
     from saelens_amort.world import World
@@ -83,9 +116,12 @@ def open_activations(cfg, specs: tuple[str, ...], sae_dtype):
     if ORACLE in specs and world is None:
         raise SaeAmortError(f"--sae {ORACLE} needs a world (a store with ground truth); {path} has none")
     for spec in specs:
-        d_in = int(load_eval_sae(spec, world, cfg.device, sae_dtype).cfg.d_in)
-        if d_in != store.d_in:
-            raise SaeAmortError(f"SAE {spec} reads d_in={d_in}, the activations in {path} have d={store.d_in}")
+        sae = load_eval_sae(spec, world, cfg.device, sae_dtype)
+        if int(sae.cfg.d_in) != store.d_in:
+            raise SaeAmortError(f"SAE {spec} reads d_in={sae.cfg.d_in}, the activations in {path} have "
+                                f"d={store.d_in}")
+        if check_sae is not None:
+            check_sae(sae)
     return store, world
 
 

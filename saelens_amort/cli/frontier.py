@@ -1,0 +1,69 @@
+"""`saeamort frontier`: each mode's NMSE (and CE/KL) against L0 over its density knob, and the price of amortization
+at the encoder's point."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from saelens_amort.cli.app import app
+from saelens_amort.cli.eval import (
+    BATCH, CALIB, LLM_DTYPE, SAE, SAE_DTYPE, SAE_PATH, SEMI_STEPS, SPLICE, TOKENS, _fmt,
+)
+from saelens_amort.cli.options import DEVICE, HOOK, LAYER, MODEL, OUT, OVERWRITE, SEED, SOURCE, resolve_layer
+from saelens_amort.errors import SaeAmortError
+
+PRICE_SHOWN = ("encoder_l0", "encoder_nmse", "nmse_ratio", "l0_needed", "l0_ratio", "note")
+
+
+def _numbers(text: str, kind: type, option: str) -> tuple:
+    try:
+        return tuple(kind(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise SaeAmortError(f"{option} must be comma-separated {kind.__name__}s, got {text!r}") from None
+
+
+@app.command("frontier")
+def frontier_command(
+    model: str = MODEL, layer: Optional[int] = LAYER, hook: Optional[str] = HOOK, sae: List[str] = SAE,
+    sae_path: List[Path] = SAE_PATH,
+    modes: str = typer.Option("amortized,semi,unamortized", help="Comma-separated registered modes."),
+    semi_steps: int = SEMI_STEPS,
+    metrics: str = typer.Option("reconstruction,sparsity,splice", help="Add 'splice' for CE/KL along the frontiers."),
+    tokens: int = TOKENS, calib_tokens: int = CALIB, source: Optional[str] = SOURCE, batch_size: int = BATCH,
+    splice_sequences: int = SPLICE, out: Optional[Path] = OUT, overwrite: bool = OVERWRITE, device: str = DEVICE,
+    seed: int = SEED, llm_dtype: Optional[str] = LLM_DTYPE, sae_dtype: Optional[str] = SAE_DTYPE,
+    n_lambdas: int = typer.Option(8, help="λ values per L1 mode, geometric from λ_max to λ_max / --lambda-ratio."),
+    lambda_ratio: float = typer.Option(100.0, help="λ_max / the smallest λ of the default grid."),
+    lambdas: str = typer.Option("", help="Explicit comma-separated λ grid instead of the default."),
+    k_multipliers: str = typer.Option("0.25,0.5,1,2,4", help="k grid = round(encoder L0 × each), in [1, d_sae]."),
+    ks: str = typer.Option("", help="Explicit comma-separated k grid instead of --k-multipliers."),
+    threshold_scales: str = typer.Option("0.5,0.75,1,1.5,2", help="Factors on a JumpReLU encoder's thresholds."),
+) -> None:
+    """Sweep density per mode (λ, k, the encoder's own k or threshold scale); write frontier.{parquet,csv,json} and
+    report.html with the price of amortization at the encoder's point."""
+    from saelens_amort.runners.eval import EvalConfig
+    from saelens_amort.runners.frontier import FrontierConfig, run_frontier
+
+    ev = EvalConfig(model=model, layer=resolve_layer(model, layer, hook), hook=hook,
+                    saes=tuple(sae) + tuple(str(p) for p in sae_path),
+                    modes=tuple(m.strip() for m in modes.split(",") if m.strip()), semi_steps=semi_steps,
+                    metrics=tuple(m.strip() for m in metrics.split(",") if m.strip()), tokens=tokens,
+                    calib_tokens=calib_tokens, source=source, batch_size=batch_size,
+                    splice_sequences=splice_sequences, seed=seed, device=device, llm_dtype=llm_dtype,
+                    sae_dtype=sae_dtype)
+    cfg = FrontierConfig(eval=ev, n_lambdas=n_lambdas, lambda_ratio=lambda_ratio,
+                         lambdas=_numbers(lambdas, float, "--lambdas"), ks=_numbers(ks, int, "--ks"),
+                         k_multipliers=_numbers(k_multipliers, float, "--k-multipliers"),
+                         threshold_scales=_numbers(threshold_scales, float, "--threshold-scales"))
+    out = out or Path("runs") / f"frontier-{Path(model).name}"
+    _, prices = run_frontier(cfg, out, overwrite=overwrite)
+    table = Table("SAE", "mode", *PRICE_SHOWN)
+    for row in prices.to_dict("records"):
+        table.add_row(*[_fmt(row.get(c)) for c in ("sae", "mode", *PRICE_SHOWN)])
+    Console(width=max(Console().width, 150)).print(table)
+    Console().print(f"frontier.parquet, frontier.json and report in {out}/ (report.html)")
