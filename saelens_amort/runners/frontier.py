@@ -34,7 +34,7 @@ from saelens_amort.saes import Dictionary, load_sae
 logger = logging.getLogger(__name__)
 
 COMMAND = "frontier"
-MODE_KNOBS = {"unamortized": "lam", "semi": "lam", "omp": "k", "mp": "k"}
+MODE_KNOBS = {"unamortized": "lam", "semi": "lam", "omp": "k", "mp": "k", "ksparse": "k", "semi_ksparse": "k"}
 """The density knob of each mode that has one (a new k-sparse mode is one more entry)."""
 
 
