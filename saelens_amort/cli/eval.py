@@ -88,7 +88,8 @@ def sweep_semi_command(
     if not ks:
         raise SaeAmortError("--steps needs at least one K")
     _run("sweep-semi", out, overwrite, model=model, layer=layer, hook=hook, sae=sae, sae_path=sae_path,
-         modes=("amortized", "semi", "unamortized"), lambda_policy="shared", semi_sweep=ks, tokens=tokens, calib_tokens=calib_tokens,
+         modes=("amortized", "semi", "unamortized"), lambda_policy="shared", semi_sweep=ks, tokens=tokens,
+         calib_tokens=calib_tokens,
          source=source, lambda_target=lambda_target, batch_size=batch_size, splice_sequences=splice_sequences,
          seed=seed, device=device)
 

@@ -4,8 +4,8 @@ Orchestration only (what is compared: `eval_protocol`). Per SAE and λ-mode: λ 
 so that mode's density, run exactly as evaluated, matches the encoder's (DESIGN §3, §9); with `--lambda shared` (and
 the paper protocol) every λ-mode runs at the unamortized mode's λ. Modes without a λ (the encoder, k-sparse) report
 F at the unamortized mode's λ. The amortization gap of a row is F(z_row; λ_row) − F(z*; λ_row), z* the converged
-unamortized code at that row's λ. Activations stream batch by batch through the metric accumulators (memory does not grow with
---tokens); spliced CE/KL runs on a few whole sequences rebuilt from the store's rows.
+unamortized code at that row's λ. Activations stream batch by batch through the metric accumulators (memory does not
+grow with --tokens); spliced CE/KL runs on a few whole sequences rebuilt from the store's rows.
 """
 
 from __future__ import annotations
@@ -185,7 +185,8 @@ def evaluate_sae(spec: str, sae, model, store, hook: str, cfg: EvalConfig,
     variants = cfg.variants()
     dictionary = Dictionary.of(sae)
     warm = {v.label for v in variants if get_mode(v.mode).encoder_start}  # start from the batch's encoder code
-    found = dist.broadcast(calibrate_variants(sae, store, cfg, variants) if dist.is_main() else None)  # every rank: same λs
+    # on rank 0, broadcast: every rank solves at the same λs
+    found = dist.broadcast(calibrate_variants(sae, store, cfg, variants) if dist.is_main() else None)
     ref = found.get("z*")
     lam_of = {v.label: (found[v.label].calibration.lam if v.label in found else ref.calibration.lam if ref else None)
               for v in variants}

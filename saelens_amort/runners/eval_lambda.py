@@ -1,8 +1,8 @@
 """The eval's λ per SAE and λ-mode (DESIGN §3, §9): the mode's codes' density on the first `--calib-tokens` rows
 matches the encoder's, with the mode run exactly as evaluated (same steps, tol, solver; semi from the encoder's
-code of the same batches), with the encoder's codes taken exactly as the eval's amortized mode computes them — batch by batch,
-`--batch-size` rows at a time from the start of the stream — since a batch-dependent encoder (training-form
-BatchTopK) codes a row differently in another batch.
+code of the same batches). The encoder's codes are taken exactly as the eval's amortized mode computes them — batch
+by batch, `--batch-size` rows at a time from the start of the stream — since a batch-dependent encoder
+(training-form BatchTopK) codes a row differently in another batch.
 
 A dense-rate target needs a dense latent: when no amortized latent fires on at least τ of the calibration rows,
 'dense@τ' names no density to match, and λ matches the encoder's mean L0 instead (said in the rows' `skipped`).
