@@ -10,6 +10,7 @@ from saelens_amort.activations import CollectConfig, collect_activations, resolv
 from saelens_amort.inference.calibrate import mean_l0
 from saelens_amort.runners.eval import EvalConfig, evaluate_sae
 from saelens_amort.runners.eval_protocol import price_columns
+from saelens_amort.runners.eval_report import price_table
 
 HOOK = "blocks.2.hook_resid_post"
 N = 256
@@ -78,6 +79,10 @@ def test_price_columns_by_hand():
     assert price["price_magnitude_nmse"] == pytest.approx(0.1) and price["price_support_nmse"] == pytest.approx(0.15)
     assert price["price_magnitude_kl"] == pytest.approx(0.1) and price["price_support_kl"] == pytest.approx(0.1)
     assert "price_magnitude_fvu" not in price and price_columns(rows[:1] + rows[2:]) == {}
+    df = pd.DataFrame([{"sae": "s", **r, **price} for r in rows] + [{"sae": "t", "mode": "amortized"}])
+    html = price_table(df)
+    assert html.count("<tr>") == 2 and "price_support_kl" in html and ">t<" not in html  # header + one SAE
+    assert price_table(df[df["sae"] == "t"]) is None
 
 
 def test_paper_protocol_runs_the_reference_choices_exactly(toy):
