@@ -37,11 +37,20 @@ ACTIVATIONS = typer.Option(None, help="Evaluate on this activation store or worl
 def eval_command(
     model: str = MODEL, layer: Optional[int] = LAYER, hook: Optional[str] = HOOK, sae: List[str] = SAE,
     sae_path: List[Path] = SAE_PATH,
-    modes: str = typer.Option("amortized,semi,unamortized", help="Comma-separated registered modes."),
+    modes: str = typer.Option("", help="Comma-separated registered modes, each optionally with +refit (default: the "
+                                       "protocol's: fair = amortized,amortized+refit,semi,unamortized,semi_ksparse,"
+                                       "ksparse; paper = amortized,semi,unamortized)."),
+    protocol: str = typer.Option("fair", help="fair (per-mode λ at matched density) or paper (dense@0.1, one shared "
+                                              "λ, plain ISTA, exactly 30 semi / 200 unamortized steps)."),
+    lambda_policy: Optional[str] = typer.Option(None, "--lambda", help="per-mode (each λ-mode calibrated as it runs) "
+                                                                       "or shared (the unamortized λ for all); "
+                                                                       "default: the protocol's."),
     semi_steps: int = SEMI_STEPS,
     metrics: str = typer.Option("reconstruction,sparsity,probes,absorption,gap,cost,splice",
                                 help="Comma-separated registered metric families."),
-    tokens: int = TOKENS, calib_tokens: int = CALIB, source: Optional[str] = SOURCE, lambda_target: str = TARGET,
+    tokens: int = TOKENS, calib_tokens: int = CALIB, source: Optional[str] = SOURCE,
+    lambda_target: Optional[str] = typer.Option(None, help="λ target: l0 (match the encoder's mean L0) or dense@0.1 "
+                                                           "(default: the protocol's, l0 / paper dense@0.1)."),
     batch_size: int = BATCH, splice_sequences: int = SPLICE, out: Optional[Path] = OUT, overwrite: bool = OVERWRITE,
     device: str = DEVICE, seed: int = SEED, llm_dtype: Optional[str] = LLM_DTYPE, sae_dtype: Optional[str] = SAE_DTYPE,
     activations: Optional[Path] = ACTIVATIONS,
@@ -50,6 +59,7 @@ def eval_command(
     report.html."""
     mode_list = tuple(m.strip() for m in modes.split(",") if m.strip())
     _run("eval", out, overwrite, model=model, layer=layer, hook=hook, sae=sae, sae_path=sae_path, modes=mode_list,
+         protocol=protocol, lambda_policy=lambda_policy,
          semi_steps=semi_steps, tokens=tokens, calib_tokens=calib_tokens, source=source, lambda_target=lambda_target,
          batch_size=batch_size, splice_sequences=splice_sequences, seed=seed, device=device, llm_dtype=llm_dtype,
          sae_dtype=sae_dtype, metrics=tuple(m.strip() for m in metrics.split(",") if m.strip()),
@@ -64,8 +74,8 @@ def sweep_semi_command(
     lambda_target: str = TARGET, batch_size: int = BATCH, splice_sequences: int = SPLICE, out: Optional[Path] = OUT,
     overwrite: bool = OVERWRITE, device: str = DEVICE, seed: int = SEED,
 ) -> None:
-    """Metrics against the number of semi-amortized steps K (amortized = K 0, unamortized = converged), one λ per
-    SAE; same outputs as eval, with the semi-steps curves in report.html."""
+    """Metrics against the number of semi-amortized steps K (exactly K each; amortized = K 0, unamortized =
+    converged), one λ per SAE; same outputs as eval, with the semi-steps curves in report.html."""
     try:
         ks = tuple(int(k) for k in steps.split(",") if k.strip())
     except ValueError:
@@ -73,7 +83,8 @@ def sweep_semi_command(
     if not ks:
         raise SaeAmortError("--steps needs at least one K")
     _run("sweep-semi", out, overwrite, model=model, layer=layer, hook=hook, sae=sae, sae_path=sae_path,
-         modes=("amortized", "semi", "unamortized"), semi_sweep=ks, tokens=tokens, calib_tokens=calib_tokens,
+         modes=("amortized", "semi", "unamortized"), lambda_policy="shared", semi_sweep=ks, tokens=tokens,
+         calib_tokens=calib_tokens,
          source=source, lambda_target=lambda_target, batch_size=batch_size, splice_sequences=splice_sequences,
          seed=seed, device=device)
 

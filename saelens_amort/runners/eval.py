@@ -1,9 +1,11 @@
-"""Runner for `saeamort eval`: every SAE × inference mode on the same streamed activations, one λ per SAE.
+"""Runner for `saeamort eval`: every SAE × inference mode on the same streamed activations, at matched density.
 
-Orchestration only. Per SAE: λ is calibrated once on a calibration slice so the unamortized codes' density matches
-the encoder's (DESIGN §3), and every λ-mode runs at it — so the amortization gap F(z_mode) − F(z*) compares codes on
-one objective. Activations stream batch by batch through the metric accumulators (memory does not grow with
---tokens); spliced CE/KL runs on a few whole sequences rebuilt from the store's rows.
+Orchestration only (what is compared: `eval_protocol`). Per SAE and λ-mode: λ is calibrated on a calibration slice
+so that mode's density, run exactly as evaluated, matches the encoder's (DESIGN §3, §9); with `--lambda shared` (and
+the paper protocol) every λ-mode runs at the unamortized mode's λ. Modes without a λ (the encoder, k-sparse) report
+F at the unamortized mode's λ. The amortization gap of a row is F(z_row; λ_row) − F(z*; λ_row), z* the converged
+unamortized code at that row's λ. Activations stream batch by batch through the metric accumulators (memory does not
+grow with --tokens); spliced CE/KL runs on a few whole sequences rebuilt from the store's rows.
 """
 
 from __future__ import annotations
@@ -37,6 +39,19 @@ from saelens_amort.runners.eval_inputs import (
     splice_tokens,
 )
 from saelens_amort.runners.eval_partials import COMMAND, PARTIAL_DIR, load_partials, save_partial
+from saelens_amort.runners.eval_protocol import (
+    DEFAULT_MODES,
+    LAMBDA_POLICIES,
+    PAPER_MODES,
+    PAPER_TARGET,
+    PROTOCOLS,
+    Variant,
+    density_columns,
+    density_metric,
+    make_variants,
+    price_columns,
+    split_mode,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -51,19 +66,6 @@ COUNT_KEYS = ("n_tokens", "n_train", "n_test")
 
 
 @dataclass(frozen=True)
-class Variant:
-    """One column of the comparison: a registered mode, and K when it is the semi mode."""
-
-    label: str
-    mode: str
-    steps: int | None = None
-
-    @property
-    def options(self) -> dict[str, Any]:
-        return {} if self.steps is None else {"steps": self.steps}
-
-
-@dataclass(frozen=True)
 class EvalConfig:
     model: str = "pythia-160m-deduped"
     """TransformerLens name, local HF checkpoint directory, or 'toy'."""
@@ -73,8 +75,12 @@ class EvalConfig:
     """Any hook name instead of `layer`."""
     saes: tuple[str, ...] = ()
     """SAE specs (toy/<family>, release/sae_id, a directory); empty = the model's default suite."""
-    modes: tuple[str, ...] = ("amortized", "semi", "unamortized")
-    """Registered inference modes to compare."""
+    modes: tuple[str, ...] = ()
+    """Registered inference modes to compare, each optionally with '+refit'; empty = the protocol's default."""
+    protocol: str = "fair"
+    """'fair' (per-mode λ, prior-matched modes) or 'paper' (the reference choices exactly; `eval_protocol`)."""
+    lambda_policy: str | None = None
+    """'per-mode' (each λ-mode its own λ) or 'shared' (the unamortized mode's λ for all); None: the protocol's."""
     metrics: tuple[str, ...] = (*BATCH_METRICS, "splice")
     """Registered metric families to compute ('splice' = spliced CE / KL, which runs the model)."""
     semi_steps: int = 30
@@ -87,8 +93,9 @@ class EvalConfig:
     """Rows of the calibration slice used to choose λ (the first rows of the stream)."""
     source: str | None = None
     """Text source (default: the toy corpus for the toy model, the Pile for real models)."""
-    lambda_target: str = "l0"
-    """Match the encoder's mean L0 ('l0') or its dense rate at 0.1 ('dense@0.1')."""
+    lambda_target: str | None = None
+    """Match the encoder's mean L0 ('l0') or its dense rate at 0.1 ('dense@0.1'); None: the protocol's (l0, paper
+    dense@0.1)."""
     batch_size: int = 1024
     """Activation rows per inference batch."""
     splice_sequences: int = 16
@@ -112,18 +119,21 @@ class EvalConfig:
     def __post_init__(self) -> None:
         from saelens_amort.inference import list_modes
 
-        unknown = [m for m in self.modes if m not in list_modes()]
+        if self.protocol not in PROTOCOLS:
+            raise SaeAmortError(f"unknown --protocol {self.protocol!r}; use one of {', '.join(PROTOCOLS)}")
+        if self.lambda_policy is not None and self.lambda_policy not in LAMBDA_POLICIES:
+            raise SaeAmortError(f"unknown --lambda {self.lambda_policy!r}; use one of {', '.join(LAMBDA_POLICIES)}")
+        unknown = [m for m in self.modes if split_mode(m)[0] not in list_modes()]
         if unknown:
-            raise SaeAmortError(f"unknown mode(s) {', '.join(unknown)}; registered modes: {', '.join(list_modes())}")
-        if not self.modes:
-            raise SaeAmortError("give at least one mode")
+            raise SaeAmortError(f"unknown mode(s) {', '.join(unknown)}; registered modes: {', '.join(list_modes())} "
+                                "(each may take '+refit')")
         from saelens_amort.metrics import list_metrics
 
         unknown = [m for m in self.metrics if m not in list_metrics()]
         if unknown or not self.metrics:
             raise SaeAmortError(f"unknown metric(s) {', '.join(unknown) or '(none given)'}; registered metrics: "
                                 f"{', '.join(list_metrics())}")
-        if self.lambda_target not in LAMBDA_TARGETS:
+        if self.lambda_target is not None and self.lambda_target not in LAMBDA_TARGETS:
             raise SaeAmortError(f"unknown --lambda-target {self.lambda_target!r}; use one of {', '.join(LAMBDA_TARGETS)}")
         if self.tokens <= 0 or self.calib_tokens <= 0 or self.batch_size <= 0 or self.semi_steps < 0:
             raise SaeAmortError("--tokens, --calib-tokens and --batch-size must be positive, --semi-steps ≥ 0")
@@ -133,15 +143,21 @@ class EvalConfig:
             raise SaeAmortError(f"--tokens ({self.tokens}) is smaller than the calibration slice ({self.calib_tokens}); "
                                 f"use --tokens ≥ {self.calib_tokens} or a smaller --calib-tokens")
 
+    @property
+    def resolved_modes(self) -> tuple[str, ...]:
+        return self.modes or (PAPER_MODES if self.protocol == "paper" else DEFAULT_MODES)
+
+    @property
+    def resolved_target(self) -> str:
+        return self.lambda_target or (PAPER_TARGET if self.protocol == "paper" else "l0")
+
+    @property
+    def shared_lambda(self) -> bool:
+        return (self.lambda_policy or ("shared" if self.protocol == "paper" else "per-mode")) == "shared"
+
     def variants(self) -> list[Variant]:
-        """What is evaluated per SAE: each mode once, or the semi mode once per K of a sweep."""
-        out = []
-        for mode in self.modes:
-            if mode == "semi" and self.semi_sweep:
-                out += [Variant(f"semi@{k}", "semi", k) for k in self.semi_sweep]
-            else:
-                out.append(Variant(mode, mode, self.semi_steps if mode == "semi" else None))
-        return out
+        """What is evaluated per SAE: each mode once, or the semi mode once per K of a sweep (`eval_protocol`)."""
+        return make_variants(self.resolved_modes, self.semi_steps, self.semi_sweep, self.protocol)
 
     def resolved_source(self) -> str:
         if self.source:
@@ -165,22 +181,18 @@ def evaluate_sae(spec: str, sae, model, store, hook: str, cfg: EvalConfig,
     from saelens_amort.inference import get_mode, infer
     from saelens_amort.metrics import make_metric, metric_batch, splice_reference, spliced_metrics
     from saelens_amort.metrics.splice import ce_recovered_problem
-    from saelens_amort.runners.eval_lambda import calibrate_eval_lambda, calibration_rows_to_load
+    from saelens_amort.runners.eval_lambda import calibrate_variants
     from saelens_amort.saes import Dictionary
 
     variants = cfg.variants()
     dictionary = Dictionary.of(sae)
-    needs_lam = any(v.mode != "amortized" for v in variants)
     warm = {v.label for v in variants if get_mode(v.mode).encoder_start}  # start from the batch's encoder code
-    found = None
-    if needs_lam:  # on rank 0, broadcast: every rank solves at the same λ
-        if dist.is_main():
-            n_load = calibration_rows_to_load(cfg.calib_tokens, cfg.batch_size, store.n_tokens)
-            found = calibrate_eval_lambda(store.load(n_load).acts.to(cfg.device), sae, cfg.lambda_target,
-                                          cfg.calib_tokens, cfg.batch_size)
-        found = dist.broadcast(found)
-    cal = found.calibration if found else None
-    lam = cal.lam if cal else None
+    # on rank 0, broadcast: every rank solves at the same λs
+    found = dist.broadcast(calibrate_variants(sae, store, cfg, variants) if dist.is_main() else None)
+    ref = found.get("z*")
+    lam_of = {v.label: (found[v.label].calibration.lam if v.label in found else ref.calibration.lam if ref else None)
+              for v in variants}
+    ref_lam = ref.calibration.lam if ref else None
     label_names = store.label_names
     families = [m for m in cfg.metrics if m != "splice"]
     metrics = {v.label: {name: (make_metric(name, label_names=label_names) if name in ("probes", "absorption")
@@ -191,7 +203,9 @@ def evaluate_sae(spec: str, sae, model, store, hook: str, cfg: EvalConfig,
                                                     parent=world.structure.parent, sae_atoms=dictionary.atoms.cpu())
     truths = world.iter_truth(cfg.batch_size) if world is not None else itertools.repeat(None)
     gaps: list[np.ndarray] = []
-    converged = {key: [0, 0] for key in [*metrics, "z*"]}  # rows whose stopping rule held, rows
+    stars = sorted({lam for lam in lam_of.values() if lam is not None})
+    converged = {key: [0, 0] for key in [*metrics, *stars]}  # rows whose stopping rule held, rows (z* by its λ)
+    objectives: dict[str, str] = {}
     n_rows = min(store.n_tokens, cfg.tokens)  # a given store (--activations) may hold more rows than asked for
     mine = dist.block(-(-n_rows // cfg.batch_size))  # this rank's contiguous batches
     for i, (batch, truth) in enumerate(zip(store.iter_batches(cfg.batch_size), truths)):
@@ -203,50 +217,65 @@ def evaluate_sae(spec: str, sae, model, store, hook: str, cfg: EvalConfig,
         if keep < batch.n_rows:
             batch, truth = batch.rows(0, keep), None if truth is None else truth[:keep]
         x = batch.acts.to(cfg.device)
-        star = infer(x, sae, "unamortized", lam=lam) if lam is not None else None
-        encoded = infer(x, sae, "amortized", lam=lam) if warm or "amortized" in cfg.modes else None
+        star = {lam: infer(x, sae, "unamortized", lam=lam) for lam in stars}  # z* at each row's λ
+        encoded = infer(x, sae, "amortized", lam=ref_lam) if warm or any(
+            v.mode == "amortized" and not v.options for v in variants) else None
         results = {}
         for v in variants:
-            if v.mode == "unamortized" and star is not None:
-                results[v.label] = star
-            elif v.mode == "amortized":
+            lam = lam_of[v.label]
+            if v.mode == "unamortized" and not v.options and lam in star:
+                results[v.label] = star[lam]
+            elif v.mode == "amortized" and not v.options and encoded is not None:
                 results[v.label] = encoded
             elif v.label in warm:  # the amortized mode's code of this very batch; its encoder time counts here too
                 res = infer(x, sae, v.mode, lam=lam, init=encoded.codes, **v.options)
                 results[v.label] = res._replace(seconds=res.seconds + encoded.seconds)
             else:
                 results[v.label] = infer(x, sae, v.mode, lam=lam, **v.options)
+            objectives.setdefault(v.label, str(results[v.label].info.get("objective", "encoder")))
         labels = batch.labels if label_names else None
-        for label, res in [*results.items(), *([("z*", star)] if star is not None else [])]:
-            converged[label] = [converged[label][0] + int(res.converged.sum()), converged[label][1] + len(res.codes)]
+        for key, res in [*results.items(), *star.items()]:
+            converged[key] = [converged[key][0] + int(res.converged.sum()), converged[key][1] + len(res.codes)]
         for label, res in results.items():
+            lam = lam_of[label]
             mb = metric_batch(x, res, dictionary, labels=labels, token_ids=batch.token_ids, doc_ids=batch.doc_ids,
-                              objective_star=None if star is None else star.objective)._replace(truth=truth)
+                              objective_star=star[lam].objective if lam in star else None)._replace(truth=truth)
             for m in metrics[label].values():
                 m.update(mb)
-        if star is not None and "amortized" in results and sum(map(len, gaps)) < GAP_SAMPLE:
-            gaps.append((results["amortized"].objective - star.objective).cpu().numpy())
+        if ref_lam in star and "amortized" in results and sum(map(len, gaps)) < GAP_SAMPLE:
+            gaps.append((results["amortized"].objective - star[ref_lam].objective).cpu().numpy())
 
     merged, all_gaps, all_converged = dist.merge_metrics(metrics), dist.gather(gaps), dist.gather(converged)
+    all_objectives = dist.gather(objectives)
     if not dist.is_main():
         return [], {"freqs": {}, "gap": np.zeros(0)}
     metrics, gaps = merged, [g for part in all_gaps for g in part]
+    objectives = {k: v for part in all_objectives for k, v in part.items()}
     counts = {key: np.sum([part[key] for part in all_converged], axis=0) for key in converged}
     converged_frac = {key: float(c / n) if n else None for key, (c, n) in counts.items()}
     use_splice = splice_toks is not None and "splice" in cfg.metrics
     reference = splice_reference(model, splice_toks.tokens, hook, splice_toks.lengths) if use_splice else None
     rows, freqs, splice_cache = [], {}, {}
     for v in variants:
+        lam = lam_of[v.label]
+        own = found.get(v.label, ref)
+        cal = own.calibration if own else None
         row: dict[str, Any] = {"sae": spec, "mode": v.label, "inference_mode": v.mode, "semi_steps": v.steps,
-                               "architecture": sae.cfg.architecture(), "lam": lam,
-                               "lambda_target": found.target if found else cfg.lambda_target,
+                               "refit": v.refit, "objective": objectives.get(v.label),
+                               "architecture": sae.cfg.architecture(), "protocol": cfg.protocol,
+                               "lambda_policy": "shared" if cfg.shared_lambda else "per-mode", "lam": lam,
+                               "lambda_calibrated_for": ("this mode" if v.label in found else "unamortized")
+                               if cal else None,
+                               "lambda_target": own.target if own else cfg.resolved_target,
                                "lambda_target_value": cal.target_value if cal else None,
                                "lambda_achieved": cal.achieved if cal else None,
                                "lambda_calib_rows": cal.n_rows if cal else None,
-                               "converged_frac": converged_frac[v.label], "ref_converged_frac": converged_frac["z*"]}
+                               "calibration_seconds": own.seconds if own else None,
+                               "converged_frac": converged_frac[v.label],
+                               "ref_converged_frac": converged_frac.get(lam)}
         skipped: dict[str, str] = {}
-        if found is not None and found.note:
-            skipped[f"{cfg.lambda_target} target"] = found.note
+        if own is not None and own.note:
+            skipped[f"{cfg.resolved_target} target"] = own.note
         for name, m in metrics[v.label].items():
             row.update({f"{name}/{k}" if k in COUNT_KEYS else k: val for k, val in m.compute().items()})
             skipped.update(m.skipped)
@@ -263,11 +292,16 @@ def evaluate_sae(spec: str, sae, model, store, hook: str, cfg: EvalConfig,
                     skipped[f"ce_recovered{tag}"] = ce_recovered_problem(sp.ce_clean, sp.ce_zero)
         if model is None and "splice" in cfg.metrics:
             skipped["splice"] = "activation-only evaluation (--activations): no language model to splice into"
-        if cal is not None and abs(cal.achieved - cal.target_value) > CALIBRATION_TOL * cal.target_value:
-            skipped["matched density"] = (f"no λ reaches the target {cal.target_value:.4g}; closest "
-                                          f"{cal.achieved:.4g} at λ={cal.lam:.3g}")
+        if v.label in found and abs(cal.achieved - cal.target_value) > CALIBRATION_TOL * cal.target_value:
+            skipped["calibration"] = (f"no λ reaches the target {cal.target_value:.4g} on the calibration slice; "
+                                      f"closest {cal.achieved:.4g} at λ={cal.lam:.3g}")
         row["skipped"] = "; ".join(f"{k}: {why}" for k, why in sorted(skipped.items()))
         rows.append(row)
+    fallback = ref.calibration.target_value if ref else None
+    density_columns(rows, density_metric(ref.target if ref else cfg.resolved_target), fallback)
+    price = price_columns(rows)
+    for row in rows:
+        row.update(price)
     gap = np.concatenate(gaps)[:GAP_SAMPLE] if gaps else np.zeros(0)
     return rows, {"freqs": freqs, "gap": gap}
 

@@ -1,7 +1,8 @@
-"""The eval's one λ per SAE (DESIGN §3): the unamortized codes' density on the first `--calib-tokens` rows matches
-the encoder's, with the encoder's codes taken exactly as the eval's amortized mode computes them — batch by batch,
-`--batch-size` rows at a time from the start of the stream — since a batch-dependent encoder (training-form
-BatchTopK) codes a row differently in another batch.
+"""The eval's λ per SAE and λ-mode (DESIGN §3, §9): the mode's codes' density on the first `--calib-tokens` rows
+matches the encoder's, with the mode run exactly as evaluated (same steps, tol, solver; semi from the encoder's
+code of the same batches). The encoder's codes are taken exactly as the eval's amortized mode computes them — batch
+by batch, `--batch-size` rows at a time from the start of the stream — since a batch-dependent encoder
+(training-form BatchTopK) codes a row differently in another batch.
 
 A dense-rate target needs a dense latent: when no amortized latent fires on at least τ of the calibration rows,
 'dense@τ' names no density to match, and λ matches the encoder's mean L0 instead (said in the rows' `skipped`).
@@ -9,14 +10,16 @@ A dense-rate target needs a dense latent: when no amortized latent fires on at l
 
 from __future__ import annotations
 
-from typing import NamedTuple
+import time
+from typing import Any, NamedTuple
 
 import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from saelens_amort.inference import Calibration, calibrate_lambda, infer
+from saelens_amort.inference import Calibration, calibrate_lambda, get_mode, infer
 from saelens_amort.inference.calibrate import dense_rate
+from saelens_amort.runners.eval_protocol import Variant
 
 
 class EvalLambda(NamedTuple):
@@ -25,6 +28,8 @@ class EvalLambda(NamedTuple):
     """The target λ was calibrated to ('l0' when the requested dense target had no dense latent)."""
     note: str | None
     """Why the requested target was replaced (None when it was not)."""
+    seconds: float = 0.0
+    """Wall time the calibration took (reported apart from the solves')."""
 
 
 def amortized_in_batches(x: Float[Tensor, "N d_in"], sae, batch_size: int) -> Float[Tensor, "N d_sae"]:
@@ -33,10 +38,14 @@ def amortized_in_batches(x: Float[Tensor, "N d_in"], sae, batch_size: int) -> Fl
     return torch.cat(parts)
 
 
-def calibrate_eval_lambda(x: Float[Tensor, "N d_in"], sae, target: str, calib_rows: int, batch_size: int) -> EvalLambda:
-    """λ for the unamortized mode on the first `calib_rows` rows of x, the first rows of the eval's stream; x holds
-    them and the rest of the batch the last of them falls in (see the module docstring)."""
-    reference = amortized_in_batches(x, sae, batch_size)[:calib_rows]
+def calibrate_eval_lambda(x: Float[Tensor, "N d_in"], sae, target: str, calib_rows: int, batch_size: int,
+                          mode: str = "unamortized", reference: Tensor | None = None, **options: Any) -> EvalLambda:
+    """λ for `mode` (run with `options`, calibrate_lambda's) on the first `calib_rows` rows of x, the first rows of
+    the eval's stream; x holds them and the rest of the batch the last of them falls in (see the module docstring).
+    `reference`: the amortized codes of those rows when already computed."""
+    start = time.perf_counter()
+    if reference is None:
+        reference = amortized_in_batches(x, sae, batch_size)[:calib_rows]
     note = None
     if target.startswith("dense@"):
         tau = float(target.split("@", 1)[1])
@@ -44,10 +53,36 @@ def calibrate_eval_lambda(x: Float[Tensor, "N d_in"], sae, target: str, calib_ro
             note = (f"no amortized latent fires on ≥ {tau:g} of the {calib_rows} calibration rows, so {target} is no "
                     "target; λ matches the encoder's mean L0 instead")
             target = "l0"
-    cal = calibrate_lambda(x[:calib_rows], sae, "unamortized", target=target, strict=False, reference=reference)
-    return EvalLambda(cal, target, note)
+    if get_mode(mode).encoder_start:  # start from the encoder's code of the eval's batches, as evaluated
+        options = {**options, "init": reference}
+    cal = calibrate_lambda(x[:calib_rows], sae, mode, target=target, strict=False, reference=reference, **options)
+    return EvalLambda(cal, target, note, time.perf_counter() - start)
 
 
 def calibration_rows_to_load(calib_rows: int, batch_size: int, n_tokens: int) -> int:
     """Rows from the start of the stream that cover the calibration slice in whole eval batches."""
     return min(n_tokens, -(-calib_rows // batch_size) * batch_size)
+
+
+def calibrate_variants(sae, store, cfg, variants: list[Variant]) -> dict[str, Any]:
+    """The λs of one SAE's eval (`cfg` an EvalConfig): 'z*' → the unamortized mode's (the λ of the shared policy, of
+    z* and of the modes without a λ), and with per-mode λ, label → the EvalLambda of each λ-variant, calibrated as
+    it runs (variants that solve alike share one); empty when no variant needs a λ."""
+    if all(v.mode == "amortized" for v in variants):
+        return {}
+    x = store.load(calibration_rows_to_load(cfg.calib_tokens, cfg.batch_size, store.n_tokens)).acts.to(cfg.device)
+    reference = amortized_in_batches(x, sae, cfg.batch_size)[: cfg.calib_tokens]
+    args = (x, sae, cfg.resolved_target, cfg.calib_tokens, cfg.batch_size)
+    unamortized = next((v for v in variants if v.mode == "unamortized"), Variant("unamortized", "unamortized"))
+    found = {"z*": calibrate_eval_lambda(*args, reference=reference, **unamortized.calibration_options)}
+    if cfg.shared_lambda:
+        return found
+    by_solve: dict[tuple, Any] = {("unamortized", tuple(sorted(unamortized.solve_options.items()))): found["z*"]}
+    for v in variants:
+        if get_mode(v.mode).needs_lambda:
+            key = (v.mode, tuple(sorted(v.solve_options.items())))
+            if key not in by_solve:
+                by_solve[key] = calibrate_eval_lambda(*args, mode=v.mode, reference=reference,
+                                                      **v.calibration_options)
+            found[v.label] = by_solve[key]
+    return found

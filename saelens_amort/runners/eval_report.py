@@ -29,7 +29,8 @@ BAR_METRICS = (
 )
 STEP_METRICS = ("nmse", "l0", "gap_mean", "real/f1@1", "real/absorption_rate", "ce_recovered", "kl",
                 "seconds_per_token")
-TABLE_COLUMNS = ("sae", "mode", "architecture", "lam", "nmse", "fvu", "l0", "dead_rate", "dense_rate@0.1",
+TABLE_COLUMNS = ("sae", "mode", "architecture", "objective", "lam", "density_target", "density_achieved",
+                 "density_matched", "nmse", "fvu", "l0", "dead_rate", "dense_rate@0.1",
                  "real/f1@1", "real/delta_f1", "real/absorption_rate", "gap_mean", "ce_recovered", "kl",
                  "flops_per_token", "skipped")
 
@@ -43,6 +44,8 @@ def build_report(path: Path, df: pd.DataFrame, freqs: dict, gaps: dict[str, np.n
     sections = [
         *(extra_sections or []),
         Section("Results (one row per SAE × mode)", html=table_html(table)),
+        Section("Price of amortization, decomposed", html=price_table(df),
+                missing="needs the rows amortized, amortized+refit and semi_ksparse or ksparse (the default modes)"),
         Section("Metrics by SAE and mode", metric_bars(df, BAR_METRICS)),
         Section("Firing frequencies", firing_histograms(freqs)),
         Section("Reconstruction vs sparsity", pareto_scatter(df)),
@@ -65,3 +68,14 @@ def semi_sweep_rows(df: pd.DataFrame) -> pd.DataFrame | None:
         return None
     amortized = df[df["inference_mode"] == "amortized"].assign(semi_steps=0)
     return pd.concat([amortized, semi], ignore_index=True)
+
+
+def price_table(df: pd.DataFrame) -> str | None:
+    """One line per SAE: the encoder's error split into magnitude (encoder − refit on its own support) and support
+    (refit − best prior-matched code at the same per-row L0), in each metric measured; None when no SAE has it."""
+    cols = [c for c in df.columns if c.startswith("price_")]
+    if "price_best_mode" not in cols:
+        return None
+    table = df.dropna(subset=["price_best_mode"]).drop_duplicates("sae")[["sae", *cols]]
+    return table_html(table) if len(table) else None
+

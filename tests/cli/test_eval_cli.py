@@ -6,7 +6,7 @@ import json
 import pandas as pd
 import pytest
 import torch
-from helpers import assert_user_error, saeamort
+from helpers import assert_cli_user_error, assert_user_error, saeamort
 from sae_lens import StandardSAE, StandardSAEConfig
 
 
@@ -76,3 +76,11 @@ def test_bad_inputs(tmp_path):
     assert_user_error(saeamort("sweep-semi", *SMALL, "--steps", "0,5", "--out", str(tmp_path / "f")),
                       "distinct positive")
     assert not any((tmp_path / n).exists() for n in "abcdef")  # nothing half-written
+
+
+def test_unknown_protocol_is_one_line_and_writes_nothing(capsys, tmp_path):
+    out = tmp_path / "run"
+    assert_cli_user_error(capsys, "unknown --protocol 'papr'; use one of fair, paper", "eval", *SMALL, "--protocol",
+                          "papr", "--out", str(out))
+    assert_cli_user_error(capsys, "unknown --lambda 'one'", "eval", *SMALL, "--lambda", "one", "--out", str(out))
+    assert not out.exists()

@@ -12,8 +12,8 @@ from saelens_amort.activations import CollectConfig, collect_activations, resolv
 from saelens_amort.inference.calibrate import mean_l0
 from saelens_amort.runners.eval import EvalConfig, evaluate_sae, run_eval
 
-CFG = EvalConfig(model="toy", layer=2, saes=("toy/topk", "toy/standard"), tokens=1536, calib_tokens=512,
-                 batch_size=512, splice_sequences=4)
+CFG = EvalConfig(model="toy", layer=2, saes=("toy/topk", "toy/standard"), modes=("amortized", "semi", "unamortized"),
+                 lambda_policy="shared", tokens=1536, calib_tokens=512, batch_size=512, splice_sequences=4)
 
 
 @pytest.fixture(scope="module")
@@ -85,7 +85,8 @@ def test_batch_dependent_encoder_rows_counts_and_convergence(toy_store):
     model, store = toy_store
     sae = batch_topk_training_sae()
     # One 2304-row batch (more than a solver chunk) and 2100 calibration rows (more than infer's 2048).
-    cfg = EvalConfig(model="toy", layer=2, semi_steps=0,
+    cfg = EvalConfig(model="toy", layer=2, semi_steps=0, modes=("amortized", "semi", "unamortized"),
+                     lambda_policy="shared",
                      metrics=("reconstruction", "sparsity", "probes", "gap", "cost"), tokens=2304, calib_tokens=2100,
                      batch_size=2304, splice_sequences=0)
     rows, _ = evaluate_sae("batchtopk-training", sae, model, store, "blocks.2.hook_resid_post", cfg, None)
