@@ -23,12 +23,14 @@ certificate typically finds a few violators per row and the second certifies the
 Precision. Trained decoders put near-parallel atoms in one working set (σ(G_W) spans 10³–10⁵ on the toy SAEs): an
 fp32 Cholesky of such a face loses most of its digits, so Newton steps fail and rows stall short of the certificate,
 and an fp32 gradient c − uG carries rounding comparable to the λ·tol the certificate must resolve. So the blocks are
-always solved in fp64 (they are small), the dense products stay in the work dtype, and the rows an fp32 pass leaves
-uncertified with budget left are solved again in fp64 from their fp32 codes, with gradients rAᵀ from the atoms (no
-fp64 Gram is built): only the few hard rows pay for fp64 dense products. `converged` is then the fp64 certificate.
+always solved in fp64 (they are small), the dense products stay in the work dtype, and the rows an fp32 pass (which
+spends at most 1 − FINE_SHARE of the budget) leaves uncertified are solved again in fp64 from their fp32 codes, with
+gradients rAᵀ from the atoms (no fp64 Gram is built): only the few hard rows pay for fp64 dense products.
+`converged` is then the fp64 certificate.
 
-Monotone: inner steps never raise F beyond rounding and changing W leaves u as it is, and the trajectory does not
-depend on the iteration budget, so a semi-amortized run with K steps is a prefix of the run with K+1. `n_iter`
+Monotone: inner steps never raise F beyond rounding and changing W leaves u as it is. In fp64 (one pass) the
+trajectory does not depend on the iteration budget, so a semi-amortized run with K steps is a prefix of the run
+with K+1; in fp32 the split of the budget between the passes depends on it. `n_iter`
 counts inner iterations (Newton steps included); each round adds one sparse product with G (or a dense rAᵀ).
 
 Memory (N rows per batch, w atoms per working set, work dtype): c and g, 2·N·d_sae numbers; the blocks, N·w²; the
@@ -85,6 +87,10 @@ FINE_DTYPE = torch.float64
 """The blocks (G_W, c_W − λ, v) are always solved in this dtype, and rows an fp32 pass leaves uncertified are solved
 again in it (module docstring). The blocks are small ([rows, w, w]): fp64 costs about what fp32 does there."""
 
+FINE_SHARE = 0.25
+"""The share of a row's iteration budget an fp32 pass leaves to the fp64 pass: a row whose fp32 certificate is
+rounding noise can still lower F a little each round and would otherwise spend its whole budget there."""
+
 INNER_THREADS = 1
 """CPU threads for the block solves: their tensors are small ([rows, w]); with more threads each of their hundreds
 of tiny ops waits on a barrier, milliseconds apiece when other processes share the cores."""
@@ -115,10 +121,12 @@ def solve_working_set(
     iterations per row. `objective` is F at the returned codes, from their residual.
     """
     trace = _Trace(x_target.shape[0], x_target.device) if return_trace else None
-    run = _solve(x_target, atoms, lam, gram, u0, work_dtype(atoms.dtype), max_iter, tol, ws_size, trace)
-    # Rows the work dtype leaves uncertified with budget left go again in fp64, from their codes (module docstring).
+    wd = work_dtype(atoms.dtype)
+    first_budget = max_iter if wd == FINE_DTYPE else max_iter - int(FINE_SHARE * max_iter)
+    run = _solve(x_target, atoms, lam, gram, u0, wd, first_budget, tol, ws_size, trace)
+    # Rows the work dtype leaves uncertified go again in fp64 with the rest of the budget, from their codes.
     redo = (~run.converged & (run.n_iter < max_iter)).nonzero().squeeze(1)
-    if run.x.dtype != FINE_DTYPE and redo.numel():
+    if wd != FINE_DTYPE and redo.numel():
         fine = _solve(
             x_target[redo], atoms, lam, None, run.u[redo], FINE_DTYPE, max_iter, tol, ws_size, trace,
             n_iter=run.n_iter[redo], out_rows=redo,
