@@ -127,11 +127,12 @@ def objective(
 def objective_from_residual(
     residual: Float[Tensor, "N d_in"], u: Float[Tensor, "N d_sae"], lam: float | None
 ) -> Float[Tensor, " N"]:
-    """F from an already computed residual x' − uA (solvers reuse the residual they have)."""
+    """F from an already computed residual x' − uA (solvers reuse the residual they have). The penalty is λ‖u‖₁:
+    signed codes (e.g. abs-TopK encoders) pay for their negative entries too."""
     data = 0.5 * residual.float().square().sum(dim=-1)
     if lam is None:
         return torch.full_like(data, float("nan"))
-    return data + lam * u.float().sum(dim=-1)
+    return data + lam * u.float().abs().sum(dim=-1)
 
 
 def make_result(

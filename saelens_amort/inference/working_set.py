@@ -20,8 +20,17 @@ a small problem on its own working set W and touches the full dictionary only to
 On random-like dictionaries the support is not the top of c (weak atoms hide behind strong ones), so the first
 certificate typically finds a few violators per row and the second certifies the optimum: two rounds.
 
-Monotone: inner steps never raise F beyond rounding and changing W leaves u as it is, and the trajectory does not
-depend on the iteration budget, so a semi-amortized run with K steps is a prefix of the run with K+1. `n_iter`
+Precision. Trained decoders put near-parallel atoms in one working set (σ(G_W) spans 10³–10⁵ on the toy SAEs): an
+fp32 Cholesky of such a face loses most of its digits, so Newton steps fail and rows stall short of the certificate,
+and an fp32 gradient c − uG carries rounding comparable to the λ·tol the certificate must resolve. So the blocks are
+always solved in fp64 (they are small), the dense products stay in the work dtype, and the rows an fp32 pass (which
+spends at most 1 − FINE_SHARE of the budget) leaves uncertified are solved again in fp64 from their fp32 codes, with
+gradients rAᵀ from the atoms (no fp64 Gram is built): only the few hard rows pay for fp64 dense products.
+`converged` is then the fp64 certificate.
+
+Monotone: inner steps never raise F beyond rounding and changing W leaves u as it is. In fp64 (one pass) the
+trajectory does not depend on the iteration budget, so a semi-amortized run with K steps is a prefix of the run
+with K+1; in fp32 the split of the budget between the passes depends on it. `n_iter`
 counts inner iterations (Newton steps included); each round adds one sparse product with G (or a dense rAᵀ).
 
 Memory (N rows per batch, w atoms per working set, work dtype): c and g, 2·N·d_sae numbers; the blocks, N·w²; the
@@ -40,6 +49,8 @@ from torch import Tensor
 
 from saelens_amort.inference.block_solver import (
     BLOCKED,
+    FISTA_WARMUP,
+    WARM_WARMUP,
     NOISE,
     duality_gap,
     solve_blocks,
@@ -72,6 +83,14 @@ GROW_MIN = 1
 GROW_MARGIN = 8
 """When a row's support plus its violators overflow W, W grows by this many slots beyond what it needs."""
 
+FINE_DTYPE = torch.float64
+"""The blocks (G_W, c_W − λ, v) are always solved in this dtype, and rows an fp32 pass leaves uncertified are solved
+again in it (module docstring). The blocks are small ([rows, w, w]): fp64 costs about what fp32 does there."""
+
+FINE_SHARE = 0.25
+"""The share of a row's iteration budget an fp32 pass leaves to the fp64 pass: a row whose fp32 certificate is
+rounding noise can still lower F a little each round and would otherwise spend its whole budget there."""
+
 INNER_THREADS = 1
 """CPU threads for the block solves: their tensors are small ([rows, w]); with more threads each of their hundreds
 of tiny ops waits on a barrier, milliseconds apiece when other processes share the cores."""
@@ -101,13 +120,39 @@ def solve_working_set(
     `gram` is AAᵀ (None: blocks and gradients come from the atoms); `u0` a warm start; `max_iter` caps the inner
     iterations per row. `objective` is F at the returned codes, from their residual.
     """
+    trace = _Trace(x_target.shape[0], x_target.device) if return_trace else None
     wd = work_dtype(atoms.dtype)
+    first_budget = max_iter if wd == FINE_DTYPE else max_iter - int(FINE_SHARE * max_iter)
+    run = _solve(x_target, atoms, lam, gram, u0, wd, first_budget, tol, ws_size, trace)
+    # Rows the work dtype leaves uncertified go again in fp64 with the rest of the budget, from their codes.
+    redo = (~run.converged & (run.n_iter < max_iter)).nonzero().squeeze(1)
+    if wd != FINE_DTYPE and redo.numel():
+        fine = _solve(
+            x_target[redo], atoms, lam, None, run.u[redo], FINE_DTYPE, max_iter, tol, ws_size, trace,
+            n_iter=run.n_iter[redo], out_rows=redo,
+        )
+        run.u[redo] = fine.u.to(run.u.dtype)
+        for name in ("n_iter", "converged", "objective"):
+            getattr(run, name)[redo] = getattr(fine, name)
+        run.restarts[redo] += fine.restarts
+    return run.output(atoms.dtype)
+
+
+def _solve(
+    x_target: Tensor, atoms: Tensor, lam: float, gram: Tensor | None, u0: Tensor | None, wd: torch.dtype,
+    max_iter: int, tol: float, ws_size: int, trace: "_Trace | None", *, n_iter: Tensor | None = None,
+    out_rows: Tensor | None = None,
+) -> "_Run":
+    """One pass over the batch in dtype `wd` (from zero or from u0); `n_iter` counts iterations already spent, and
+    `out_rows` maps the batch's rows to the trace's."""
     x = x_target.to(wd)
     n = x.shape[0]
     ops = _Ops(atoms.to(wd), None if gram is None else gram.to(wd))
     c = x @ ops.atoms.T
     xx = x.double().square().sum(dim=1)
-    run = _Run(x, c, xx, lam, ops, tol=tol, max_iter=max_iter, ws_size=ws_size, trace=return_trace)
+    run = _Run(x, c, xx, lam, ops, tol=tol, max_iter=max_iter, ws_size=ws_size, trace=trace, out_rows=out_rows)
+    if n_iter is not None:
+        run.n_iter += n_iter
     if u0 is None:
         cert = _certificate(x, c, None, xx, lam, ops)
         run.rounds(torch.arange(n, device=x.device), cert, cert.g, 0)
@@ -122,7 +167,7 @@ def solve_working_set(
         for level in torch.unique(ladder).tolist():
             rows = (ladder == level).nonzero().squeeze(1)
             run.rounds(rows, cert.select(rows), score[rows], int(counts[rows].max()))
-    return run.output(atoms.dtype)
+    return run
 
 
 class _Run:
@@ -130,7 +175,7 @@ class _Run:
 
     def __init__(
         self, x: Tensor, c: Tensor, xx: Tensor, lam: float, ops: "_Ops", *, tol: float, max_iter: int, ws_size: int,
-        trace: bool,
+        trace: "_Trace | None", out_rows: Tensor | None = None,
     ) -> None:
         n, m = c.shape
         dev = x.device
@@ -143,7 +188,8 @@ class _Run:
         self.restarts = torch.zeros(n, dtype=torch.long, device=dev)
         self.converged = torch.zeros(n, dtype=torch.bool, device=dev)
         self.objective = torch.zeros(n, dtype=torch.float64, device=dev)
-        self.trace = _Trace(n, dev) if trace else None
+        self.trace = trace
+        self.out_rows = out_rows
 
     def rounds(self, rows: Tensor, cert: "_Certificate", score: Tensor, s_max: int) -> None:
         """Working-set rounds for `rows` (their certificate `cert`, first-round scores `score`: +inf on the
@@ -154,7 +200,7 @@ class _Run:
         for _ in range(MAX_ROUNDS):
             self.objective[rows] = cert.F
             if self.trace is not None:
-                self.trace.record(rows, self.n_iter[rows], cert.F)
+                self.trace.record(self._traced(rows), self.n_iter[rows], cert.F)
             ok = cert.gap <= torch.maximum(self.tol * cert.F, self.floor[rows])
             self.converged[rows] = ok
             live = ~ok & (self.n_iter[rows] < self.max_iter)
@@ -167,6 +213,7 @@ class _Run:
                 rows, cert = rows[keep], cert.select(keep)
                 ws = ws.select(keep) if ws is not None else None
                 score = score[keep] if ws is None else None
+            warmup = FISTA_WARMUP if ws is None else WARM_WARMUP
             if ws is None:  # first round: the support (score +inf) and the largest gradients
                 w = min(m, max(self.ws_size, s_max + self.ws_size // 2))
                 idx = score.topk(w, dim=1, sorted=False).indices
@@ -176,19 +223,23 @@ class _Run:
             score = None
             target = torch.maximum(INNER_SLACK * self.tol * cert.F, self.floor[rows])
             F_prev, gap_prev = cert.F, cert.gap
-            on_step = None if self.trace is None else _trace_hook(self.trace, rows, self.n_iter[rows])
+            on_step = None if self.trace is None else _trace_hook(self.trace, self._traced(rows), self.n_iter[rows])
             with _threads(INNER_THREADS if u.device.type == "cpu" else None):
                 budget = self.max_iter - self.n_iter[rows]
-                inner = solve_blocks(ws.G, ws.b, ws.v, lam, xx[rows], target, budget, on_step)
+                inner = solve_blocks(ws.G, ws.b, ws.v, lam, xx[rows], target, budget, on_step, warmup=warmup)
             ws.v = inner.v
+            v_wd = ws.v.to(u.dtype)
             real = ws.b > BLOCKED  # padding slots alias atom 0: never write them
-            u.view(-1).index_put_((((rows * m).unsqueeze(1) + ws.idx)[real],), ws.v[real])
+            u.view(-1).index_put_((((rows * m).unsqueeze(1) + ws.idx)[real],), v_wd[real])
             self.n_iter[rows] += inner.iters
             self.restarts[rows] += inner.restarts
-            codes = _sparse_rows(ws.idx, ws.v, m)
+            codes = _sparse_rows(ws.idx, v_wd, m)
             cert = _certificate(_rows(self.x, rows), _rows(c, rows), codes, xx[rows], lam, ops)
         self.objective[rows] = cert.F
         self.converged[rows] = cert.gap <= torch.maximum(self.tol * cert.F, self.floor[rows])
+
+    def _traced(self, rows: Tensor) -> Tensor:
+        return rows if self.out_rows is None else self.out_rows[rows]
 
     def output(self, dtype: torch.dtype) -> SolveOutput:
         return SolveOutput(
@@ -232,11 +283,12 @@ class _WorkingSets:
 
     @classmethod
     def build(cls, idx: Tensor, v: Tensor, b: Tensor, ops: _Ops) -> "_WorkingSets":
+        v, b = v.to(FINE_DTYPE), b.to(FINE_DTYPE)
         if ops.gram is not None:
-            return cls(idx, v, b, ops.cross(idx, idx), None)
+            return cls(idx, v, b, ops.cross(idx, idx).to(FINE_DTYPE), None)
         k, w = idx.shape
         A_W = ops.atoms.index_select(0, idx.reshape(-1)).view(k, w, ops.atoms.shape[1])
-        return cls(idx, v, b, torch.bmm(A_W, A_W.transpose(1, 2)), A_W)
+        return cls(idx, v, b, torch.bmm(A_W, A_W.transpose(1, 2)).to(FINE_DTYPE), A_W)
 
     def select(self, keep: Tensor) -> "_WorkingSets":
         A_W = None if self.A_W is None else self.A_W[keep]
@@ -282,7 +334,7 @@ class _WorkingSets:
             rows_new = torch.bmm(fresh, self.A_W.transpose(1, 2))
         else:
             rows_new = ops.cross(new_idx, self.idx)
-        rows_new = torch.where(self.b.unsqueeze(1) > BLOCKED, rows_new, 0.0)  # padding slots stay decoupled
+        rows_new = torch.where(self.b.unsqueeze(1) > BLOCKED, rows_new.to(FINE_DTYPE), 0.0)  # padding stays decoupled
         any_new = has[:, :1].unsqueeze(2)  # padding repeats the first new slot; rows without one keep their row
         rows_new = torch.where(any_new, rows_new, self.G.gather(1, slot.unsqueeze(2).expand(-1, -1, w)))
         self.G.scatter_(1, slot.unsqueeze(2).expand(-1, -1, w), rows_new)

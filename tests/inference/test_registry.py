@@ -192,3 +192,16 @@ def test_k_and_lambda_targets_come_from_the_encoder_on_the_whole_batch():
     with torch.no_grad():
         expected = l0(shipped.encode(x))
     assert infer(x, shipped, "test_k").info["k"]["amortized_l0"] == pytest.approx(expected, rel=1e-6)
+
+
+def test_objective_charges_signed_codes_their_absolute_value():
+    """F = ½‖x' − uA‖² + λ‖u‖₁, computed by hand: a negative code pays λ|u|, not −λ|u|."""
+    from saelens_amort.inference.result import objective
+    from saelens_amort.saes.dictionary import Dictionary
+
+    atoms = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.6, 0.8]])
+    d = Dictionary.from_matrix(atoms)
+    x_t = torch.tensor([[1.0, 2.0]])
+    u = torch.tensor([[0.5, -1.0, 2.0]])  # uA = [1.7, 0.6]; residual [−0.7, 1.4]
+    expected = 0.5 * (0.7**2 + 1.4**2) + 0.3 * (0.5 + 1.0 + 2.0)
+    assert float(objective(x_t, u, d, 0.3)) == pytest.approx(expected, rel=1e-6)
