@@ -7,6 +7,7 @@ from __future__ import annotations
 import warnings
 
 import torch
+from jaxtyping import Float, Int
 from torch import Tensor
 
 _BETA = "Sparse CSR tensor support is in beta"
@@ -37,3 +38,13 @@ def row_sums(u: Tensor) -> Tensor:
         csum = torch.cat([values.new_zeros(1), values.cumsum(0)])
         return csum[crow[1:]] - csum[crow[:-1]]
     return u.double().sum(dim=1)
+
+
+def sparse_rows(idx: Int[Tensor, "k w"], v: Float[Tensor, "k w"], m: int) -> Tensor:
+    """The [k, m] codes with v[r, s] at column idx[r, s], non-zeros only: CSR on CPU, dense elsewhere."""
+    if v.device.type != "cpu":
+        return torch.zeros(v.shape[0], m, dtype=v.dtype, device=v.device).scatter_(1, idx, v)
+    nz = v > 0
+    crow = torch.zeros(v.shape[0] + 1, dtype=torch.long, device=v.device)
+    torch.cumsum(nz.sum(dim=1), 0, out=crow[1:])
+    return csr_tensor(crow, idx[nz], v[nz], (v.shape[0], m))

@@ -40,7 +40,6 @@ optional Gram, d_sae² (`gram.py`); without a Gram also the gathered atoms of ev
 from __future__ import annotations
 
 import contextlib
-import math
 from collections.abc import Iterator
 
 import torch
@@ -57,7 +56,8 @@ from saelens_amort.inference.block_solver import (
 )
 from saelens_amort.inference.gram import work_dtype
 from saelens_amort.inference.result import SolveOutput
-from saelens_amort.inference.sparse_codes import csr_tensor, row_sums, to_csr
+from saelens_amort.inference.sparse_codes import row_sums, sparse_rows, to_csr
+from saelens_amort.inference.solve_trace import SolveTrace, trace_hook
 
 DEFAULT_WS_SIZE = 64
 """Atoms per working set in the first round (and the least it ever holds), at most; see `default_ws_size`."""
@@ -120,7 +120,7 @@ def solve_working_set(
     `gram` is AAᵀ (None: blocks and gradients come from the atoms); `u0` a warm start; `max_iter` caps the inner
     iterations per row. `objective` is F at the returned codes, from their residual.
     """
-    trace = _Trace(x_target.shape[0], x_target.device) if return_trace else None
+    trace = SolveTrace(x_target.shape[0], x_target.device) if return_trace else None
     wd = work_dtype(atoms.dtype)
     first_budget = max_iter if wd == FINE_DTYPE else max_iter - int(FINE_SHARE * max_iter)
     run = _solve(x_target, atoms, lam, gram, u0, wd, first_budget, tol, ws_size, trace)
@@ -140,7 +140,7 @@ def solve_working_set(
 
 def _solve(
     x_target: Tensor, atoms: Tensor, lam: float, gram: Tensor | None, u0: Tensor | None, wd: torch.dtype,
-    max_iter: int, tol: float, ws_size: int, trace: "_Trace | None", *, n_iter: Tensor | None = None,
+    max_iter: int, tol: float, ws_size: int, trace: "SolveTrace | None", *, n_iter: Tensor | None = None,
     out_rows: Tensor | None = None,
 ) -> "_Run":
     """One pass over the batch in dtype `wd` (from zero or from u0); `n_iter` counts iterations already spent, and
@@ -175,7 +175,7 @@ class _Run:
 
     def __init__(
         self, x: Tensor, c: Tensor, xx: Tensor, lam: float, ops: "_Ops", *, tol: float, max_iter: int, ws_size: int,
-        trace: "_Trace | None", out_rows: Tensor | None = None,
+        trace: "SolveTrace | None", out_rows: Tensor | None = None,
     ) -> None:
         n, m = c.shape
         dev = x.device
@@ -223,7 +223,7 @@ class _Run:
             score = None
             target = torch.maximum(INNER_SLACK * self.tol * cert.F, self.floor[rows])
             F_prev, gap_prev = cert.F, cert.gap
-            on_step = None if self.trace is None else _trace_hook(self.trace, self._traced(rows), self.n_iter[rows])
+            on_step = None if self.trace is None else trace_hook(self.trace, self._traced(rows), self.n_iter[rows])
             with _threads(INNER_THREADS if u.device.type == "cpu" else None):
                 budget = self.max_iter - self.n_iter[rows]
                 inner = solve_blocks(ws.G, ws.b, ws.v, lam, xx[rows], target, budget, on_step, warmup=warmup)
@@ -233,7 +233,7 @@ class _Run:
             u.view(-1).index_put_((((rows * m).unsqueeze(1) + ws.idx)[real],), v_wd[real])
             self.n_iter[rows] += inner.iters
             self.restarts[rows] += inner.restarts
-            codes = _sparse_rows(ws.idx, v_wd, m)
+            codes = sparse_rows(ws.idx, v_wd, m)
             cert = _certificate(_rows(self.x, rows), _rows(c, rows), codes, xx[rows], lam, ops)
         self.objective[rows] = cert.F
         self.converged[rows] = cert.gap <= torch.maximum(self.tol * cert.F, self.floor[rows])
@@ -388,16 +388,6 @@ def _flat_gather(t: Tensor, rows: Tensor, idx: Tensor) -> Tensor:
     return t.view(-1).index_select(0, ((rows * t.shape[1]).unsqueeze(1) + idx).reshape(-1)).view(idx.shape)
 
 
-def _sparse_rows(idx: Int[Tensor, "k w"], v: Float[Tensor, "k w"], m: int) -> Tensor:
-    """The [k, m] codes with v[r, s] at column idx[r, s], non-zeros only: CSR on CPU, dense elsewhere."""
-    if v.device.type != "cpu":
-        return torch.zeros(v.shape[0], m, dtype=v.dtype, device=v.device).scatter_(1, idx, v)
-    nz = v > 0
-    crow = torch.zeros(v.shape[0] + 1, dtype=torch.long, device=v.device)
-    torch.cumsum(nz.sum(dim=1), 0, out=crow[1:])
-    return csr_tensor(crow, idx[nz], v[nz], (v.shape[0], m))
-
-
 @contextlib.contextmanager
 def _threads(n: int | None) -> Iterator[None]:
     """Run torch on at most `n` intra-op threads inside the block (None: leave it)."""
@@ -410,30 +400,3 @@ def _threads(n: int | None) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(old)
-
-
-class _Trace:
-    """F per row after each of its inner iterations ([T, N], row 0 = the start), forward-filled."""
-
-    def __init__(self, n: int, device: torch.device) -> None:
-        self.n, self.device = n, device
-        self.entries: list[tuple[Tensor, Tensor, Tensor]] = []
-
-    def record(self, rows: Tensor, at: Tensor, F: Tensor) -> None:
-        self.entries.append((rows.clone(), at.clone(), F.double().clone()))
-
-    def stack(self) -> Tensor:
-        T = 1 + max((int(a.max()) for _, a, _ in self.entries if a.numel()), default=0)
-        out = torch.full((T, self.n), math.nan, dtype=torch.float64, device=self.device)
-        for rows, at, F in self.entries:
-            out[at, rows] = F
-        for i in range(1, T):
-            out[i] = torch.where(torch.isnan(out[i]), out[i - 1], out[i])
-        return out.float()
-
-
-def _trace_hook(trace: _Trace, rows: Tensor, iter0: Tensor):
-    def on_step(at: Tensor, iters: Tensor, F: Tensor) -> None:
-        trace.record(rows[at], iter0[at] + iters, F)
-
-    return on_step
