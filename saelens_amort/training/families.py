@@ -63,6 +63,10 @@ class TrainConfig:
                                 f"--tokens is {self.tokens} (pass --tokens {need} or fewer --steps)")
         if self.activations is not None and self.live:
             raise SaeAmortError("--activations trains on a store; it cannot be combined with --live")
+        for name in ("lr_warm_up_steps", "l1_warm_up_steps"):
+            if getattr(self, name) and getattr(self, name) >= self.n_steps:
+                raise SaeAmortError(f"{name}={getattr(self, name)} is not below the {self.n_steps} training steps: the "
+                                    "SAE would never leave warm-up; train longer (--tokens) or warm up less")
         if self.checkpoint_every < 0:
             raise SaeAmortError("--checkpoint-every must be ≥ 0")
 

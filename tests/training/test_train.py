@@ -124,7 +124,7 @@ def test_shipped_recipes_load():
         cfg = TrainConfig.from_yaml(path, tokens=1 << 20)
         assert cfg.arch in ARCHS
     classic = TrainConfig.from_yaml(recipes[[p.stem for p in recipes].index("relu_l1")], tokens=1 << 20, lr=1e-3)
-    assert (classic.expansion, classic.l1_coefficient, classic.lr_warm_up_steps, classic.lr_end) == (8, 20.0, 500, 1.5e-3)
+    assert (classic.expansion, classic.l1_coefficient, classic.lr_warm_up_steps, classic.lr_end) == (8, 20.0, 30, 1.5e-3)
     assert classic.lr == 1e-3 and classic.normalize_activations == "layer_norm"  # given options override the recipe
 
 
@@ -133,7 +133,7 @@ def test_relu_l1_recipe_trains_a_sparse_sae(tmp_path):
     from pathlib import Path
 
     recipe = Path(__file__).resolve().parents[2] / "configs" / "relu_l1.yaml"
-    cfg = TrainConfig.from_yaml(recipe, batch_size=1024, tokens=307_200, lr_warm_up_steps=30)  # 300 short steps
+    cfg = TrainConfig.from_yaml(recipe)  # the recipe as shipped: 300 steps of 1024 tokens, 30 warm-up steps
     summary = run_train(cfg, tmp_path / "relu_l1", progress=False)
     assert summary["l0"] < 0.08 * 1024 and summary["explained_variance"] > 0.95  # 3e-4 gave L0 656 of 1024
 
@@ -146,3 +146,10 @@ def test_live_training_caches_nothing(tmp_path, monkeypatch):
     losses = _losses(tmp_path / "live")
     assert len(losses) == 100 and sum(losses[-10:]) < 0.5 * sum(losses[:10])
     assert summary["held_out_rows"] == 4096 and not (tmp_path / "cache").exists()
+
+
+def test_a_warm_up_longer_than_training_is_refused():
+    """configs/relu_l1.yaml once warmed up for 500 steps of a 50-step run: the SAE never trained and stayed dense."""
+    with pytest.raises(SaeAmortError, match="never leave warm-up"):
+        TrainConfig(arch="standard", tokens=204_800, batch_size=4096, lr_warm_up_steps=500)
+    TrainConfig(arch="standard", tokens=204_800, batch_size=4096, lr_warm_up_steps=49)
