@@ -31,6 +31,7 @@ from saelens_amort.runners.eval_inputs import (
     ORACLE,
     Inputs,
     SpliceTokens,
+    default_specs,
     load_inputs,
     load_eval_sae,
     make_out,
@@ -217,15 +218,14 @@ def evaluate_sae(spec: str, sae, model, store, hook: str, cfg: EvalConfig,
         if keep < batch.n_rows:
             batch, truth = batch.rows(0, keep), None if truth is None else truth[:keep]
         x = batch.acts.to(cfg.device)
-        star = {lam: infer(x, sae, "unamortized", lam=lam) for lam in stars}  # z* at each row's λ
         encoded = infer(x, sae, "amortized", lam=ref_lam) if warm or any(
             v.mode == "amortized" and not v.options for v in variants) else None
         results = {}
-        for v in variants:
+        for v in sorted(variants, key=lambda v: v.mode == "unamortized"):  # the solves z* can warm-start from first
             lam = lam_of[v.label]
-            if v.mode == "unamortized" and not v.options and lam in star:
-                results[v.label] = star[lam]
-            elif v.mode == "amortized" and not v.options and encoded is not None:
+            if v.mode == "unamortized" and not v.options and lam in stars:
+                continue  # it is z* at its λ, solved below from zero
+            if v.mode == "amortized" and not v.options and encoded is not None:
                 results[v.label] = encoded
             elif v.label in warm:  # the amortized mode's code of this very batch; its encoder time counts here too
                 res = infer(x, sae, v.mode, lam=lam, init=encoded.codes, **v.options)
@@ -233,6 +233,12 @@ def evaluate_sae(spec: str, sae, model, store, hook: str, cfg: EvalConfig,
             else:
                 results[v.label] = infer(x, sae, v.mode, lam=lam, **v.options)
             objectives.setdefault(v.label, str(results[v.label].info.get("objective", "encoder")))
+        star = {lam: _reference(x, sae, lam, variants, lam_of, results) for lam in stars}  # z* at each row's λ
+        for v in variants:
+            if v.label not in results:
+                results[v.label] = star[lam_of[v.label]]
+                objectives.setdefault(v.label, str(results[v.label].info.get("objective", "encoder")))
+        results = {v.label: results[v.label] for v in variants}
         labels = batch.labels if label_names else None
         for key, res in [*results.items(), *star.items()]:
             converged[key] = [converged[key][0] + int(res.converged.sum()), converged[key][1] + len(res.codes)]
@@ -306,6 +312,19 @@ def evaluate_sae(spec: str, sae, model, store, hook: str, cfg: EvalConfig,
     return rows, {"freqs": freqs, "gap": gap}
 
 
+def _reference(x, sae, lam: float, variants, lam_of: dict, results: dict):
+    """z* at λ: the converged unamortized code. It is the unamortized row itself (solved from zero, as that mode
+    runs) when one runs at λ; otherwise it is warm-started from an L1 row's codes at λ — the problem is convex and
+    the solver certifies each row by its duality gap, so the start changes the time, not the optimum."""
+    from saelens_amort.inference import infer
+
+    if any(v.mode == "unamortized" and not v.options and lam_of[v.label] == lam for v in variants):
+        return infer(x, sae, "unamortized", lam=lam)
+    start = next((results[v.label].codes for v in variants if lam_of[v.label] == lam and v.label in results
+                  and results[v.label].info.get("objective") == "l1 lasso"), None)
+    return infer(x, sae, "unamortized", lam=lam, **({} if start is None else {"init": start}))
+
+
 @dataclass
 class Evaluation:
     """What `evaluate` produced: the table (one row per SAE × variant) and the report's raw material."""
@@ -326,25 +345,11 @@ def run_eval(cfg: EvalConfig, out: Path, *, overwrite: bool = False, progress: b
     dist.init(cfg.device)
     out = Path(out)
     check_out_dir(out, cfg, overwrite)
-    ev = evaluate(cfg, cfg.saes or _default_specs(cfg), out, progress=progress)
+    ev = evaluate(cfg, cfg.saes or default_specs(cfg), out, progress=progress)
     if dist.is_main():
         write_outputs(out, ev, cfg)
     dist.barrier()  # the other ranks return once the outputs exist
     return ev.df
-
-
-def _default_specs(cfg: EvalConfig) -> tuple[str, ...]:
-    from saelens_amort.saes.suites import default_suite
-
-    if cfg.activations is None:
-        return default_suite(cfg.model, cfg.layer)
-    from saelens_amort.world import World
-    from saelens_amort.world.saes import default_world_suite
-    from saelens_amort.world.store import WORLD_FILE
-
-    if not (Path(cfg.activations) / WORLD_FILE).exists():
-        raise SaeAmortError(f"--activations {cfg.activations}: name the SAEs to evaluate with --sae / --sae-path")
-    return default_world_suite(World.open(cfg.activations))
 
 
 def evaluate(cfg: EvalConfig, specs: tuple[str, ...], out: Path, *, progress: bool = True) -> Evaluation:

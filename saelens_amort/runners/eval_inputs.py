@@ -140,3 +140,19 @@ def make_out(out: Path) -> None:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise SaeAmortError(f"cannot create --out {out} ({e.strerror or e})") from None
+
+
+def default_specs(cfg) -> tuple[str, ...]:
+    """The SAEs to evaluate when none are named: the model's default suite, or on a world its shipped SAEs and the
+    oracle."""
+    from saelens_amort.saes.suites import default_suite
+
+    if cfg.activations is None:
+        return default_suite(cfg.model, cfg.layer)
+    from saelens_amort.world import World
+    from saelens_amort.world.saes import default_world_suite
+    from saelens_amort.world.store import WORLD_FILE
+
+    if not (Path(cfg.activations) / WORLD_FILE).exists():
+        raise SaeAmortError(f"--activations {cfg.activations}: name the SAEs to evaluate with --sae / --sae-path")
+    return default_world_suite(World.open(cfg.activations))
