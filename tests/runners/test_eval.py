@@ -40,7 +40,8 @@ def test_rows_metrics_and_gap(evaluated):
 @pytest.mark.slow
 def test_outputs_and_report(evaluated, tmp_path):
     out, df = evaluated
-    assert sorted(p.name for p in out.iterdir()) == ["report.html", "results.csv", "results.json", "results.parquet"]
+    assert sorted(p.name for p in out.iterdir()) == ["report.html", "results.csv", "results.json", "results.parquet",
+                                                    "run.json"]
     pd.testing.assert_frame_equal(pd.read_parquet(out / "results.parquet"), df, check_dtype=False)
     meta = json.loads((out / "results.json").read_text())
     assert meta["config"]["saes"] == list(CFG.saes) and meta["hook_name"] == "blocks.2.hook_resid_post"
