@@ -59,6 +59,7 @@ def test_metric_subset(tmp_path):
     assert {"nmse", "l0"} <= cols and not any(c.startswith(("real/", "ce_", "gap")) for c in cols)
 
 
+@pytest.mark.slow
 def test_bad_inputs(tmp_path):
     assert_user_error(saeamort("eval", *SMALL, "--modes", "amortized,nope", "--out", str(tmp_path / "a")),
                       "unknown mode.*registered modes: .*amortized")

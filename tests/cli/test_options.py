@@ -26,14 +26,18 @@ def test_shared_defaults_agree_across_commands():
     with_model = {name: params for name, params in commands.items() if "model" in params}
     assert {"eval", "sweep-semi", "dynamics", "patch", "tpp", "select-latents", "gis", "interpret", "collect",
             "alpha-sweep", "cross-domain"} <= set(with_model)
+    from_file = {"train", "alpha-sweep"}  # None = the recipe's / sweep YAML's value, else the config's default
     for name, params in with_model.items():
-        if name != "train":  # train: None = the recipe's model
+        if name not in from_file:
             assert params["model"].default == "toy", name
-        if "layer" in params and name != "train":
+        if "layer" in params and name not in from_file:
             assert params["layer"].default is None, name  # follows the model: resolve_layer
     for name, params in commands.items():
-        if "device" in params:
+        if "device" in params and name not in from_file:
             assert params["device"].default == "auto", name
+    from saelens_amort.runners.alpha_sweep import SweepConfig
+
+    assert SweepConfig.model == "toy" and commands["alpha-sweep"]["device"].default is None
 
 
 def test_layer_follows_the_model():

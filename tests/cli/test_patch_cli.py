@@ -1,3 +1,4 @@
+import pytest
 """`saeamort patch` end to end: side-by-side table, outputs, and bad inputs as one stderr line."""
 
 import pandas as pd
@@ -15,6 +16,7 @@ def test_patch_writes_side_by_side(tmp_path):
     assert "Original vs patched" in (out / "report.html").read_text()
 
 
+@pytest.mark.slow
 def test_patch_bad_inputs(tmp_path):
     assert_user_error(saeamort("patch", "--model", "toy", "--prompt", "x", "--ablate", "5000"), "out of range")
     assert_user_error(saeamort("patch", "--model", "toy", "--prompt", "x"), "at least one latent")

@@ -102,6 +102,7 @@ def test_two_layers_in_one_run(tmp_path):
                                                "report.html", "snippets.json"}
 
 
+@pytest.mark.slow
 def test_bad_feature_files(tmp_path):
     (tmp_path / "bad.csv").write_text("layer,latent\n2,3\n")
     with pytest.raises(SaeAmortError, match="lacks column"):

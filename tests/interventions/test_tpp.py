@@ -63,6 +63,7 @@ def test_selected_latents_beat_random_ones(world):
     assert nothing == 0.0  # ablating nothing changes nothing
 
 
+@pytest.mark.slow
 def test_bad_inputs(world, tmp_path):
     sae, _, docs, probes = world
     with pytest.raises(SaeAmortError, match="class id 9 is not among the labels"):

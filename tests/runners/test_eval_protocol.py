@@ -85,6 +85,7 @@ def test_price_columns_by_hand():
     assert price_table(df[df["sae"] == "t"]) is None
 
 
+@pytest.mark.slow
 def test_paper_protocol_runs_the_reference_choices_exactly(toy):
     df, _ = _eval(toy, "toy/topk", ("sparsity", "cost"), protocol="paper")
     assert list(df.index) == ["amortized", "semi", "unamortized"]

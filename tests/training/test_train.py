@@ -98,6 +98,7 @@ def test_checkpoints_resume_and_dynamics(tmp_path):
     assert list(index_checkpoints(a / "checkpoints")["step_source"]) == ["metadata", "metadata"]
 
 
+@pytest.mark.slow
 def test_bad_inputs(tmp_path):
     with pytest.raises(SaeAmortError, match="unknown architecture 'nope'; registered: standard"):
         TrainConfig(arch="nope")
