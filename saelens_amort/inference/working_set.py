@@ -39,8 +39,6 @@ optional Gram, d_sae² (`gram.py`); without a Gram also the gathered atoms of ev
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
 
 import torch
 from jaxtyping import Float, Int
@@ -58,6 +56,7 @@ from saelens_amort.inference.gram import work_dtype
 from saelens_amort.inference.result import SolveOutput
 from saelens_amort.inference.sparse_codes import row_sums, sparse_rows, to_csr
 from saelens_amort.inference.solve_trace import SolveTrace, trace_hook
+from saelens_amort.inference.threads import intra_op_threads
 
 DEFAULT_WS_SIZE = 64
 """Atoms per working set in the first round (and the least it ever holds), at most; see `default_ws_size`."""
@@ -224,7 +223,7 @@ class _Run:
             target = torch.maximum(INNER_SLACK * self.tol * cert.F, self.floor[rows])
             F_prev, gap_prev = cert.F, cert.gap
             on_step = None if self.trace is None else trace_hook(self.trace, self._traced(rows), self.n_iter[rows])
-            with _threads(INNER_THREADS if u.device.type == "cpu" else None):
+            with intra_op_threads(INNER_THREADS if u.device.type == "cpu" else None):
                 budget = self.max_iter - self.n_iter[rows]
                 inner = solve_blocks(ws.G, ws.b, ws.v, lam, xx[rows], target, budget, on_step, warmup=warmup)
             ws.v = inner.v
@@ -386,17 +385,3 @@ def _rows(t: Tensor, rows: Tensor) -> Tensor:
 def _flat_gather(t: Tensor, rows: Tensor, idx: Tensor) -> Tensor:
     """t[rows[r], idx[r, s]] without copying t[rows]."""
     return t.view(-1).index_select(0, ((rows * t.shape[1]).unsqueeze(1) + idx).reshape(-1)).view(idx.shape)
-
-
-@contextlib.contextmanager
-def _threads(n: int | None) -> Iterator[None]:
-    """Run torch on at most `n` intra-op threads inside the block (None: leave it)."""
-    old = torch.get_num_threads()
-    if n is None or n >= old:
-        yield
-        return
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)
