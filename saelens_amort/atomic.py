@@ -4,6 +4,7 @@ never sees half a file."""
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -33,3 +34,19 @@ def write_atomic(path: Path, write: Callable[[Path], object]) -> Path:
 
 def write_text_atomic(path: Path, text: str) -> Path:
     return write_atomic(path, lambda p: p.write_text(text, encoding="utf-8"))
+
+
+def write_dir_atomic(path: Path, write: Callable[[Path], object]) -> Path:
+    """Call `write(tmp)` on a fresh temporary folder beside `path`, then put it in place of `path` (replacing what
+    was there only once the new folder is complete)."""
+    path = Path(path)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    try:
+        write(tmp)
+        if path.exists():
+            shutil.rmtree(path)
+        os.replace(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return path

@@ -20,16 +20,14 @@ import contextlib
 import functools
 import json
 import logging
-import os
 import shutil
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import torch
 
-from saelens_amort.atomic import write_text_atomic
+from saelens_amort.atomic import write_dir_atomic, write_text_atomic
 from saelens_amort.errors import SaeAmortError
 from saelens_amort.training.families import TrainConfig, make_training_sae
 
@@ -169,15 +167,7 @@ def _latest_checkpoint(ckpt_dir: Path) -> Path | None:
 
 
 def _save_atomic(sae, final: Path) -> None:
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
-    try:
-        sae.save_inference_model(tmp)
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    write_dir_atomic(final, sae.save_inference_model)
 
 
 def check_out(out: Path, cfg: TrainConfig, overwrite: bool, resume: bool) -> None:

@@ -14,8 +14,6 @@ leaves nothing that looks like a world.
 from __future__ import annotations
 
 import json
-import os
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -34,6 +32,7 @@ from saelens_amort.activations.shards import (
     write_shard,
 )
 from saelens_amort.activations.store import ActivationStore
+from saelens_amort.atomic import write_dir_atomic
 from saelens_amort.errors import SaeAmortError
 from saelens_amort.provenance import provenance
 from saelens_amort.world.config import WorldConfig
@@ -64,17 +63,7 @@ def build_world(cfg: WorldConfig, out: Path | str, *, overwrite: bool = False) -
             raise SaeAmortError(f"{out} already holds something else (not this world); use another --out or "
                                 "pass --overwrite")
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.building-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    try:
-        _write(cfg, tmp)
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    write_dir_atomic(out, lambda tmp: _write(cfg, tmp))
     return World.open(out)
 
 
