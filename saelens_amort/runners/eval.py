@@ -10,6 +10,7 @@ grow with --tokens); spliced CE/KL runs on a few whole sequences rebuilt from th
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import logging
@@ -40,6 +41,7 @@ from saelens_amort.runners.eval_inputs import (
     splice_tokens,
 )
 from saelens_amort.runners.eval_partials import COMMAND, PARTIAL_DIR, load_partials, save_partial
+from saelens_amort.runners.eval_stages import Stages
 from saelens_amort.runners.eval_protocol import (
     DEFAULT_MODES,
     LAMBDA_POLICIES,
@@ -175,9 +177,18 @@ def check_out_dir(out: Path, cfg: EvalConfig, overwrite: bool) -> None:
 
 
 def evaluate_sae(spec: str, sae, model, store, hook: str, cfg: EvalConfig,
-                 splice_toks: SpliceTokens | None, world=None) -> tuple[list[dict], dict]:
+                 splice_toks: SpliceTokens | None, world=None, stages: Stages | None = None) -> tuple[list[dict], dict]:
     """All variants of one SAE: rows for the results table and artifacts for the report. `model` is None for an
-    activation-only evaluation; `world` (a ground-truth World) adds the truth metrics."""
+    activation-only evaluation; `world` (a ground-truth World) adds the truth metrics; `stages` times each stage and
+    draws the SAE's progress bar."""
+    stages = stages or Stages()
+    n_rows = min(store.n_tokens, cfg.tokens)  # a given store (--activations) may hold more rows than asked for
+    with stages.sae(spec, -(-n_rows // cfg.batch_size)):
+        return _evaluate_sae(spec, sae, model, store, hook, cfg, splice_toks, world, stages, n_rows)
+
+
+def _evaluate_sae(spec: str, sae, model, store, hook: str, cfg: EvalConfig, splice_toks: SpliceTokens | None,
+                  world, stages: Stages, n_rows: int) -> tuple[list[dict], dict]:
     from saelens_amort import distributed as dist
     from saelens_amort.inference import get_mode, infer
     from saelens_amort.metrics import make_metric, metric_batch, splice_reference, spliced_metrics
@@ -189,7 +200,8 @@ def evaluate_sae(spec: str, sae, model, store, hook: str, cfg: EvalConfig,
     dictionary = Dictionary.of(sae)
     warm = {v.label for v in variants if get_mode(v.mode).encoder_start}  # start from the batch's encoder code
     # on rank 0, broadcast: every rank solves at the same λs
-    found = dist.broadcast(calibrate_variants(sae, store, cfg, variants) if dist.is_main() else None)
+    with stages.stage("calibrate λ"):
+        found = dist.broadcast(calibrate_variants(sae, store, cfg, variants) if dist.is_main() else None)
     ref = found.get("z*")
     lam_of = {v.label: (found[v.label].calibration.lam if v.label in found else ref.calibration.lam if ref else None)
               for v in variants}
@@ -207,7 +219,6 @@ def evaluate_sae(spec: str, sae, model, store, hook: str, cfg: EvalConfig,
     stars = sorted({lam for lam in lam_of.values() if lam is not None})
     converged = {key: [0, 0] for key in [*metrics, *stars]}  # rows whose stopping rule held, rows (z* by its λ)
     objectives: dict[str, str] = {}
-    n_rows = min(store.n_tokens, cfg.tokens)  # a given store (--activations) may hold more rows than asked for
     mine = dist.block(-(-n_rows // cfg.batch_size))  # this rank's contiguous batches
     for i, (batch, truth) in enumerate(zip(store.iter_batches(cfg.batch_size), truths)):
         if i * cfg.batch_size >= n_rows:
@@ -218,8 +229,9 @@ def evaluate_sae(spec: str, sae, model, store, hook: str, cfg: EvalConfig,
         if keep < batch.n_rows:
             batch, truth = batch.rows(0, keep), None if truth is None else truth[:keep]
         x = batch.acts.to(cfg.device)
-        encoded = infer(x, sae, "amortized", lam=ref_lam) if warm or any(
-            v.mode == "amortized" and not v.options for v in variants) else None
+        with stages.stage("solve amortized"):
+            encoded = infer(x, sae, "amortized", lam=ref_lam) if warm or any(
+                v.mode == "amortized" and not v.options for v in variants) else None
         results = {}
         for v in sorted(variants, key=lambda v: v.mode == "unamortized"):  # the solves z* can warm-start from first
             lam = lam_of[v.label]
@@ -227,13 +239,16 @@ def evaluate_sae(spec: str, sae, model, store, hook: str, cfg: EvalConfig,
                 continue  # it is z* at its λ, solved below from zero
             if v.mode == "amortized" and not v.options and encoded is not None:
                 results[v.label] = encoded
-            elif v.label in warm:  # the amortized mode's code of this very batch; its encoder time counts here too
-                res = infer(x, sae, v.mode, lam=lam, init=encoded.codes, **v.options)
-                results[v.label] = res._replace(seconds=res.seconds + encoded.seconds)
-            else:
-                results[v.label] = infer(x, sae, v.mode, lam=lam, **v.options)
+                continue
+            with stages.stage(f"solve {v.label}"):
+                if v.label in warm:  # the amortized mode's code of this very batch; its encoder time counts here too
+                    res = infer(x, sae, v.mode, lam=lam, init=encoded.codes, **v.options)
+                    results[v.label] = res._replace(seconds=res.seconds + encoded.seconds)
+                else:
+                    results[v.label] = infer(x, sae, v.mode, lam=lam, **v.options)
             objectives.setdefault(v.label, str(results[v.label].info.get("objective", "encoder")))
-        star = {lam: _reference(x, sae, lam, variants, lam_of, results) for lam in stars}  # z* at each row's λ
+        with stages.stage("solve z*"):
+            star = {lam: _reference(x, sae, lam, variants, lam_of, results) for lam in stars}  # z* at each row's λ
         for v in variants:
             if v.label not in results:
                 results[v.label] = star[lam_of[v.label]]
@@ -246,10 +261,12 @@ def evaluate_sae(spec: str, sae, model, store, hook: str, cfg: EvalConfig,
             lam = lam_of[label]
             mb = metric_batch(x, res, dictionary, labels=labels, token_ids=batch.token_ids, doc_ids=batch.doc_ids,
                               objective_star=star[lam].objective if lam in star else None)._replace(truth=truth)
-            for m in metrics[label].values():
-                m.update(mb)
+            for name, m in metrics[label].items():
+                with stages.stage(f"metric {name}"):
+                    m.update(mb)
         if ref_lam in star and "amortized" in results and sum(map(len, gaps)) < GAP_SAMPLE:
             gaps.append((results["amortized"].objective - star[ref_lam].objective).cpu().numpy())
+        stages.advance()
 
     merged, all_gaps, all_converged = dist.merge_metrics(metrics), dist.gather(gaps), dist.gather(converged)
     all_objectives = dist.gather(objectives)
@@ -260,7 +277,8 @@ def evaluate_sae(spec: str, sae, model, store, hook: str, cfg: EvalConfig,
     counts = {key: np.sum([part[key] for part in all_converged], axis=0) for key in converged}
     converged_frac = {key: float(c / n) if n else None for key, (c, n) in counts.items()}
     use_splice = splice_toks is not None and "splice" in cfg.metrics
-    reference = splice_reference(model, splice_toks.tokens, hook, splice_toks.lengths) if use_splice else None
+    with stages.stage("splice"):
+        reference = splice_reference(model, splice_toks.tokens, hook, splice_toks.lengths) if use_splice else None
     rows, freqs, splice_cache = [], {}, {}
     for v in variants:
         lam = lam_of[v.label]
@@ -283,14 +301,17 @@ def evaluate_sae(spec: str, sae, model, store, hook: str, cfg: EvalConfig,
         if own is not None and own.note:
             skipped[f"{cfg.resolved_target} target"] = own.note
         for name, m in metrics[v.label].items():
-            row.update({f"{name}/{k}" if k in COUNT_KEYS else k: val for k, val in m.compute().items()})
+            with stages.stage(f"metric {name}"):
+                computed = m.compute()
+            row.update({f"{name}/{k}" if k in COUNT_KEYS else k: val for k, val in computed.items()})
             skipped.update(m.skipped)
             if name == "sparsity":
                 freqs[(spec, v.label)] = np.asarray(m.artifacts()["firing_frequency"])
         if reference is not None:
             for keep in (False, True):
-                sp = spliced_metrics(model, sae, v.mode, splice_toks.tokens, hook, lam=lam, keep_error=keep,
-                                     reference=reference, cache=splice_cache, **v.options)
+                with stages.stage("splice"):
+                    sp = spliced_metrics(model, sae, v.mode, splice_toks.tokens, hook, lam=lam, keep_error=keep,
+                                         reference=reference, cache=splice_cache, **v.options)
                 tag = "_keep_error" if keep else ""
                 row.update({"ce_clean": sp.ce_clean, "ce_zero": sp.ce_zero, f"ce_spliced{tag}": sp.ce_spliced,
                             f"ce_recovered{tag}": sp.ce_recovered, f"kl{tag}": sp.kl, "splice/n_tokens": sp.n_tokens})
@@ -345,18 +366,21 @@ def run_eval(cfg: EvalConfig, out: Path, *, overwrite: bool = False, progress: b
     dist.init(cfg.device)
     out = Path(out)
     check_out_dir(out, cfg, overwrite)
-    ev = evaluate(cfg, cfg.saes or default_specs(cfg), out, progress=progress)
+    stages = Stages(progress=progress)
+    ev = evaluate(cfg, cfg.saes or default_specs(cfg), out, progress=progress, stages=stages)
     if dist.is_main():
-        write_outputs(out, ev, cfg)
+        write_outputs(out, ev, cfg, stages=stages)
     dist.barrier()  # the other ranks return once the outputs exist
     return ev.df
 
 
-def evaluate(cfg: EvalConfig, specs: tuple[str, ...], out: Path, *, progress: bool = True) -> Evaluation:
+def evaluate(cfg: EvalConfig, specs: tuple[str, ...], out: Path, *, progress: bool = True,
+             stages: Stages | None = None) -> Evaluation:
     """Load everything (`load_inputs`) and evaluate the SAEs one at a time (one SAE in memory at once)."""
     from saelens_amort import distributed as dist
 
-    model, hook, store, splice_toks, sae_dtype, world = load_inputs(cfg, specs, out, progress=progress)
+    stages = stages or Stages()
+    model, hook, store, splice_toks, sae_dtype, world = load_inputs(cfg, specs, out, progress=progress, stages=stages)
     rows, freqs, gaps = [], {}, {}
     done = load_partials(out, cfg.as_json()) if dist.is_main() else {}  # results stay on rank 0; the others learn which
     finished = set(dist.broadcast(sorted(done)))
@@ -367,8 +391,9 @@ def evaluate(cfg: EvalConfig, specs: tuple[str, ...], out: Path, *, progress: bo
         else:
             logger.info("[%d/%d] evaluating %s (%s)", i + 1, len(specs), spec,
                         ", ".join(v.label for v in cfg.variants()))
-            r, art = evaluate_sae(spec, load_eval_sae(spec, world, cfg.device, sae_dtype), model, store, hook, cfg,
-                                  splice_toks, world)
+            with stages.stage("load SAEs"):
+                sae = load_eval_sae(spec, world, cfg.device, sae_dtype)
+            r, art = evaluate_sae(spec, sae, model, store, hook, cfg, splice_toks, world, stages)
             if dist.is_main():
                 save_partial(out, cfg.as_json(), i, r, art)
         rows += r
@@ -379,8 +404,9 @@ def evaluate(cfg: EvalConfig, specs: tuple[str, ...], out: Path, *, progress: bo
 
 
 def write_outputs(out: Path, ev: Evaluation, cfg: EvalConfig, *, extra_meta: dict | None = None,
-                  extra_sections: list | None = None) -> None:
-    """results.parquet, results.csv, report.html, then results.json (last: its presence marks a complete run)."""
+                  extra_sections: list | None = None, stages: Stages | None = None) -> None:
+    """results.parquet, results.csv, report.html, then results.json (last: its presence marks a complete run);
+    results.json carries the run's stage timings when `stages` is given."""
     from saelens_amort.runners.eval_report import build_report
 
     df = ev.df
@@ -389,7 +415,10 @@ def write_outputs(out: Path, ev: Evaluation, cfg: EvalConfig, *, extra_meta: dic
             **(extra_meta or {}), "rows": json.loads(df.to_json(orient="records"))}
     write_atomic(out / "results.parquet", lambda p: df.to_parquet(p, index=False))
     write_atomic(out / "results.csv", lambda p: df.to_csv(p, index=False))
-    build_report(out / "report.html", df, ev.freqs, ev.gaps, meta, extra_sections=extra_sections)
+    with stages.stage("report") if stages else contextlib.nullcontext():
+        build_report(out / "report.html", df, ev.freqs, ev.gaps, meta, extra_sections=extra_sections)
+    if stages is not None:
+        meta["timings"] = stages.as_json()
     write_atomic(out / "results.json", lambda p: p.write_text(json.dumps(meta, indent=2, default=_json_default)))
     shutil.rmtree(out / PARTIAL_DIR, ignore_errors=True)
 

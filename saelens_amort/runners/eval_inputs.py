@@ -10,6 +10,8 @@ from typing import Any, NamedTuple
 import torch
 
 from saelens_amort.errors import SaeAmortError
+from saelens_amort.runners.eval_stages import Stages
+
 
 class SpliceTokens(NamedTuple):
     """Right-padded sequences and their real lengths (BOS included): padding is known by length, not by token id."""
@@ -47,7 +49,7 @@ class Inputs(NamedTuple):
 
 
 def load_inputs(cfg, specs: tuple[str, ...], out: Path, *, progress: bool = True,
-                check_sae: Callable[[Any], None] | None = None) -> Inputs:
+                check_sae: Callable[[Any], None] | None = None, stages: Stages | None = None) -> Inputs:
     """Load the model (or open `cfg.activations`) and every SAE, checking each fits (and `check_sae(sae)` when
     given) before any work; create `out`; stream the activations once (cached)."""
     from saelens_amort.devices import check_device, resolve_dtype
@@ -58,12 +60,13 @@ def load_inputs(cfg, specs: tuple[str, ...], out: Path, *, progress: bool = True
         store, world = open_activations(cfg, specs, sae_dtype, check_sae)
         make_out(out)
         return Inputs(None, store.hook_name, store, None, sae_dtype, world)
-    model, store, hook, splice_toks = model_activations(cfg, specs, sae_dtype, out, progress, check_sae)
+    model, store, hook, splice_toks = model_activations(cfg, specs, sae_dtype, out, progress, check_sae,
+                                                        stages or Stages())
     return Inputs(model, hook, store, splice_toks, sae_dtype, None)
 
 
 def model_activations(cfg, specs: tuple[str, ...], sae_dtype, out: Path, progress: bool,
-                      check_sae: Callable[[Any], None] | None = None):
+                      check_sae: Callable[[Any], None] | None = None, stages: Stages | None = None):
     """The model, its cached activations at the hook, the hook, and the sequences for spliced CE / KL."""
     from saelens_amort import distributed as dist
     from saelens_amort.activations import CollectConfig, collect_activations, resolve_source
@@ -72,26 +75,30 @@ def model_activations(cfg, specs: tuple[str, ...], sae_dtype, out: Path, progres
     from saelens_amort.runners.collect import resolve_hook
     from saelens_amort.saes import check_sae_fits, load_sae
 
+    stages = stages or Stages()
     llm_dtype = resolve_dtype(cfg.llm_dtype, cfg.device, "--llm-dtype")
     try:  # the model and the text source are what an offline machine lacks: say how to run the study anyway
-        model = load_model(cfg.model, device=cfg.device, dtype=llm_dtype)
-        source = resolve_source(cfg.resolved_source(), seed=cfg.seed)
+        with stages.stage("load model"):
+            model = load_model(cfg.model, device=cfg.device, dtype=llm_dtype)
+            source = resolve_source(cfg.resolved_source(), seed=cfg.seed)
     except SaeAmortError as e:
         if cfg.model == "toy":
             raise
         raise SaeAmortError(f"{str(e).rstrip('.')}; the same study offline: saeamort eval --model toy") from None
     hook = resolve_hook(model.cfg.n_layers, cfg.layer, cfg.hook)
-    for spec in specs:
-        sae = load_sae(spec, device=cfg.device, dtype=sae_dtype)
-        check_sae_fits(sae, model, hook)
-        if check_sae is not None:
-            check_sae(sae)
+    with stages.stage("load SAEs"):
+        for spec in specs:
+            sae = load_sae(spec, device=cfg.device, dtype=sae_dtype)
+            check_sae_fits(sae, model, hook)
+            if check_sae is not None:
+                check_sae(sae)
     make_out(out)
     request = CollectConfig(hook_name=hook, n_tokens=cfg.tokens, context_size=cfg.context_size, seed=cfg.seed)
     if not dist.is_main():
         dist.barrier()  # rank 0 fills the activation cache; the others then read it
-    store = collect_activations(model, source, request, None, model_name=cfg.model,
-                                progress=progress and dist.is_main())
+    with stages.stage("collect"):
+        store = collect_activations(model, source, request, None, model_name=cfg.model,
+                                    progress=progress and dist.is_main())
     if dist.is_main():
         dist.barrier()
     tok = model.tokenizer
