@@ -20,6 +20,7 @@ from __future__ import annotations
 import math
 import warnings
 from dataclasses import replace
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from jaxtyping import Float
@@ -42,6 +43,12 @@ LAM_FLOOR = 1e-7
 """The search gives up below λ_max · LAM_FLOOR."""
 
 NO_CALIBRATION_OPTIONS = ("return_trace",)
+
+COARSE_STRIDE = 8
+"""The search first runs on every COARSE_STRIDE-th row (matching those rows' own target), then confirms and refines
+on all rows from the λ it found: the wide bracketing steps, whose small λs are the slowest solves, cost 1/8."""
+COARSE_MIN_ROWS = 64
+"""…when that subset still has at least this many rows."""
 
 
 class Calibration(NamedTuple):
@@ -129,47 +136,102 @@ def calibrate_options(
         raise SaeAmortError("every code is zero for every λ > 0 on these rows (max x'Aᵀ ≤ 0); check the activations")
     n_evals = 0
 
-    def density(lam: float) -> float:
+    def density(lam: float, rows: slice | None = None) -> float:
         nonlocal n_evals
         n_evals += 1
-        return metric(run_mode(spec, x, dictionary, replace(base, lam=lam)).codes)
+        xs, opts_s = (x, base) if rows is None else (x[rows], _rows_of(base, rows))
+        return metric(run_mode(spec, xs, dictionary, replace(opts_s, lam=lam)).codes)
 
+    guess = _coarse_guess(x, dictionary, target, reference, tol, lam_max, max_evals,
+                          lambda lam, rows: density(lam, rows))
+    found = _search(density, target_value, tol, lam_max, max(2, max_evals - n_evals), guess)
+    if found.matched:
+        return _done(found.lam, target, target_value, found.achieved, n_evals, x.shape[0], opts)
+    if not found.bracketed:
+        msg = (f"could not bracket the {mode} density target {target_value:.4g} ({target!r}): λ={found.lam:.3g} "
+               f"reached {found.achieved:.4g} (λ_max={lam_max:.3g}, {n_evals} evaluations)")
+    else:
+        why = f"{n_evals} evaluations did not reach" if found.exhausted else "no λ reaches"
+        msg = (f"λ calibration for {mode!r}: {why} the density target {target_value:.4g} ({target!r}) ± {tol:.0%}: "
+               f"λ={found.lam:.4g} came closest with {found.achieved:.4g}")
+    return _closest(msg, strict, (0.0, found.lam, found.achieved), target, target_value, n_evals, x.shape[0], opts)
+
+
+class _Found(NamedTuple):
+    lam: float
+    """The matching λ, or the closest one tried."""
+    achieved: float
+    matched: bool
+    exhausted: bool
+    """The evaluation budget ran out (else: the bracket closed without a match)."""
+    bracketed: bool
+    """Some λ gave a density above the target."""
+    slope: float
+    """−d log(density) / d log λ near `lam` (1 when unknown): how the next search should step from it."""
+
+
+def _coarse_guess(x: Tensor, dictionary: Dictionary, target: str | float, reference: Tensor | None, tol: float,
+                  lam_max: float, max_evals: int, density: Callable[[float, slice], float]) -> tuple[float, float] | None:
+    """(λ, slope) from the search on every COARSE_STRIDE-th row against those rows' own target; None when the
+    subset is too small or names no target (e.g. no dense latent among its rows)."""
+    rows = slice(None, None, COARSE_STRIDE)
+    if x.shape[0] < COARSE_STRIDE * COARSE_MIN_ROWS:
+        return None
+    try:
+        _, value = _target(target, x[rows], dictionary, None if reference is None else reference[rows])
+    except SaeAmortError:
+        return None
+    found = _search(lambda lam: density(lam, rows), value, tol, lam_max, max_evals, None)
+    return found.lam, found.slope
+
+
+def _search(density: Callable[[float], float], target_value: float, tol: float, lam_max: float, max_evals: int,
+            guess: tuple[float, float] | None) -> _Found:
+    """Bracket the target (density falls as λ grows; λ_max gives 0) and close in by log–log interpolation.
+    Without a guess the bracket grows downwards from λ_max/10 by factors of 10; with (λ₀, slope) it starts at λ₀
+    and takes log–log secant steps until the target is bracketed, so a good guess costs one or two evaluations."""
     close = lambda v: abs(v - target_value) <= tol * target_value  # noqa: E731
-    # Bracket: hi has density ≤ target (λ_max: all zero), lo has density ≥ target.
-    hi, d_hi = lam_max, 0.0
-    lo, d_lo = None, None
-    best = (math.inf, lam_max, 0.0)
-    lam = lam_max / 10
-    while lo is None:
-        if n_evals >= max_evals or lam < lam_max * LAM_FLOOR:
-            msg = (f"could not bracket the {mode} density target {target_value:.4g} ({target!r}): "
-                   f"λ={best[1]:.3g} reached {best[2]:.4g} (λ_max={lam_max:.3g}, {n_evals} evaluations)")
-            return _closest(msg, strict, best, target, target_value, n_evals, x.shape[0], opts)
+    hi, d_hi, lo, d_lo = lam_max, 0.0, None, None
+    hi_tried = False
+    best, tried = (math.inf, lam_max, 0.0), []
+    lam, slope = (lam_max / 10, 1.0) if guess is None else (min(guess[0], lam_max), guess[1])
+    for _ in range(max_evals):
         d = density(lam)
+        tried.append((lam, d))
         best = min(best, (abs(d - target_value), lam, d))
+        slope = _slope(tried, slope)
         if close(d):
-            return _done(lam, target, target_value, d, n_evals, x.shape[0], opts)
+            return _Found(lam, d, True, False, True, slope)
         if d > target_value:
             lo, d_lo = lam, d
         else:
-            hi, d_hi = lam, d
+            hi, d_hi, hi_tried = lam, d, True
+        if lo is not None and (hi_tried or guess is None):
+            if hi / lo < 1 + 1e-6:
+                return _Found(best[1], best[2], False, False, True, slope)
+            lam = _next_lambda(lo, d_lo, hi, d_hi, target_value)
+        elif guess is None:
             lam /= 10
-    while n_evals < max_evals:
-        lam = _next_lambda(lo, d_lo, hi, d_hi, target_value)
-        d = density(lam)
-        best = min(best, (abs(d - target_value), lam, d))
-        if close(d):
-            return _done(lam, target, target_value, d, n_evals, x.shape[0], opts)
-        if d > target_value:
-            lo, d_lo = lam, d
-        else:
-            hi, d_hi = lam, d
-        if hi / lo < 1 + 1e-6:
+        else:  # one side known: a log–log secant step from the last point, at most ×10, never past λ_max
+            step = math.exp((math.log(max(d, 1e-12)) - math.log(target_value)) / slope)
+            lam = min(lam_max, lam * min(10.0, max(0.1, step)))
+        if lam < lam_max * LAM_FLOOR or lam >= lam_max:
             break
-    why = "no λ reaches" if hi / lo < 1 + 1e-6 else f"{n_evals} evaluations did not reach"
-    msg = (f"λ calibration for {mode!r}: {why} the density target {target_value:.4g} ({target!r}) ± {tol:.0%}: "
-           f"λ={best[1]:.4g} came closest with {best[2]:.4g}")
-    return _closest(msg, strict, best, target, target_value, n_evals, x.shape[0], opts)
+    return _Found(best[1], best[2], False, True, lo is not None, slope)
+
+
+def _slope(tried: list[tuple[float, float]], default: float) -> float:
+    """−Δlog density / Δlog λ between the two latest points with positive density (default when none)."""
+    pts = [(lam, d) for lam, d in tried if d > 0]
+    if len(pts) < 2 or pts[-1][0] == pts[-2][0]:
+        return default
+    (l1, d1), (l2, d2) = pts[-2], pts[-1]
+    s = -(math.log(d2) - math.log(d1)) / (math.log(l2) - math.log(l1))
+    return s if s > 0.05 else default
+
+
+def _rows_of(opts: ModeOptions, rows: slice) -> ModeOptions:
+    return replace(opts, init=opts.init[rows]) if isinstance(opts.init, Tensor) else opts
 
 
 def _closest(

@@ -108,3 +108,34 @@ def test_strict_calibration_raises_when_no_lambda_reaches_the_target():
     with pytest.warns(UserWarning, match="no λ reaches .* using the closest λ"):
         closest = calibrate_lambda(x, d, target=0.01, strict=False)
     assert closest.achieved == 0.0 and closest.n_rows == 16  # λ_max's all-zero codes are closer than 1/16
+
+
+def test_the_search_runs_on_a_row_subset_first_then_confirms_on_all_rows():
+    from saelens_amort.inference import calibrate as cal_module
+    from saelens_amort.inference.registry import _MODES, get_mode, register_mode
+
+    sae = saelens_amort.load_sae("toy/topk")
+    x = toy_activations(sae.cfg.metadata.hook_name)[:1024]
+    sizes: list[int] = []
+    inner = get_mode("unamortized").fn
+
+    def counted(x, dictionary, options):
+        sizes.append(x.shape[0])
+        return inner(x, dictionary, options)
+
+    register_mode("counted_unamortized", counted, needs_lambda=True)
+    try:
+        _check_subset_then_all(x, sae, sizes, cal_module.COARSE_STRIDE)
+    finally:
+        _MODES.pop("counted_unamortized")
+
+
+def _check_subset_then_all(x, sae, sizes, stride):
+    cal = calibrate_lambda(x, sae, "counted_unamortized")
+    full = [n for n in sizes if n == 1024]
+    assert abs(cal.achieved - cal.target_value) <= 0.05 * cal.target_value and cal.n_rows == 1024
+    assert set(sizes) == {1024, 1024 // stride}
+    assert 1 <= len(full) <= 2 < len(sizes) == cal.n_evals  # the wide bracketing ran on the subset only
+    sizes.clear()
+    small = calibrate_lambda(x[:256], sae, "counted_unamortized")  # too few rows for a subset: all rows throughout
+    assert set(sizes) == {256} and abs(small.achieved - small.target_value) <= 0.05 * small.target_value
