@@ -13,6 +13,8 @@ encoder depends on the batch (training-form BatchTopK), else they come from one 
 Density falls as λ grows and vanishes at λ_max = max(x'Aᵀ) (above it every code is 0), so the search brackets
 from λ_max downwards. Every evaluation runs the mode exactly as the final call will (same steps, tol, init), since
 early-stopped codes depend on where the solver starts: warm starts would calibrate a different procedure.
+The search runs on every COARSE_STRIDE-th row first (against those rows' own target), then confirms, and refines by
+log–log secant steps where needed, on all rows: the final λ is always measured on every row given.
 """
 
 from __future__ import annotations
