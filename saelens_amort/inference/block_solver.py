@@ -24,6 +24,8 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from saelens_amort.inference.flops import Flops, cholesky, cholesky_solve
+
 FISTA_WARMUP = 6
 """FISTA steps before the first Newton step of a cold block solve (they find most of the support)."""
 
@@ -61,6 +63,9 @@ class BlockResult(NamedTuple):
     v: Float[Tensor, "k w"]
     iters: Int[Tensor, " k"]
     restarts: Int[Tensor, " k"]
+    flops: Flops
+    """Per block row: its [w, w] products (2·w² each), and the Cholesky factorisations and solves of its Newton
+    faces."""
 
 
 def solve_blocks(
@@ -82,8 +87,10 @@ def solve_blocks(
     out_v = v.clone()
     out_iters = torch.zeros(k, dtype=torch.long, device=dev)
     out_restarts = torch.zeros(k, dtype=torch.long, device=dev)
+    flops = Flops(k, dev)
     if k == 0:
-        return BlockResult(out_v, out_iters, out_restarts)
+        return BlockResult(out_v, out_iters, out_restarts, flops)
+    mv = 2.0 * G.shape[1] * G.shape[2]  # one block product G v
     eps = torch.finfo(b.dtype).eps
     flag = lambda: torch.zeros(k, dtype=torch.bool, device=dev)  # noqa: E731
     count = lambda: torch.zeros(k, dtype=torch.long, device=dev)  # noqa: E731
@@ -97,6 +104,7 @@ def solve_blocks(
         "fista_next": flag(),  # Newton failed: the next step is a FISTA step
         "noise": NOISE * eps * xx,
     }
+    flops.add((POWER_STEPS + 2) * mv)  # σ_max by power iteration, and Gv
     st["Gv"] = _bmv(G, v)
     st["F"] = _f(v, st["Gv"], b)
     st["gap"] = block_gap(v, st["Gv"], b, lam, xx)
@@ -122,13 +130,17 @@ def solve_blocks(
         fista = live & ~newton
         if bool(fista.any()):
             _fista_step(st, fista, lam)
+            flops.add(mv, st["at"])  # the step's product runs on every row of the batch
         if bool(newton.any()):
-            _newton_step(st, newton, lam)
+            at = st["at"][newton]
+            face = _newton_step(st, newton, lam)
+            flops.add(len(NEWTON_STEPS) * mv + mv, at)
+            flops.add(cholesky(face) + cholesky_solve(face), at, matmul=False)
         st["iters"] += live
         if on_step is not None:
             at = st["at"][live]
             on_step(at, st["iters"][live], 0.5 * st["xx"][live] + st["F"][live])
-    return BlockResult(out_v, out_iters, out_restarts)
+    return BlockResult(out_v, out_iters, out_restarts, flops)
 
 
 def _fista_step(st: dict[str, Tensor], rows: Tensor, lam: float) -> None:
@@ -165,12 +177,12 @@ def _fista_step(st: dict[str, Tensor], rows: Tensor, lam: float) -> None:
     st["Gy"] = torch.where(r, torch.addcmul(Gv, bt, diff_G), Gy)
 
 
-def _newton_step(st: dict[str, Tensor], rows: Tensor, lam: float) -> None:
+def _newton_step(st: dict[str, Tensor], rows: Tensor, lam: float) -> int:
     """One projected Newton step for the rows marked in `rows`: the minimiser z of F on the face S = the support plus
     the largest KKT violator (one entrant at a time, as in Lawson–Hanson, keeps z feasible near the optimum), then
     the best of max(v + α(z − v), 0) over α ∈ NEWTON_STEPS and the ratio-test point (as far towards z as stays
     feasible; F falls along that segment). Kept where it lowers F, or the gap within rounding of F; elsewhere the
-    next step is FISTA's."""
+    next step is FISTA's. Returns the width of the faces factorised."""
     sel = rows.nonzero().squeeze(1)
     G, b, v, Gv = st["G"][sel], st["b"][sel], st["v"][sel], st["Gv"][sel]
     xx, F, gap, noise = st["xx"][sel], st["F"][sel], st["gap"][sel], st["noise"][sel]
@@ -178,7 +190,7 @@ def _newton_step(st: dict[str, Tensor], rows: Tensor, lam: float) -> None:
     m = min(NEWTON_ENTRANTS, viol.shape[1])
     top = viol.topk(m, dim=1).indices if m > 1 else viol.argmax(dim=1, keepdim=True)
     S = (v > 0) | torch.zeros_like(v, dtype=torch.bool).scatter_(1, top, viol.gather(1, top) > 0)
-    z, ok = _face_minimiser(G, b, S)
+    z, ok, face = _face_minimiser(G, b, S)
     d = torch.where(S & ok.unsqueeze(1), z - v, 0.0)
     tiny = torch.finfo(v.dtype).tiny
     leave = (d < 0) & (v > 0)
@@ -206,14 +218,16 @@ def _newton_step(st: dict[str, Tensor], rows: Tensor, lam: float) -> None:
     st["plain"] = st["plain"] | full
     st["stalls"] = torch.where(full, 0, st["stalls"] + fail.long())
     st["fista_next"] = (st["fista_next"] & ~rows) | fail
+    return face
 
 
-def _face_minimiser(G: Tensor, b: Tensor, S: Tensor) -> tuple[Tensor, Tensor]:
-    """Per row, z with G_SS z_S = b_S on the slots S and 0 elsewhere, and whether the factorisation succeeded."""
+def _face_minimiser(G: Tensor, b: Tensor, S: Tensor) -> tuple[Tensor, Tensor, int]:
+    """Per row, z with G_SS z_S = b_S on the slots S and 0 elsewhere, whether the factorisation succeeded, and the
+    width of the factorised faces (the widest face)."""
     k, w = S.shape
     s_max = int(S.sum(dim=1).max()) if k else 0
     if s_max == 0:
-        return torch.zeros_like(b), torch.ones(k, dtype=torch.bool, device=b.device)
+        return torch.zeros_like(b), torch.ones(k, dtype=torch.bool, device=b.device), 0
     order = torch.argsort((~S).to(torch.int8), dim=1, stable=True)[:, :s_max]  # S slots first
     valid = S.gather(1, order)
     flat = (torch.arange(k, device=b.device) * (w * w)).view(k, 1, 1) + order.unsqueeze(2) * w + order.unsqueeze(1)
@@ -224,7 +238,7 @@ def _face_minimiser(G: Tensor, b: Tensor, S: Tensor) -> tuple[Tensor, Tensor]:
     rhs = torch.where(valid, b.gather(1, order), 0.0)
     z_S = torch.cholesky_solve(rhs.unsqueeze(2), chol).squeeze(2)
     z = torch.zeros_like(b).scatter_(1, order, torch.where(valid, z_S, 0.0))
-    return z, info == 0
+    return z, info == 0, s_max
 
 
 def _bmv(G: Tensor, v: Tensor) -> Tensor:

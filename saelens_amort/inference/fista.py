@@ -26,7 +26,9 @@ from torch import Tensor
 
 from saelens_amort.errors import SaeAmortError
 from saelens_amort.inference import gram as gram_cache
+from saelens_amort.inference.amortized import encoder_flops
 from saelens_amort.inference.block_solver import duality_gap
+from saelens_amort.inference.flops import Flops, combine
 from saelens_amort.inference.registry import register_mode
 from saelens_amort.inference.result import (
     InferenceResult,
@@ -97,7 +99,8 @@ def solve(
     acc = torch.promote_types(dtype, torch.float32)
     x_t = x_target.to(dtype)
     step = 1.0 / lipschitz if lipschitz > 0 else 0.0
-    times_atoms = _TimesAtoms(atoms)
+    flops = Flops(n, device)
+    times_atoms = _TimesAtoms(atoms, flops)
     atoms_aug = torch.cat([atoms, torch.ones(m, 1, dtype=dtype, device=device)], dim=1)  # [A, 1]
     r_aug = torch.full((n, atoms.shape[1] + 1), lam, dtype=dtype, device=device)  # [yA − x', λ]
 
@@ -107,7 +110,7 @@ def solve(
         l1 = torch.zeros(n, dtype=acc, device=device)
     else:
         u = u0.to(dtype).clamp_min(0)
-        uA, l1 = times_atoms(u, acc)
+        uA, l1 = times_atoms(u, acc, None)
     F = _objective(x_t, uA, l1, lam, acc)
     y = u.clone()  # the buffer that becomes u⁺ in place
     yA = uA
@@ -133,7 +136,8 @@ def solve(
         torch.sub(yA, x_t, out=r_aug[:, :-1])
         y_before = y.clone() if restart == "gradient" and solver == "fista" else None
         u_new = y.addmm_(r_aug, atoms_aug.T, alpha=-step).clamp_(min=0)  # y's buffer now holds u⁺
-        uA_new, l1_new = times_atoms(u_new, acc)
+        flops.add(2.0 * r_aug.shape[1] * m, rows)
+        uA_new, l1_new = times_atoms(u_new, acc, rows)
         F_new = _objective(x_t, uA_new, l1_new, lam, acc)
         n_iter += 1
 
@@ -197,37 +201,44 @@ def solve(
         u=out_u,
         n_iter=out_iter,
         objective=out_F,
-        converged=_certified(x_target.to(dtype), out_u, atoms, lam, tol),
+        converged=_certified(x_target.to(dtype), out_u, atoms, lam, tol, flops),
         restarts=out_restarts,
         trace=torch.stack(trace) if trace is not None else None,
+        flops=flops,
     )
 
 
 class _TimesAtoms:
     """u ↦ (uA, Σ_j u_j): through a sparse (CSR) product on CPU while the codes are sparse, else a dense matmul.
-    Density is re-checked (one count) after dense products, so codes that sparsify later go back to CSR."""
+    Density is re-checked (one count) after dense products, so codes that sparsify later go back to CSR. Each
+    product is charged to `flops` (the rows of u are output rows `rows`; None: all, in order)."""
 
-    def __init__(self, atoms: Tensor) -> None:
-        self.atoms = atoms
+    def __init__(self, atoms: Tensor, flops: Flops) -> None:
+        self.atoms, self.flops = atoms, flops
         self.sparse = atoms.device.type == "cpu"
         self.cpu = self.sparse
 
-    def __call__(self, u: Tensor, acc: torch.dtype) -> tuple[Tensor, Tensor]:
+    def __call__(self, u: Tensor, acc: torch.dtype, rows: Tensor | None) -> tuple[Tensor, Tensor]:
         if self.sparse and u.numel():
             csr = to_csr(u)
             if csr.values().numel() <= SPARSE_DENSITY * u.numel():
+                self.flops.product(csr, self.atoms.shape[1], rows)
                 return csr @ self.atoms, row_sums(csr).to(acc)
             self.sparse = False
         elif self.cpu and u.numel():
             self.sparse = int(torch.count_nonzero(u)) <= SPARSE_DENSITY * u.numel()
+        self.flops.product(u, self.atoms.shape[1], rows)
         return u @ self.atoms, u.to(acc).sum(dim=-1)
 
 
-def _certified(x_t: Tensor, u: Tensor, atoms: Tensor, lam: float, tol: float) -> Tensor:
+def _certified(x_t: Tensor, u: Tensor, atoms: Tensor, lam: float, tol: float, flops: Flops) -> Tensor:
     """Per row: the duality gap at u is ≤ tol · F(u) (or rounding), the working-set solver's certificate: one more
-    encoder-sized product, r = x' − uA and g = rAᵀ, at exit."""
-    residual = x_t - u @ atoms
+    encoder-sized product, r = x' − uA (sparse u) and g = rAᵀ, at exit."""
+    codes = to_csr(u)
+    residual = x_t - codes @ atoms
+    flops.product(codes, atoms.shape[1])
     g_max = (residual @ atoms.T).amax(dim=1).double()
+    flops.product(residual, atoms.shape[0])
     r64 = residual.double()
     rr = r64.square().sum(dim=1)
     xx = x_t.double().square().sum(dim=1)
@@ -242,9 +253,10 @@ def _objective(x_t: Tensor, uA: Tensor, l1: Tensor, lam: float, acc: torch.dtype
 
 
 def initial_codes(
-    x: Float[Tensor, "N d_in"], dictionary: Dictionary, init: str | Tensor | None, lam: float
+    x: Float[Tensor, "N d_in"], dictionary: Dictionary, init: str | Tensor | None, lam: float, flops: Flops
 ) -> Float[Tensor, "N d_sae"] | None:
-    """The warm start u0 in unit-atom space (None = zeros): 'encoder' (sae.encode), 'alista', 'zero', or SAE codes."""
+    """The warm start u0 in unit-atom space (None = zeros): 'encoder' (sae.encode), 'alista', 'zero', or SAE codes;
+    its products are charged to `flops`."""
     if init is None or (isinstance(init, str) and init == "zero"):
         return None
     if isinstance(init, Tensor):
@@ -253,10 +265,12 @@ def initial_codes(
         if dictionary.sae is None:
             raise SaeAmortError("init='encoder' needs the SAE's encoder; pass the SAE or use init='alista'")
         z = encode_rows(dictionary.sae, x)
+        flops.add(encoder_flops(dictionary.sae, x))
         return dictionary.from_sae_codes(z.to(dictionary.atoms.dtype)).clamp_min(0)
     if init == "alista":
         L = dictionary.lipschitz
         c = dictionary.target(x) @ dictionary.atoms.T
+        flops.add(2.0 * dictionary.d_in * dictionary.d_sae)
         return ((c - lam) / L).clamp_min(0) if L > 0 else torch.zeros_like(c)
     raise SaeAmortError(f"unknown init {init!r}")
 
@@ -321,12 +335,17 @@ def run(
             return replace(out, u=out.u.to(dictionary.atoms.dtype))
 
     parts: list[SolveOutput] = []
+    start_flops: list[dict] = []
     for start in range(0, x.shape[0], batch_rows):
         xb = x[start : start + batch_rows]
         init_b = init[start : start + batch_rows] if isinstance(init, Tensor) else init
-        parts.append(solve_chunk(dictionary.target(xb), initial_codes(xb, dictionary, init_b, lam)))
+        flops_b = Flops(xb.shape[0], xb.device)
+        parts.append(solve_chunk(dictionary.target(xb), initial_codes(xb, dictionary, init_b, lam, flops_b)))
+        flops_b.absorb(parts[-1].flops)
+        start_flops.append(flops_b.info())
     if not parts:
         parts.append(solve_chunk(dictionary.target(x), None))
+    info.update(combine(start_flops, x.shape[0], x.device))
     u = torch.cat([p.u for p in parts])
     info["restarts"] = torch.cat([p.restarts for p in parts])
     if return_trace:

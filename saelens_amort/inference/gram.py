@@ -18,7 +18,10 @@ from saelens_amort.saes.dictionary import Dictionary
 DEFAULT_MAX_BYTES = 1 << 30
 """Largest Gram built by default (1 GiB: d_sae = 16384 in fp32)."""
 
-_GRAM_CACHE: "weakref.WeakKeyDictionary[Dictionary, tuple[tuple, Tensor]]" = weakref.WeakKeyDictionary()
+_GRAM_CACHE: "weakref.WeakKeyDictionary[Dictionary, dict[torch.dtype, tuple[tuple, Tensor]]]" = (
+    weakref.WeakKeyDictionary())
+"""Per dictionary, one Gram per dtype (a mode may use the work-dtype Gram and the fp64 one in one call: OMP's start
+and the k-sparse polish, the working-set solver and refit)."""
 
 
 def work_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -32,25 +35,26 @@ def gram_bytes(d_sae: int, dtype: torch.dtype) -> int:
 
 
 def atom_gram(dictionary: Dictionary, dtype: torch.dtype) -> Tensor:
-    """AAᵀ in `dtype`, cached per dictionary (rebuilt when its atoms are modified in place)."""
+    """AAᵀ in `dtype`, cached per dictionary and dtype (rebuilt when its atoms are modified in place)."""
     atoms = dictionary.atoms
-    key = (atoms._version, dtype, atoms.data_ptr())
-    hit = _GRAM_CACHE.get(dictionary)
+    key = (atoms._version, atoms.data_ptr())
+    per_dtype = _GRAM_CACHE.setdefault(dictionary, {})
+    hit = per_dtype.get(dtype)
     if hit is not None and hit[0] == key:
         return hit[1]
     A = atoms.to(dtype)
     gram = A @ A.T
-    _GRAM_CACHE[dictionary] = (key, gram)
+    per_dtype[dtype] = (key, gram)
     return gram
 
 
 def has_gram(dictionary: Dictionary, dtype: torch.dtype) -> bool:
     """A current Gram of `dictionary` in `dtype` is cached."""
-    hit = _GRAM_CACHE.get(dictionary)
+    hit = _GRAM_CACHE.get(dictionary, {}).get(dtype)
     atoms = dictionary.atoms
-    return hit is not None and hit[0] == (atoms._version, dtype, atoms.data_ptr())
+    return hit is not None and hit[0] == (atoms._version, atoms.data_ptr())
 
 
 def drop_gram(dictionary: Dictionary) -> None:
-    """Forget the cached Gram of `dictionary` (frees its memory)."""
+    """Forget the cached Grams of `dictionary` (frees their memory)."""
     _GRAM_CACHE.pop(dictionary, None)

@@ -38,6 +38,8 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from saelens_amort.errors import SaeAmortError
+from saelens_amort.inference.amortized import encoder_flops
+from saelens_amort.inference.flops import Flops
 from saelens_amort.inference.gram import atom_gram, work_dtype
 from saelens_amort.inference.omp import nn_omp, use_gram
 from saelens_amort.inference.refit import SupportSystems, masked_cholesky_solve, size_blocks
@@ -82,6 +84,8 @@ class KSparseOutput(NamedTuple):
     """Per row: stopped by the support/tolerance rule or at a fixed point (not by the iteration cap)."""
     rejected: int
     """Steps rejected because they would have raised ½‖x' − uA‖²."""
+    flops: Flops
+    """FLOPs run per row (`flops.py`)."""
 
 
 @torch.no_grad()
@@ -97,15 +101,17 @@ def ksparse_pg(
     """Monotone non-negative k-sparse projected gradient (module docstring) for the rows of x' = `x_target`."""
     wd = work_dtype(dictionary.atoms.dtype)
     A, X = dictionary.atoms.to(wd), x_target.to(wd)
-    systems = SupportSystems(x_target, dictionary)
-    lipschitz = dictionary.lipschitz
     n, m = X.shape[0], A.shape[0]
     dev = X.device
+    flops = Flops(n, dev)
+    systems = SupportSystems(x_target, dictionary, flops)
+    lipschitz = dictionary.lipschitz
     T = max(1, int(k_rows.max())) if n else 1
     allowed = torch.arange(T, device=dev) < k_rows.to(dev).unsqueeze(1)
     start = torch.zeros(n, m, dtype=wd, device=dev) if u0 is None else u0.to(wd)
     idx, val = _project(start, allowed)
     residual = X - _times_atoms(idx, val, A)
+    flops.add(2.0 * T * A.shape[1])
     F = _half_sq(residual)
     base = 1.0 / lipschitz if lipschitz > 0 else 1.0
     mu = torch.full((n,), MAX_STEP * base, dtype=wd, device=dev)
@@ -121,6 +127,7 @@ def ksparse_pg(
         i_new, v_new = _project(v, allowed[live])
         v_new = _polish(systems, live, i_new, v_new, A.shape[1])
         r_new = X[live] - _times_atoms(i_new, v_new, A)
+        flops.add(2.0 * A.shape[1] * m + 2.0 * T * A.shape[1], live)
         F_new = _half_sq(r_new)
         accept = F_new <= F_l
         n_iter[live] += 1
@@ -134,7 +141,7 @@ def ksparse_pg(
         converged[live[done]] = True
         live = live[~done]
     u = torch.zeros(n, m, dtype=wd, device=dev).scatter_(1, idx, val)
-    return KSparseOutput(u, residual, n_iter, converged, rejected)
+    return KSparseOutput(u, residual, n_iter, converged, rejected, flops)
 
 
 def _project(v: Tensor, allowed: Tensor) -> tuple[Tensor, Tensor]:
@@ -170,7 +177,7 @@ def _polish(systems: SupportSystems, rows: Tensor, idx: Tensor, val: Tensor, d_i
     if fits.numel() == 0:
         return val
     act = active[fits]
-    gamma, singular = masked_cholesky_solve(*systems(rows[fits], idx[fits], act), act)
+    gamma, singular = masked_cholesky_solve(*systems(rows[fits], idx[fits], act), act, systems.flops, rows[fits])
     v = val[fits].double()
     neg = act & (gamma <= 0)
     ratio = torch.where(neg, v / (v - gamma), torch.inf).amin(dim=1, keepdim=True)
@@ -196,10 +203,11 @@ def check_k_rows(k_rows: Tensor, n: int, d_sae: int, mode: str) -> Tensor:
     return k_rows.long()
 
 
-def _encoder_codes(x: Tensor, dictionary: Dictionary, mode: str, why: str) -> Tensor:
+def _encoder_codes(x: Tensor, dictionary: Dictionary, mode: str, why: str, flops: Flops) -> Tensor:
     if dictionary.sae is None:
         raise SaeAmortError(f"mode {mode!r} needs the SAE's encoder for {why}; pass the SAE, or k=... and init='zero'")
     z = dictionary.sae.encode(x)
+    flops.add(encoder_flops(dictionary.sae, x))
     return dictionary.from_sae_codes(z.to(dictionary.atoms.dtype)).clamp_min(0)
 
 
@@ -214,6 +222,7 @@ def _run(x: Tensor, dictionary: Dictionary, options: ModeOptions, mode: str, def
     if starts > 1 and init != "omp":
         raise SaeAmortError(f"mode {mode!r}: starts > 1 needs the OMP start (init=None), not init={init!r}")
     u_enc = None
+    flops = Flops(n, dictionary.atoms.device)
     k_rows = options.option("k_rows")
     if k_rows is not None:
         if options.k is not None:
@@ -224,12 +233,12 @@ def _run(x: Tensor, dictionary: Dictionary, options: ModeOptions, mode: str, def
             raise SaeAmortError(f"mode {mode!r}: k must be in [1, d_sae={m}], got {options.k}")
         k_rows, source = torch.full((n,), options.k, dtype=torch.long, device=dictionary.atoms.device), "given"
     else:
-        u_enc = _encoder_codes(x, dictionary, mode, "its default k (the encoder's per-row L0)")
+        u_enc = _encoder_codes(x, dictionary, mode, "its default k (the encoder's per-row L0)", flops)
         k_rows, source = (u_enc > 0).sum(dim=1), "encoder per-row L0"
     if isinstance(init, Tensor):
         u0_all = dictionary.from_sae_codes(init.to(dictionary.atoms.dtype)).clamp_min(0)
     elif init == "encoder":
-        u0_all = u_enc if u_enc is not None else _encoder_codes(x, dictionary, mode, "init='encoder'")
+        u0_all = u_enc if u_enc is not None else _encoder_codes(x, dictionary, mode, "init='encoder'", flops)
     else:
         u0_all = None
 
@@ -245,14 +254,17 @@ def _run(x: Tensor, dictionary: Dictionary, options: ModeOptions, mode: str, def
     gram = atom_gram(dictionary, wd) if init == "omp" and use_gram(dictionary, n, k_max) else None
     for rows, width in size_blocks(k_rows, 3 * m + 2 * d, d + 4, BLOCK_ELEMENTS):
         x_t = dictionary.target(x[rows])
+        block = Flops(rows.numel(), dev)
         if init == "omp":
-            starts_b = _omp_starts(x_t, dictionary.atoms, width, starts, gram)
+            starts_b = _omp_starts(x_t, dictionary.atoms, width, starts, gram, block)
         else:
             starts_b = [None if u0_all is None else u0_all[rows]]
         best = None
         for u0 in starts_b:
             out = ksparse_pg(x_t, dictionary, k_rows[rows], u0=u0, max_iter=max_iter, tol=float(options.tol))
+            block.absorb(out.flops)
             best = out if best is None else _better(best, out)
+        flops.absorb(block, rows)
         u[rows], residual[rows], n_iter[rows], converged[rows] = best.u, best.residual, best.n_iter, best.converged
         rejected += best.rejected
     info = {
@@ -264,30 +276,41 @@ def _run(x: Tensor, dictionary: Dictionary, options: ModeOptions, mode: str, def
         "max_iter": max_iter,
         "tol": float(options.tol),
         "rejected_steps": rejected,
+        **flops.info(),
     }
     obj = objective_from_residual(residual, u, options.lam)
     codes = dictionary.to_sae_codes(u).to(dictionary.atoms.dtype)
     return make_result(codes, obj, n_iter=n_iter, converged=converged, lam=options.lam, info=info)
 
 
-def _omp_starts(x_t: Tensor, atoms: Tensor, width: int, starts: int, gram: Tensor | None) -> Iterator[Tensor]:
+def _omp_starts(
+    x_t: Tensor, atoms: Tensor, width: int, starts: int, gram: Tensor | None, flops: Flops
+) -> Iterator[Tensor]:
     """Initial codes: non-negative OMP at `width` atoms, then OMP with its first atom forced to be the 2nd, 3rd, …
-    most correlated one (coefficient ⟨x', a⟩), `starts` in all."""
-    yield nn_omp(x_t, atoms, width, gram=gram).u
+    most correlated one (coefficient ⟨x', a⟩), `starts` in all; their work is charged to `flops`."""
+    first = nn_omp(x_t, atoms, width, gram=gram)
+    flops.absorb(first.flops)
+    yield first.u
+    if starts == 1:
+        return
     wd = work_dtype(atoms.dtype)
     X, A = x_t.to(wd), atoms.to(wd)
     top = (X @ A.T).topk(min(starts, A.shape[0]), dim=1)
+    flops.add(2.0 * A.shape[1] * A.shape[0])
     for s in range(1, top.indices.shape[1]):
         a, coef = top.indices[:, s : s + 1], top.values[:, s : s + 1].clamp_min(0)
         if width > 1:
-            u0 = nn_omp(X - coef * A[a.squeeze(1)], A, width - 1, gram=gram).u
+            out = nn_omp(X - coef * A[a.squeeze(1)], A, width - 1, gram=gram)
+            flops.absorb(out.flops)
+            u0 = out.u
         else:
             u0 = torch.zeros(X.shape[0], A.shape[0], dtype=wd, device=X.device)
         yield u0.scatter_add_(1, a, coef)
 
 
 def _better(a: KSparseOutput, b: KSparseOutput) -> KSparseOutput:
-    """Per row, the output with the smaller ½‖x' − uA‖² (a on ties); iterations add up."""
+    """Per row, the output with the smaller ½‖x' − uA‖² (a on ties); iterations add up (FLOPs are tallied by the
+    caller: a's are kept)."""
     pick = _half_sq(b.residual) < _half_sq(a.residual)
     col = pick.unsqueeze(1)
     return KSparseOutput(
@@ -296,6 +319,7 @@ def _better(a: KSparseOutput, b: KSparseOutput) -> KSparseOutput:
         a.n_iter + b.n_iter,
         torch.where(pick, b.converged, a.converged),
         a.rejected + b.rejected,
+        a.flops,
     )
 
 

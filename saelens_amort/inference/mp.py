@@ -17,6 +17,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from saelens_amort.errors import SaeAmortError
+from saelens_amort.inference.flops import Flops
 from saelens_amort.inference.omp import (
     STOP_CORRELATION,
     PursuitOutput,
@@ -52,6 +53,8 @@ def nn_mp(
     u = torch.zeros(n, m, dtype=wd, device=X.device)
     R = X.clone()
     c = X @ A.T
+    flops = Flops(n, X.device)
+    flops.add(2.0 * A.shape[1] * m)
     n_iter = torch.zeros(n, dtype=torch.long, device=X.device)
     live = c_floor > 0
     for _ in range(k):
@@ -62,13 +65,16 @@ def nn_mp(
         coef = torch.where(take, c_max, 0.0)
         u.scatter_add_(1, j.unsqueeze(1), coef.unsqueeze(1))
         R -= coef.unsqueeze(1) * A[j]
+        flops.add(2.0 * A.shape[1], matmul=False)
         if gram is not None:
             c -= coef.unsqueeze(1) * gram[j]
+            flops.add(2.0 * m, matmul=False)
         else:
             c = R @ A.T
+            flops.add(2.0 * A.shape[1] * m)
         n_iter += take
         live = take
-    return PursuitOutput(u, R, n_iter, 0)
+    return PursuitOutput(u, R, n_iter, 0, flops)
 
 
 @torch.no_grad()

@@ -31,6 +31,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from saelens_amort.errors import SaeAmortError
+from saelens_amort.inference.flops import Flops, cholesky, cholesky_solve, combine
 from saelens_amort.inference.gram import atom_gram, has_gram, work_dtype  # noqa: F401  (re-exported for mp)
 from saelens_amort.inference.sparse_codes import csr_tensor
 from saelens_amort.inference.registry import register_mode
@@ -58,6 +59,8 @@ class PursuitOutput(NamedTuple):
     """Atoms selected (pursuit steps taken) per row."""
     atoms_dropped: int
     """Atoms removed from supports by the non-negative refits (OMP; 0 for MP)."""
+    flops: Flops
+    """FLOPs run per row (`flops.py`)."""
 
 
 def check_k(k: int | None, d_sae: int, mode: str) -> int:
@@ -85,9 +88,11 @@ def nn_omp(
     A, X = atoms.to(wd), x_target.to(wd)
     n, m = X.shape[0], A.shape[0]
     dev = X.device
-    inner = _Atoms(A, gram, n, k)
+    flops = Flops(n, dev)
+    inner = _Atoms(A, gram, n, k, flops)
     c_floor = STOP_CORRELATION * torch.finfo(wd).eps * X.norm(dim=1)
     c0 = X @ A.T
+    flops.add(2.0 * A.shape[1] * m)
 
     # Support slots: slot t holds the atom chosen at step t; only slots marked `act` count (the rest are empty or
     # were dropped by a refit). b = A_S x' and the Cholesky factor L are of the masked Gram: G_SS on active slots,
@@ -108,7 +113,8 @@ def nn_omp(
         rows = slice(None) if n_live == n else live.nonzero().squeeze(1)
         if t:
             act_r = act[rows, :t]
-            c = inner.correlations(X[rows], c0[rows], idx[rows, :t], torch.where(act_r, gamma[rows, :t], 0.0))
+            c = inner.correlations(X[rows], c0[rows], idx[rows, :t], torch.where(act_r, gamma[rows, :t], 0.0),
+                                   live.nonzero().squeeze(1))
             # active atoms can't be picked again (−inf); dropped ones can (+inf leaves c as it is)
             c.scatter_reduce_(1, idx[rows, :t], torch.where(act_r, -torch.inf, torch.inf).to(wd), reduce="amin")
         else:
@@ -123,6 +129,7 @@ def nn_omp(
         if t:
             g = inner.with_new(idx[:, :t], j) * act[:, :t]
             w = torch.linalg.solve_triangular(L[:, :t, :t], g.unsqueeze(-1), upper=False).squeeze(-1)
+            flops.add(float(t * t), matmul=False)
             ell2 = 1.0 - w.square().sum(dim=1)
         else:
             w = torch.zeros(n, 0, dtype=wd, device=dev)
@@ -142,6 +149,7 @@ def nn_omp(
 
         T = t + 1
         g_ls = torch.cholesky_solve(b[:, :T].unsqueeze(-1), L[:, :T, :T]).squeeze(-1)
+        flops.add(cholesky_solve(T), matmul=False)
         new, n_drop = _nonnegative_refit(
             gamma[:, :T], g_ls, b[:, :T], idx[:, :T], L[:, :T, :T], act[:, :T], take, inner
         )
@@ -151,15 +159,17 @@ def nn_omp(
 
     coef = torch.where(act, gamma, 0.0)
     u = torch.zeros(n, m, dtype=wd, device=dev).scatter_add_(1, idx, coef)
-    return PursuitOutput(u, X - _sparse_rows(idx, coef, m) @ A, n_iter, dropped)
+    flops.add(2.0 * k * A.shape[1])
+    return PursuitOutput(u, X - _sparse_rows(idx, coef, m) @ A, n_iter, dropped, flops)
 
 
 class _Atoms:
     """Inner products between atoms for the pursuit: looked up in the full Gram when there is one, else computed
-    from the atoms, with each row's support atoms gathered once as they are selected ([n, k, d_in])."""
+    from the atoms, with each row's support atoms gathered once as they are selected ([n, k, d_in]). Products are
+    charged to `flops`."""
 
-    def __init__(self, atoms: Tensor, gram: Tensor | None, n: int, k: int) -> None:
-        self.atoms, self.gram = atoms, gram
+    def __init__(self, atoms: Tensor, gram: Tensor | None, n: int, k: int, flops: Flops) -> None:
+        self.atoms, self.gram, self.flops = atoms, gram, flops
         self.support = None if gram is not None else atoms.new_zeros(n, k, atoms.shape[1])
 
     def add(self, t: int, j: Tensor, take: Tensor) -> None:
@@ -171,6 +181,7 @@ class _Atoms:
         """[n, T] inner products ⟨a_{idx[r, s]}, a_{j[r]}⟩ of the T support slots with the candidate atoms."""
         if self.gram is not None:
             return self.gram[idx, j.unsqueeze(1)]
+        self.flops.add(2.0 * idx.shape[1] * self.atoms.shape[1])
         return torch.bmm(self.support[:, : idx.shape[1]], self.atoms[j].unsqueeze(2)).squeeze(2)
 
     def norms_sq(self, j: Tensor) -> Tensor:
@@ -183,13 +194,18 @@ class _Atoms:
             i = idx[rows]
             return self.gram[i.unsqueeze(2), i.unsqueeze(1)]
         a = self.support[rows, : idx.shape[1]]
+        self.flops.add(2.0 * a.shape[1] * a.shape[1] * a.shape[2], rows)
         return a @ a.transpose(1, 2)
 
-    def correlations(self, x: Tensor, c0: Tensor, idx: Tensor, coef: Tensor) -> Tensor:
-        """(x − Σ coef_s a_{idx_s}) Aᵀ per row: x'Aᵀ − coef G_S with a Gram, else the residual times Aᵀ."""
-        m = self.atoms.shape[0]
+    def correlations(self, x: Tensor, c0: Tensor, idx: Tensor, coef: Tensor, rows: Tensor) -> Tensor:
+        """(x − Σ coef_s a_{idx_s}) Aᵀ per row (rows `rows` of the batch): x'Aᵀ − coef G_S with a Gram, else the
+        residual times Aᵀ."""
+        m, d = self.atoms.shape
+        t = idx.shape[1]
         if self.gram is not None:
+            self.flops.add(2.0 * t * m, rows)
             return torch.addmm(c0, _sparse_rows(idx, coef, m), self.gram, alpha=-1)
+        self.flops.add(2.0 * t * d + 2.0 * d * m, rows)
         return torch.addmm(x, _sparse_rows(idx, coef, m), self.atoms, alpha=-1) @ self.atoms.T
 
 
@@ -244,6 +260,8 @@ def _nonnegative_refit(
         both = ab.unsqueeze(2) & ab.unsqueeze(1)
         gram = torch.where(both, inner.support_gram(bad, idx), 0.0) + torch.diag_embed((~ab).to(b.dtype))
         L_bad = torch.linalg.cholesky(gram)
+        w = gram.shape[1]
+        inner.flops.add(cholesky(w) + cholesky_solve(w), bad, matmul=False)
         L[bad] = L_bad
         prev[bad] = step
         cur[bad] = torch.cholesky_solve(b[bad].unsqueeze(-1), L_bad).squeeze(-1)
@@ -289,6 +307,7 @@ def pursuit_result(outs: list[PursuitOutput], dictionary: Dictionary, options: M
         "k_budget": k,
         "atoms_dropped": sum(o.atoms_dropped for o in outs),
         "stopped_early": int((n_iter < k).sum()),
+        **combine([o.flops.info() for o in outs], 0, dictionary.atoms.device),
     }
     return make_result(dictionary.to_sae_codes(u).to(dtype), obj, n_iter=n_iter, lam=options.lam, info=info)
 

@@ -24,6 +24,7 @@ import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
+from saelens_amort.inference.flops import Flops, add_info, cholesky, cholesky_solve
 from saelens_amort.inference.gram import atom_gram, gram_bytes
 from saelens_amort.inference.result import InferenceResult, objective_from_residual
 from saelens_amort.inference.sparse_codes import to_csr
@@ -59,15 +60,16 @@ class SupportSystems:
     """Normal equations of least squares on per-row supports, in fp64: G_S = A_S A_Sᵀ and b_S = A_S x'.
 
     Looked up in the dictionary's cached fp64 Gram and in x'Aᵀ when the Gram is at most GRAM_BYTES, else computed
-    from the support atoms.
+    from the support atoms. Products are charged to `flops` (rows of x').
     """
 
-    def __init__(self, x_target: Float[Tensor, "n d_in"], dictionary: Dictionary) -> None:
+    def __init__(self, x_target: Float[Tensor, "n d_in"], dictionary: Dictionary, flops: Flops) -> None:
         m = dictionary.d_sae
-        self.x = x_target.double()
+        self.x, self.flops = x_target.double(), flops
         if gram_bytes(m, torch.float64) <= GRAM_BYTES:
             self.gram = atom_gram(dictionary, torch.float64)
             self.c = self.x @ dictionary.atoms.double().T
+            flops.add(2.0 * dictionary.d_in * m)
         else:
             self.gram, self.atoms = None, dictionary.atoms.double()
 
@@ -79,13 +81,16 @@ class SupportSystems:
             G = torch.where(both, torch.take(self.gram, idx.unsqueeze(2) * m + idx.unsqueeze(1)), 0.0)
             return G, torch.where(active, torch.take(self.c, rows.unsqueeze(1) * m + idx), 0.0)
         A_S = self.atoms[idx] * active.unsqueeze(2).to(self.atoms.dtype)
+        T, d = A_S.shape[1], A_S.shape[2]
+        self.flops.add(2.0 * T * T * d + 2.0 * T * d, rows)
         return A_S @ A_S.transpose(1, 2), torch.bmm(A_S, self.x[rows].unsqueeze(2)).squeeze(2)
 
 
 def masked_cholesky_solve(
-    gram: Float[Tensor, "n T T"], b: Float[Tensor, "n T"], active: Bool[Tensor, "n T"]
+    gram: Float[Tensor, "n T T"], b: Float[Tensor, "n T"], active: Bool[Tensor, "n T"], flops: Flops, rows: Tensor
 ) -> tuple[Float[Tensor, "n T"], Bool[Tensor, " n"]]:
-    """Least squares on the active slots: G_PP γ_P = b_P (γ = 0 elsewhere), and which rows needed the ridge."""
+    """Least squares on the active slots: G_PP γ_P = b_P (γ = 0 elsewhere), and which rows needed the ridge; the
+    factorisations and solves are charged to `rows` of `flops`."""
     both = active.unsqueeze(2) & active.unsqueeze(1)
     eye = torch.eye(gram.shape[1], dtype=gram.dtype, device=gram.device)
     gm = torch.where(both, gram, 0.0) + torch.diag_embed((~active).to(gram.dtype))
@@ -95,7 +100,9 @@ def masked_cholesky_solve(
         bad = singular.nonzero().squeeze(1)
         scale = gm[bad].diagonal(dim1=1, dim2=2).amax(dim=1).clamp_min(1.0)
         chol[bad] = torch.linalg.cholesky(gm[bad] + RIDGE * scale[:, None, None] * eye)
+        flops.add(cholesky(gram.shape[1]), rows[bad], matmul=False)
     gamma = torch.cholesky_solve((b * active).unsqueeze(-1), chol).squeeze(-1)
+    flops.add(cholesky(gram.shape[1]) + cholesky_solve(gram.shape[1]), rows, matmul=False)
     return torch.where(active, gamma, 0.0), singular
 
 
@@ -106,19 +113,21 @@ def nnls(
     valid: Bool[Tensor, "n T"],
     start: Float[Tensor, "n T"],
     lipschitz: float,
+    flops: Flops,
 ) -> tuple[Float[Tensor, "n T"], Int[Tensor, " n"]]:
     """Batched NNLS min_{γ ≥ 0, γ = 0 off `valid`} ½γᵀGγ − bᵀγ, from `start` (≥ 0 on `valid`).
 
     `lipschitz` bounds every row's largest eigenvalue of G (σ_max(A)² does, for supports of A's rows). Returns γ
-    and the Lawson–Hanson rounds each row took.
+    and the Lawson–Hanson rounds each row took; the work is charged to `flops` (one entry per row).
     """
     n, T = b.shape
     # Most rows: the least-squares solution on the whole support is positive, hence the NNLS optimum.
-    out, singular = masked_cholesky_solve(gram, b, valid)
+    out, singular = masked_cholesky_solve(gram, b, valid, flops, torch.arange(n, device=b.device))
     rounds = torch.ones(n, dtype=torch.long, device=b.device)
     todo = ((valid & (out <= 0)).any(dim=1) | singular).nonzero().squeeze(1)
     start = start.clone()
     start[todo] = _accelerated_projected_gradient(gram[todo], b[todo], valid[todo], start[todo], lipschitz)
+    flops.add(WARM_STEPS * 2.0 * T * T, todo)
     passive = valid & (start > 0)
     prev = torch.where(passive, start, 0.0)
     tol = KKT_TOL * torch.finfo(b.dtype).eps * max(T, 1) * (b * valid).abs().amax(dim=1).clamp_min(1e-300)
@@ -127,7 +136,7 @@ def nnls(
             break
         G, bb, ok, P, p = gram[todo], b[todo], valid[todo], passive[todo], prev[todo]
         rounds[todo] += 1
-        gamma, _ = masked_cholesky_solve(G, bb, P)
+        gamma, _ = masked_cholesky_solve(G, bb, P, flops, todo)
         neg = P & (gamma <= 0)
         has_neg = neg.any(dim=1)
         # rows with a non-positive coefficient: move from p towards γ until the first one reaches 0, drop it
@@ -139,6 +148,7 @@ def nnls(
         moved = torch.where(moved_P, step, 0.0)
         # rows whose solution is positive: add the support atom with the largest positive gradient, if any
         grad = bb - (G @ gamma.unsqueeze(-1)).squeeze(-1)
+        flops.add(2.0 * T * T, todo)
         grad = torch.where(ok & ~P, grad, -torch.inf)
         g_max, j = grad.max(dim=1)
         add = ~has_neg & (g_max > tol[todo])
@@ -189,16 +199,22 @@ def size_blocks(
 
 
 @torch.no_grad()
-def refit_codes(x_target: Float[Tensor, "n d_in"], u: Float[Tensor, "n m"], dictionary: Dictionary) -> Tensor:
-    """NNLS on the support of each row of unit-atom codes `u` (fp64 solve; returned in u's dtype)."""
+def refit_codes(
+    x_target: Float[Tensor, "n d_in"], u: Float[Tensor, "n m"], dictionary: Dictionary, flops: Flops | None = None
+) -> Tensor:
+    """NNLS on the support of each row of unit-atom codes `u` (fp64 solve; returned in u's dtype); the work is
+    charged to `flops` when given."""
+    flops = Flops(u.shape[0], u.device) if flops is None else flops
     out = torch.zeros_like(u)
     sizes = (u > 0).sum(dim=1)
-    systems = SupportSystems(x_target, dictionary)
+    systems = SupportSystems(x_target, dictionary, flops)
     for rows, width in size_blocks(sizes, 2 * u.shape[1], 2):
         idx, val = support_of(u[rows].double(), width)
         valid = val > 0
         gram, b = systems(rows, idx, valid)
-        gamma, _ = nnls(gram, b, valid, val, dictionary.lipschitz)
+        block = Flops(rows.numel(), u.device)
+        gamma, _ = nnls(gram, b, valid, val, dictionary.lipschitz, block)
+        flops.absorb(block, rows)
         out[rows] = torch.zeros_like(u[rows]).scatter_(1, idx, gamma.to(u.dtype))
     return out
 
@@ -208,10 +224,13 @@ def refit_result(result: InferenceResult, x: Float[Tensor, "n d_in"], dictionary
     """`result` with its codes replaced by NNLS on their support; objective re-measured at the result's λ."""
     x_target = dictionary.target(x)
     u = dictionary.from_sae_codes(result.codes.to(dictionary.atoms.dtype))
-    refit = refit_codes(x_target, u, dictionary)
-    residual = x_target.float() - (to_csr(refit) @ dictionary.atoms).float()
+    flops = Flops(u.shape[0], u.device)
+    refit = refit_codes(x_target, u, dictionary, flops)
+    codes = to_csr(refit)
+    flops.product(codes, dictionary.d_in)
+    residual = x_target.float() - (codes @ dictionary.atoms).float()
     info = {
-        **result.info,
+        **add_info(result.info, flops.info()),
         "objective": OBJECTIVE,
         "refit": {"of": result.mode, "atoms_dropped": int(((u > 0) & (refit <= 0)).sum())},
     }

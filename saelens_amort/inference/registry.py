@@ -19,6 +19,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from saelens_amort.errors import SaeAmortError
+from saelens_amort.inference.flops import add_info
 from saelens_amort.inference.refit import refit_result
 from saelens_amort.inference.result import InferenceResult, ModeFn, ModeOptions
 from saelens_amort.saes.dictionary import Dictionary
@@ -179,10 +180,11 @@ def infer(
     from_encoder = dictionary.sae is not None and (
         (isinstance(opts.init, str) and opts.init == "encoder") or (opts.init is None and spec.encoder_start)
     )
-    encoded = None
+    encoded = start = None
     if from_encoder or (dictionary.sae is not None and (
             (spec.needs_k and opts.k is None) or (spec.needs_lambda and opts.lam is None))):
-        encoded = run_mode("amortized", x2, dictionary, ModeOptions()).codes
+        start = run_mode("amortized", x2, dictionary, ModeOptions())
+        encoded = start.codes
     if from_encoder:
         opts = replace(opts, init=encoded)
         info["init"] = "encoder"
@@ -192,10 +194,13 @@ def infer(
         from saelens_amort.inference.calibrate import calibrate_options
 
         reference = None if encoded is None else encoded[:CALIBRATION_ROWS]
+        began = time.perf_counter()
         cal, opts = calibrate_options(x2[:CALIBRATION_ROWS], dictionary, mode, opts, reference=reference)
-        info["calibration"] = cal._asdict()
+        info["calibration"] = {**cal._asdict(), "seconds": time.perf_counter() - began}
 
     result = run_mode(spec, x2, dictionary, opts)
+    if from_encoder:  # the encoder's start is the mode's work: its time and FLOPs count (calibration's do not)
+        result = result._replace(seconds=result.seconds + start.seconds, info=add_info(result.info, start.info))
     if spec.needs_lambda:
         result = result._replace(info={"objective": LASSO_OBJECTIVE, **result.info})
     if refit:

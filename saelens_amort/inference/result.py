@@ -19,8 +19,10 @@ from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
 from saelens_amort.errors import SaeAmortError
+from saelens_amort.inference.sparse_codes import row_sums, to_csr
 
 if TYPE_CHECKING:
+    from saelens_amort.inference.flops import Flops
     from saelens_amort.saes.dictionary import Dictionary
 
 INIT_NAMES = ("encoder", "alista", "zero")
@@ -107,6 +109,8 @@ class SolveOutput:
     """Momentum restarts per row (rejected steps and gradient restarts)."""
     trace: Float[Tensor, "T N"] | None = None
     """F per row after each iteration (row 0 = the start), when asked for."""
+    flops: "Flops | None" = None
+    """The FLOPs the solver ran per row (`flops.py`)."""
 
 
 ModeFn = Callable[[Float[Tensor, "N d_in"], "Dictionary", ModeOptions], InferenceResult]
@@ -115,11 +119,17 @@ ModeFn = Callable[[Float[Tensor, "N d_in"], "Dictionary", ModeOptions], Inferenc
 
 @torch.no_grad()
 def objective(
-    x_target: Float[Tensor, "N d_in"], u: Float[Tensor, "N d_sae"], dictionary: "Dictionary", lam: float | None
+    x_target: Float[Tensor, "N d_in"], u: Float[Tensor, "N d_sae"], dictionary: "Dictionary", lam: float | None,
+    *, flops: "Flops | None" = None,
 ) -> Float[Tensor, " N"]:
-    """F(u; x) = ½‖x' − uA‖² + λ‖u‖₁ per row, in fp32. `x_target` is `dictionary.target(x)`; u are unit-atom codes."""
+    """F(u; x) = ½‖x' − uA‖² + λ‖u‖₁ per row, in fp32. `x_target` is `dictionary.target(x)`; u are unit-atom codes.
+    uA is a sparse product on CPU (charged to `flops` when given); without λ, F is NaN and nothing is computed."""
+    if lam is None:
+        return torch.full((u.shape[0],), float("nan"), dtype=torch.float32, device=u.device)
     atoms = dictionary.atoms.float()
-    u32 = u.float()
+    u32 = to_csr(u.float())
+    if flops is not None:
+        flops.product(u32, atoms.shape[1])
     residual = x_target.float() - u32 @ atoms
     return objective_from_residual(residual, u32, lam)
 
@@ -132,6 +142,8 @@ def objective_from_residual(
     data = 0.5 * residual.float().square().sum(dim=-1)
     if lam is None:
         return torch.full_like(data, float("nan"))
+    if u.layout == torch.sparse_csr:
+        return data + lam * row_sums(u.abs()).float()
     return data + lam * u.float().abs().sum(dim=-1)
 
 

@@ -27,7 +27,9 @@ from jaxtyping import Float
 from torch import Tensor
 
 from saelens_amort.errors import SaeAmortError
+from saelens_amort.inference.amortized import encoder_flops
 from saelens_amort.inference.fista import SOLVER_OPTIONS, run
+from saelens_amort.inference.flops import Flops, add_info
 from saelens_amort.inference.registry import register_mode
 from saelens_amort.inference.result import InferenceResult, ModeOptions, objective
 from saelens_amort.saes.dictionary import Dictionary
@@ -50,6 +52,8 @@ def semi(x: Float[Tensor, "N d_in"], dictionary: Dictionary, options: ModeOption
         result = _unstepped_rows_keep_start(result, x, dictionary, init)
     if from_encoder:
         result.info["init"] = "encoder"
+        enc = torch.full_like(result.info["flops"], encoder_flops(dictionary.sae, x))
+        result = result._replace(info=add_info(result.info, {"flops": enc, "flops_matmul": enc}))
     return result
 
 
@@ -65,8 +69,9 @@ def _unstepped_rows_keep_start(
     codes, obj = result.codes.clone(), result.objective.clone()
     codes[still] = z
     u = dictionary.from_sae_codes(z.to(dictionary.atoms.dtype))
-    obj[still] = objective(dictionary.target(x[still]), u, dictionary, result.lam)
-    return result._replace(codes=codes, objective=obj)
+    flops = Flops(still.numel(), u.device)
+    obj[still] = objective(dictionary.target(x[still]), u, dictionary, result.lam, flops=flops)
+    return result._replace(codes=codes, objective=obj, info=add_info(result.info, flops.info(), still))
 
 
 register_mode("semi", semi, needs_lambda=True, encoder_start=True, options=SOLVER_OPTIONS)

@@ -52,6 +52,7 @@ from saelens_amort.inference.block_solver import (
     duality_gap,
     solve_blocks,
 )
+from saelens_amort.inference.flops import Flops
 from saelens_amort.inference.gram import work_dtype
 from saelens_amort.inference.result import SolveOutput
 from saelens_amort.inference.sparse_codes import row_sums, sparse_rows, to_csr
@@ -134,6 +135,7 @@ def solve_working_set(
         for name in ("n_iter", "converged", "objective"):
             getattr(run, name)[redo] = getattr(fine, name)
         run.restarts[redo] += fine.restarts
+        run.flops.absorb(fine.flops, redo)
     return run.output(atoms.dtype)
 
 
@@ -150,14 +152,15 @@ def _solve(
     c = x @ ops.atoms.T
     xx = x.double().square().sum(dim=1)
     run = _Run(x, c, xx, lam, ops, tol=tol, max_iter=max_iter, ws_size=ws_size, trace=trace, out_rows=out_rows)
+    run.flops.product(x, c.shape[1])
     if n_iter is not None:
         run.n_iter += n_iter
     if u0 is None:
-        cert = _certificate(x, c, None, xx, lam, ops)
+        cert = _certificate(x, c, None, xx, lam, ops, run.flops)
         run.rounds(torch.arange(n, device=x.device), cert, cert.g, 0)
     else:
         run.u = u0.to(wd).clamp_min(0)
-        cert = _certificate(x, c, to_csr(run.u), xx, lam, ops)
+        cert = _certificate(x, c, to_csr(run.u), xx, lam, ops, run.flops)
         support = run.u > 0
         score = cert.g.masked_fill_(support, torch.inf)  # cert.g is fresh here (c − u0 G)
         # Rows are solved in groups of similar support size, so that one wide code does not widen every block.
@@ -189,6 +192,7 @@ class _Run:
         self.objective = torch.zeros(n, dtype=torch.float64, device=dev)
         self.trace = trace
         self.out_rows = out_rows
+        self.flops = Flops(n, dev)
 
     def rounds(self, rows: Tensor, cert: "_Certificate", score: Tensor, s_max: int) -> None:
         """Working-set rounds for `rows` (their certificate `cert`, first-round scores `score`: +inf on the
@@ -217,8 +221,12 @@ class _Run:
                 w = min(m, max(self.ws_size, s_max + self.ws_size // 2))
                 idx = score.topk(w, dim=1, sorted=False).indices
                 ws = _WorkingSets.build(idx, _flat_gather(u, rows, idx), _flat_gather(c, rows, idx) - lam, ops)
+                if ws.A_W is not None:  # A_W A_Wᵀ
+                    self.flops.add(2.0 * w * w * ops.atoms.shape[1], rows)
             else:
-                ws.add_violators(cert.g, lam, c, rows, ops, max(4, int(NEW_PER_ROUND * self.ws_size)))
+                p_new = ws.add_violators(cert.g, lam, c, rows, ops, max(4, int(NEW_PER_ROUND * self.ws_size)))
+                if ws.A_W is not None:  # the new atoms' rows of A_W A_Wᵀ
+                    self.flops.add(2.0 * p_new * ws.idx.shape[1] * ops.atoms.shape[1], rows)
             score = None
             target = torch.maximum(INNER_SLACK * self.tol * cert.F, self.floor[rows])
             F_prev, gap_prev = cert.F, cert.gap
@@ -227,13 +235,14 @@ class _Run:
                 budget = self.max_iter - self.n_iter[rows]
                 inner = solve_blocks(ws.G, ws.b, ws.v, lam, xx[rows], target, budget, on_step, warmup=warmup)
             ws.v = inner.v
+            self.flops.absorb(inner.flops, rows)
             v_wd = ws.v.to(u.dtype)
             real = ws.b > BLOCKED  # padding slots alias atom 0: never write them
             u.view(-1).index_put_((((rows * m).unsqueeze(1) + ws.idx)[real],), v_wd[real])
             self.n_iter[rows] += inner.iters
             self.restarts[rows] += inner.restarts
             codes = sparse_rows(ws.idx, v_wd, m)
-            cert = _certificate(_rows(self.x, rows), _rows(c, rows), codes, xx[rows], lam, ops)
+            cert = _certificate(_rows(self.x, rows), _rows(c, rows), codes, xx[rows], lam, ops, self.flops, rows)
         self.objective[rows] = cert.F
         self.converged[rows] = cert.gap <= torch.maximum(self.tol * cert.F, self.floor[rows])
 
@@ -248,6 +257,7 @@ class _Run:
             converged=self.converged,
             restarts=self.restarts,
             trace=self.trace.stack() if self.trace is not None else None,
+            flops=self.flops,
         )
 
 
@@ -293,8 +303,9 @@ class _WorkingSets:
         A_W = None if self.A_W is None else self.A_W[keep]
         return _WorkingSets(self.idx[keep], self.v[keep], self.b[keep], self.G[keep], A_W)
 
-    def add_violators(self, g: Tensor, lam: float, c: Tensor, rows: Tensor, ops: _Ops, max_new: int) -> None:
-        """Put each row's largest KKT violators (g_j > λ, j ∉ W; at most `max_new`) into slots outside its support."""
+    def add_violators(self, g: Tensor, lam: float, c: Tensor, rows: Tensor, ops: _Ops, max_new: int) -> int:
+        """Put each row's largest KKT violators (g_j > λ, j ∉ W; at most `max_new`) into slots outside its support;
+        returns how many new-atom slots each row's block rows were recomputed for."""
         k, w = self.idx.shape
         # Atoms of W are settled by the block solve; padding slots (atom 0, b = BLOCKED) must not hide atom 0.
         hide = torch.where(self.b > BLOCKED, -torch.inf, torch.inf).to(g.dtype)
@@ -307,7 +318,7 @@ class _WorkingSets:
         counts = torch.minimum(counts, n_free.clamp(min=GROW_MIN))
         p = int(counts.max()) if k else 0
         if p == 0:
-            return
+            return 0
         top = g.topk(p, dim=1, sorted=True)
         need = int((counts + w - n_free).max())
         if need > w:
@@ -338,6 +349,7 @@ class _WorkingSets:
         rows_new = torch.where(any_new, rows_new, self.G.gather(1, slot.unsqueeze(2).expand(-1, -1, w)))
         self.G.scatter_(1, slot.unsqueeze(2).expand(-1, -1, w), rows_new)
         self.G.scatter_(2, slot.unsqueeze(1).expand(-1, w, -1), rows_new.transpose(1, 2))
+        return p
 
     def _grow(self, extra: int) -> None:
         """Append `extra` padding slots (atom 0, b = BLOCKED, decoupled: identity rows in G)."""
@@ -362,14 +374,18 @@ class _Certificate:
         return _Certificate(self.F[keep], self.gap[keep], self.g[keep])
 
 
-def _certificate(x: Tensor, c: Tensor, u: Tensor | None, xx: Tensor, lam: float, ops: _Ops) -> _Certificate:
+def _certificate(
+    x: Tensor, c: Tensor, u: Tensor | None, xx: Tensor, lam: float, ops: _Ops, flops: Flops, rows: Tensor | None = None
+) -> _Certificate:
     """F(u), the duality gap on the full dictionary, and the full gradient g = rAᵀ (see the module docstring).
-    `u` holds the codes as CSR (CPU) or dense rows; None: all zero."""
+    `u` holds the codes as CSR (CPU) or dense rows; None: all zero. Its products are charged to `rows` of `flops`."""
     if u is None:
         residual, g, l1 = x, c, torch.zeros_like(xx)  # g aliases c: the first round only reads it
     else:
         residual = x - u @ ops.atoms
+        flops.product(u, ops.atoms.shape[1], rows)
         g = ops.gradient(c, u, residual)
+        flops.product(residual if ops.gram is None else u, c.shape[1], rows)
         l1 = row_sums(u)
     r64 = residual.double()
     rr = r64.square().sum(dim=1)

@@ -1,10 +1,17 @@
 """Cost per mode: wall time and FLOPs per token (DESIGN §4).
 
-Wall time is `InferenceResult.seconds` (carried in `MetricBatch.seconds`) summed over batches, per token.
-FLOPs per token are estimated from the mode and its per-row iterations n (`MetricBatch.n_iter`), with d = d_in,
-m = d_sae, counting a multiply-add as 2 FLOPs and only the matrix products that dominate:
+Wall time is `InferenceResult.seconds` (carried in `MetricBatch.seconds`) summed over batches, per token: the mode
+call, including the encoder pass that starts an encoder-started mode (semi) and excluding λ calibration, which
+`infer` reports apart (`info["calibration"]["seconds"]`; the eval, `EvalLambda.seconds`).
 
-| mode | FLOPs per token |
+FLOPs per token are *counted*: every built-in mode returns `info["flops"]`, the FLOPs its solver actually ran for
+each row (`inference/flops.py`: matrix products as run — dense 2·k·p per row, sparse codes 2·nnz·p, the working-set
+solver's restricted [w, w] block products 2·w², certificates on the full dictionary — plus Cholesky factorisations
+and solves; multiply-add = 2), carried in `MetricBatch.flops`. A batch without counted FLOPs (a third-party mode)
+falls back to a formula of its per-row iterations n (`MetricBatch.n_iter`), d = d_in, m = d_sae, when its mode is
+named in `FLOP_MODELS` (the plain-matmul costs of the built-in algorithms, for results that carry no count):
+
+| mode | FLOPs per token (fallback) |
 |---|---|
 | amortized | 2·d·m (one encoder matmul) |
 | semi | 2·d·m + n·4·d·m (warm start, then n FISTA steps: uA and its gradient (uA − x')Aᵀ) |
@@ -12,8 +19,7 @@ m = d_sae, counting a multiply-add as 2 FLOPs and only the matrix products that 
 | omp | Σ_{t=1..n} (2·d·m + 4·d·t + 3·t²): correlations rAᵀ, residual and Gram row on the support, Cholesky solves |
 | mp | n·(2·d·m + 2·d): correlations and the residual update |
 
-Gram-based updates (Batch-OMP, MP through AAᵀ) can be cheaper; the table is the plain-matmul cost, the same for every
-dictionary size, so modes compare on one scale. Other modes: FLOPs skipped with the reason.
+Other modes without a count: FLOPs skipped with the reason. `artifacts()["flops_source"]` says which was used.
 """
 
 from __future__ import annotations
@@ -38,7 +44,7 @@ FLOP_MODELS: dict[str, Callable[[Tensor, int, int], Tensor]] = {
     "omp": _omp,
     "mp": lambda n, d, m: n.double() * (2.0 * d * m + 2.0 * d),
 }
-"""Mode → FLOPs per row from (n_iter [N], d_in, d_sae). Add an entry for a new mode."""
+"""Mode → FLOPs per row from (n_iter [N], d_in, d_sae): the fallback for results without counted FLOPs."""
 
 
 def flops_per_row(mode: str, n_iter: Tensor, d_in: int, d_sae: int) -> Tensor | None:
@@ -63,6 +69,7 @@ class CostMetric(Metric):
         self.n_iter_sum = 0.0
         self.modes: set[str] = set()
         self.no_flop_model: set[str] = set()
+        self.flops_source: set[str] = set()
 
     def update(self, batch: MetricBatch) -> None:
         batch = check_batch(batch)
@@ -73,13 +80,17 @@ class CostMetric(Metric):
             self.n_timed += n
         if batch.mode is not None:
             self.modes.add(batch.mode)
+        if batch.flops is not None:
+            self.flops += float(batch.flops.double().sum())
+            self.n_flops += n
+            self.flops_source.add("counted")
         n_iter = batch.n_iter if batch.n_iter is not None else (torch.zeros(n, dtype=torch.long)
                                                                 if batch.mode == "amortized" else None)
         if n_iter is None:
             return
         self.n_iter_rows += n
         self.n_iter_sum += float(n_iter.double().sum())
-        if batch.mode is None:
+        if batch.mode is None or batch.flops is not None:
             return
         flops = flops_per_row(batch.mode, n_iter, batch.x.shape[1], batch.codes.shape[1])
         if flops is None:
@@ -87,6 +98,7 @@ class CostMetric(Metric):
             return
         self.flops += float(flops.sum())
         self.n_flops += n
+        self.flops_source.add("formula")
 
     def merge(self, other: Metric) -> "CostMetric":
         self._check_mergeable(other)
@@ -95,6 +107,7 @@ class CostMetric(Metric):
             setattr(self, name, getattr(self, name) + getattr(other, name))
         self.modes |= other.modes
         self.no_flop_model |= other.no_flop_model
+        self.flops_source |= other.flops_source
         return self
 
     def compute(self) -> dict[str, float | None]:
@@ -117,7 +130,7 @@ class CostMetric(Metric):
         return self._result(values, skipped)
 
     def artifacts(self) -> dict[str, Any]:
-        return {"modes": sorted(self.modes)}
+        return {"modes": sorted(self.modes), "flops_source": sorted(self.flops_source)}
 
 
 register_metric(CostMetric.name, CostMetric)

@@ -62,6 +62,8 @@ class MetricBatch(NamedTuple):
     """The inference mode that produced `codes` (for FLOPs)."""
     truth: Float[Tensor, "N n_true"] | None = None
     """True codes per row, on a ground-truth world (for the truth metrics)."""
+    flops: Float[Tensor, " N"] | None = None
+    """FLOPs the mode ran per row, as it counted them (`InferenceResult.info["flops"]`; for cost)."""
 
     @property
     def n_rows(self) -> int:
@@ -87,7 +89,7 @@ def check_batch(batch: MetricBatch) -> MetricBatch:
         raise SaeAmortError(f"MetricBatch tensors must share a device: x on {x.device}, recon on {recon.device}, "
                             f"codes on {codes.device}")
     fields: dict[str, Any] = {"x": x.detach(), "recon": recon.detach(), "codes": codes.detach()}
-    for name in ("labels", "token_ids", "doc_ids", "objective", "objective_star", "n_iter"):
+    for name in ("labels", "token_ids", "doc_ids", "objective", "objective_star", "n_iter", "flops"):
         t = getattr(batch, name)
         if t is None:
             continue
@@ -116,7 +118,7 @@ def metric_batch(
     return MetricBatch(
         x=x2, recon=recon.to(x2.dtype), codes=codes, labels=labels, token_ids=token_ids, doc_ids=doc_ids,
         objective=result.objective.reshape(-1), objective_star=objective_star, n_iter=result.n_iter.reshape(-1),
-        seconds=result.seconds, mode=result.mode,
+        seconds=result.seconds, mode=result.mode, flops=result.info.get("flops"),
     )
 
 

@@ -49,3 +49,34 @@ def test_unknown_mode_has_no_flop_model():
     out = m.compute()
     assert out["flops_per_token"] is None and m.skipped["flops_per_token"] == "no FLOP model for mode my_mode"
     assert out["seconds_per_token"] == pytest.approx(0.1)
+
+
+def test_counted_flops_replace_the_formula():
+    """A batch that carries the FLOPs its mode counted is costed by them, not by the iteration formula."""
+    m = make_metric("cost")
+    batch = _batch("unamortized", [10, 20])._replace(flops=torch.tensor([100.0, 300.0], dtype=torch.float64))
+    m.update(batch)
+    assert m.compute()["flops_per_token"] == pytest.approx(200.0)
+    assert m.artifacts()["flops_source"] == ["counted"]
+
+
+@pytest.mark.parametrize("mode, kwargs", [
+    ("amortized", {}), ("semi", {"lam": 5.0, "steps": 5}), ("unamortized", {"lam": 5.0}), ("omp", {"k": 8}),
+    ("mp", {"k": 8}), ("ksparse", {}), ("semi_ksparse", {}), ("semi", {"lam": 5.0, "steps": 5, "refit": True}),
+])
+def test_every_built_in_mode_is_costed_by_its_counted_flops(mode, kwargs):
+    """No built-in mode is left without FLOPs ("no FLOP model"): the metric reads each result's own count."""
+    import saelens_amort
+    from helpers import toy_activations
+    from saelens_amort.inference import infer, resolve_dictionary
+    from saelens_amort.metrics import metric_batch
+
+    x = toy_activations()[:32]
+    sae = saelens_amort.load_sae("toy/topk")
+    res = infer(x, sae, mode, **kwargs)
+    m = make_metric("cost")
+    m.update(metric_batch(x, res, resolve_dictionary(sae)))
+    out = m.compute()
+    assert "flops_per_token" not in m.skipped
+    assert out["flops_per_token"] == pytest.approx(float(res.info["flops"].mean()))
+    assert m.artifacts()["flops_source"] == ["counted"]
