@@ -191,6 +191,7 @@ def _evaluate_sae(spec: str, sae, model, store, hook: str, cfg: EvalConfig, spli
                   world, stages: Stages, n_rows: int) -> tuple[list[dict], dict]:
     from saelens_amort import distributed as dist
     from saelens_amort.inference import get_mode, infer
+    from saelens_amort.inference.flops import add_info
     from saelens_amort.metrics import make_metric, metric_batch, splice_reference, spliced_metrics
     from saelens_amort.metrics.splice import ce_recovered_problem
     from saelens_amort.runners.eval_lambda import calibrate_variants
@@ -241,9 +242,10 @@ def _evaluate_sae(spec: str, sae, model, store, hook: str, cfg: EvalConfig, spli
                 results[v.label] = encoded
                 continue
             with stages.stage(f"solve {v.label}"):
-                if v.label in warm:  # the amortized mode's code of this very batch; its encoder time counts here too
+                if v.label in warm:  # the amortized mode's code of this very batch; its encoder time and FLOPs count here too
                     res = infer(x, sae, v.mode, lam=lam, init=encoded.codes, **v.options)
-                    results[v.label] = res._replace(seconds=res.seconds + encoded.seconds)
+                    results[v.label] = res._replace(seconds=res.seconds + encoded.seconds,
+                                                    info=add_info(res.info, encoded.info))
                 else:
                     results[v.label] = infer(x, sae, v.mode, lam=lam, **v.options)
             objectives.setdefault(v.label, str(results[v.label].info.get("objective", "encoder")))
