@@ -242,7 +242,9 @@ def _evaluate_sae(spec: str, sae, model, store, hook: str, cfg: EvalConfig, spli
                 results[v.label] = encoded
                 continue
             with stages.stage(f"solve {v.label}"):
-                if v.label in warm:  # the amortized mode's code of this very batch; its encoder time and FLOPs count here too
+                # an encoder-started mode starts from the amortized code of this very batch, whose time and FLOPs
+                # count here too
+                if v.label in warm:
                     res = infer(x, sae, v.mode, lam=lam, init=encoded.codes, **v.options)
                     results[v.label] = res._replace(seconds=res.seconds + encoded.seconds,
                                                     info=add_info(res.info, encoded.info))
