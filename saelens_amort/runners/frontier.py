@@ -42,10 +42,11 @@ MODE_KNOBS = {"unamortized": "lam", "semi": "lam", "omp": "k", "mp": "k", "kspar
 class FrontierConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     """Model, SAEs, modes, tokens, … exactly as for `saeamort eval`."""
-    n_lambdas: int = 8
+    n_lambdas: int = 10
     """λ values per L1 mode: geometric from λ_max (all codes zero) to λ_max / lambda_ratio."""
-    lambda_ratio: float = 100.0
-    """λ_max / the smallest λ of the default grid."""
+    lambda_ratio: float = 300.0
+    """λ_max / the smallest λ of the default grid. The L1-trained toy SAEs match their encoder's L0 near λ_max/150
+    (toy/standard 0.71 of λ_max ≈ 105), so a grid ending at λ_max/100 never reached the encoder's point."""
     lambdas: tuple[float, ...] = ()
     """Explicit λ grid instead of the default."""
     k_multipliers: tuple[float, ...] = (0.25, 0.5, 1.0, 2.0, 4.0)
