@@ -271,8 +271,7 @@ def spliced_metrics(
         return out
 
     with model.hooks(fwd_hooks=[(hook_name, splice)]):
-        logits = model(tokens)
-    log_probs, ce = next_token_scores(logits, tokens)
+        log_probs, ce = next_token_scores(model(tokens), tokens)  # the logits are freed at once
     ce_spliced = float(ce[ref.scored].double().mean())
     return SpliceResult(
         mode=mode, keep_error=bool(keep_error), lam=used_lam[0] if used_lam else lam, n_tokens=ref.n_tokens,
