@@ -21,12 +21,21 @@ the first spliced position of each row to its last real token): CE (nats), CE re
 (None, and a reason in the metric's `skipped`) when zero-ablation does not raise the loss above the clean one.
 Hooks live inside `with model.hooks(...)`: none survives the call, also on exceptions.
 
+Given codes: `spliced_metrics(..., codes=z, encoder_codes=z_enc)` splices the codes a caller already has for the
+replaced positions (row-major over [B, T], dense or CSR) instead of solving; `encoder_codes` give the error term's
+amortized reconstruction (computed when absent). Memory: one call holds a few [B, T, V] tensors, so
+`spliced_in_chunks` runs many sequences a chunk at a time (as many whole sequences as fit `max_positions`, at least
+one), chunk-major — the clean and zero-ablated runs once per chunk, then every setting — and accumulates each setting
+in a `SpliceMetric`.
+
 `SpliceMetric` (registered as "splice", `input_kind = "splice"`) accumulates SpliceResults over token batches,
 weighted by their scored predictions (exact under merge).
 """
 
 from __future__ import annotations
 
+from collections.abc import Hashable, Mapping
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import torch
@@ -34,6 +43,8 @@ from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
 from saelens_amort.errors import SaeAmortError
+from saelens_amort.inference import infer, resolve_dictionary
+from saelens_amort.inference.sparse_codes import csr_tensor
 from saelens_amort.metrics.registry import Metric, register_metric
 
 if TYPE_CHECKING:
@@ -122,6 +133,21 @@ def kl_per_position(clean: Tensor, other: Tensor) -> Tensor:
     return torch.nn.functional.kl_div(other, clean, log_target=True, reduction="none").sum(dim=-1)
 
 
+def _positions(model: "HookedTransformer", tokens: Tensor, lengths: Tensor | None) -> tuple[Tensor, Tensor]:
+    """[B, T] positions replaced (real, not BOS) and [B, T−1] predictions scored (after a replaced position, target
+    real)."""
+    real = _real_positions(tokens, lengths)
+    bos = getattr(model.tokenizer, "bos_token_id", None) if model.tokenizer is not None else None
+    replace = real.clone()
+    if bos is not None:
+        replace[:, 0] &= tokens[:, 0] != bos
+    return replace, (replace.long().cumsum(dim=1)[:, :-1] > 0) & real[:, 1:]
+
+
+def _no_scored_tokens() -> SaeAmortError:
+    return SaeAmortError("no next-token prediction follows a spliced position (only BOS or padding?)")
+
+
 @torch.no_grad()
 def splice_reference(model: "HookedTransformer", tokens: Int[Tensor, "B T"], hook_name: str,
                      lengths: Int[Tensor, " B"] | None = None) -> SpliceReference:
@@ -129,15 +155,10 @@ def splice_reference(model: "HookedTransformer", tokens: Int[Tensor, "B T"], hoo
 
     lengths: real tokens per row, BOS included, for right-padded rows (None: no padding)."""
     tokens = _check(model, tokens, hook_name)
-    real = _real_positions(tokens, lengths)
-    bos = getattr(model.tokenizer, "bos_token_id", None) if model.tokenizer is not None else None
-    replace = real.clone()
-    if bos is not None:
-        replace[:, 0] &= tokens[:, 0] != bos
-    scored = (replace.long().cumsum(dim=1)[:, :-1] > 0) & real[:, 1:]
+    replace, scored = _positions(model, tokens, lengths)
     n = int(scored.sum())
     if n == 0:
-        raise SaeAmortError("no next-token prediction follows a spliced position (only BOS or padding?)")
+        raise _no_scored_tokens()
     log_probs, ce = next_token_scores(model(tokens), tokens)
 
     def zero(act: Tensor, hook: Any) -> Tensor:
@@ -147,11 +168,33 @@ def splice_reference(model: "HookedTransformer", tokens: Int[Tensor, "B T"], hoo
 
     with model.hooks(fwd_hooks=[(hook_name, zero)]):
         zero_lp, zero_ce = next_token_scores(model(tokens), tokens)
+    kl_zero = float(kl_per_position(log_probs, zero_lp)[scored].double().mean())
+    del zero_lp
     return SpliceReference(
         log_probs=log_probs, scored=scored, replace=replace, n_tokens=n,
-        ce_clean=float(ce[scored].double().mean()), ce_zero=float(zero_ce[scored].double().mean()),
-        kl_zero=float(kl_per_position(log_probs, zero_lp)[scored].double().mean()),
+        ce_clean=float(ce[scored].double().mean()), ce_zero=float(zero_ce[scored].double().mean()), kl_zero=kl_zero,
     )
+
+
+def _check_codes(codes: Tensor | None, n_rows: int, d_sae: int, what: str) -> None:
+    if codes is None:
+        return
+    if not isinstance(codes, Tensor) or codes.ndim != 2 or codes.shape[1] != d_sae:
+        raise SaeAmortError(f"{what} must be a [replaced positions, d_sae={d_sae}] tensor, got "
+                            f"{tuple(codes.shape) if isinstance(codes, Tensor) else type(codes).__name__}")
+    if codes.shape[0] != n_rows:
+        raise SaeAmortError(f"{what} hold {codes.shape[0]} rows but the tokens have {n_rows} replaced positions "
+                            "(real, non-BOS): give one code row per replaced position, in row-major order")
+
+
+def code_rows(codes: Tensor, start: int, stop: int) -> Tensor:
+    """Rows start..stop−1 of dense or CSR codes, dense."""
+    if codes.layout != torch.sparse_csr:
+        return codes[start:stop]
+    crow = codes.crow_indices()
+    lo, hi = int(crow[start]), int(crow[stop])
+    return csr_tensor(crow[start:stop + 1] - lo, codes.col_indices()[lo:hi], codes.values()[lo:hi],
+                      (stop - start, codes.shape[1])).to_dense()
 
 
 @torch.no_grad()
@@ -167,6 +210,8 @@ def spliced_metrics(
     reference: SpliceReference | None = None,
     lengths: Tensor | None = None,
     cache: dict | None = None,
+    codes: Tensor | None = None,
+    encoder_codes: Tensor | None = None,
     **infer_kwargs: Any,
 ) -> SpliceResult:
     """CE clean / spliced / zero-ablated, CE recovered and KL to the clean model for `mode` (module docstring).
@@ -175,10 +220,11 @@ def spliced_metrics(
     lengths: real tokens per row of right-padded `tokens` (used when the reference is computed here).
     cache: a dict shared by calls on the same SAE, tokens and hook (e.g. with and without the error term): codes are
     inferred once per mode and options (the hook's input is the clean activation, the same in every call).
+    codes: the mode's codes of the replaced positions ([n, d_sae], row-major over [B, T], dense or CSR), spliced as
+    given instead of solving (`lam` is then only recorded). encoder_codes: likewise the amortized codes, for the
+    error term of keep_error=True.
     infer_kwargs: passed to `infer` (steps, tol, k, …).
     """
-    from saelens_amort.inference import infer, resolve_dictionary
-
     tokens = _check(model, tokens, hook_name)
     dictionary = resolve_dictionary(sae_or_dictionary)
     if keep_error and dictionary.sae is None:
@@ -187,6 +233,9 @@ def spliced_metrics(
     if ref.replace.shape != tokens.shape:
         raise SaeAmortError(f"the reference was computed on tokens of shape {tuple(ref.replace.shape)}, "
                             f"not {tuple(tokens.shape)}")
+    n_replaced, d_sae = int(ref.replace.sum()), dictionary.atoms.shape[0]
+    _check_codes(codes, n_replaced, d_sae, "the given codes")
+    _check_codes(encoder_codes, n_replaced, d_sae, "the given encoder codes")
     used_lam: list[float | None] = []
 
     def decode(x: Tensor, codes: Tensor) -> Tensor:
@@ -204,12 +253,17 @@ def spliced_metrics(
 
     def splice(act: Tensor, hook: Any) -> Tensor:
         x = act[ref.replace]
-        result = codes_of(x, mode, lam, **infer_kwargs)
-        used_lam.append(result.lam)
-        recon = decode(x, result.codes)
-        if keep_error:
-            amortized = recon if mode == "amortized" else decode(x, codes_of(x, "amortized", None).codes)
-            new = x + (recon - amortized).to(x.dtype)
+        if codes is None:
+            result = codes_of(x, mode, lam, **infer_kwargs)
+            used_lam.append(result.lam)
+            mode_codes = result.codes
+        else:
+            mode_codes = code_rows(codes, 0, n_replaced)
+        recon = decode(x, mode_codes)
+        if keep_error:  # the encoder's own reconstruction, also for amortized+refit (whose codes are not the encoder's)
+            enc = codes_of(x, "amortized", None).codes if encoder_codes is None else code_rows(encoder_codes, 0,
+                                                                                                 n_replaced)
+            new = x + (recon - decode(x, enc)).to(x.dtype)
         else:
             new = recon
         out = act.clone()
@@ -217,8 +271,7 @@ def spliced_metrics(
         return out
 
     with model.hooks(fwd_hooks=[(hook_name, splice)]):
-        logits = model(tokens)
-    log_probs, ce = next_token_scores(logits, tokens)
+        log_probs, ce = next_token_scores(model(tokens), tokens)  # the logits are freed at once
     ce_spliced = float(ce[ref.scored].double().mean())
     return SpliceResult(
         mode=mode, keep_error=bool(keep_error), lam=used_lam[0] if used_lam else lam, n_tokens=ref.n_tokens,
@@ -227,6 +280,65 @@ def spliced_metrics(
         kl=float(kl_per_position(ref.log_probs, log_probs)[ref.scored].double().mean()), kl_zero=ref.kl_zero,
     )
 
+
+
+class SpliceSetting(NamedTuple):
+    """One spliced measurement of `spliced_in_chunks`: a mode, with or without the error term, solved or given."""
+
+    mode: str
+    keep_error: bool
+    lam: float | None = None
+    options: Mapping[str, Any] = MappingProxyType({})
+    """Passed to `infer` (steps, tol, k, refit, …) when the codes are solved."""
+    codes: Tensor | None = None
+    """The mode's codes of every replaced position of all the sequences (row-major; dense or CSR); None: solve."""
+    encoder_codes: Tensor | None = None
+    """The encoder's codes of the same positions, for keep_error (None: encode them)."""
+
+
+@torch.no_grad()
+def spliced_in_chunks(
+    model: "HookedTransformer",
+    sae_or_dictionary: "SAE | Dictionary",
+    tokens: Int[Tensor, "B T"],
+    hook_name: str,
+    settings: Mapping[Hashable, SpliceSetting],
+    *,
+    max_positions: int,
+    lengths: Int[Tensor, " B"] | None = None,
+) -> dict[Hashable, "SpliceMetric"]:
+    """Every setting's spliced CE / KL over all `tokens`, a chunk of whole sequences (≤ max_positions positions, at
+    least one sequence) at a time: per chunk the clean and zero-ablated runs once, then each setting; memory is
+    bounded by the chunk, not by the number of sequences. Returns one accumulated `SpliceMetric` per setting key."""
+    tokens = _check(model, tokens, hook_name)
+    if max_positions <= 0:
+        raise SaeAmortError(f"max_positions must be positive, got {max_positions}")
+    replace, scored = _positions(model, tokens, lengths)
+    if not bool(scored.any()):
+        raise _no_scored_tokens()
+    per_row = replace.sum(dim=1).tolist()
+    d_sae = resolve_dictionary(sae_or_dictionary).atoms.shape[0]
+    for key, s in settings.items():
+        _check_codes(s.codes, sum(per_row), d_sae, f"the given codes of {key}")
+        _check_codes(s.encoder_codes, sum(per_row), d_sae, f"the given encoder codes of {key}")
+    out = {key: SpliceMetric() for key in settings}
+    step, offset = max(1, max_positions // tokens.shape[1]), 0
+    for start in range(0, tokens.shape[0], step):
+        rows = slice(start, start + step)
+        stop = offset + sum(per_row[rows])
+        if bool(scored[rows].any()):  # a chunk of one-token sequences predicts nothing
+            chunk = tokens[rows]
+            ref = splice_reference(model, chunk, hook_name, None if lengths is None else torch.as_tensor(lengths)[rows])
+            cache: dict = {}  # codes solved in this chunk, shared by its settings
+            for key, s in settings.items():
+                given = {name: None if c is None else code_rows(c, offset, stop)
+                         for name, c in (("codes", s.codes), ("encoder_codes", s.encoder_codes))}
+                out[key].update(spliced_metrics(model, sae_or_dictionary, s.mode, chunk, hook_name, lam=s.lam,
+                                                keep_error=s.keep_error, reference=ref, cache=cache, **given,
+                                                **s.options))
+            del ref, cache
+        offset = stop
+    return out
 
 _SUMS = ("ce_clean", "ce_spliced", "ce_zero", "kl", "kl_zero")
 

@@ -41,6 +41,7 @@ from saelens_amort.runners.eval_inputs import (
     splice_tokens,
 )
 from saelens_amort.runners.eval_partials import COMMAND, PARTIAL_DIR, load_partials, save_partial
+from saelens_amort.runners.eval_splice import SpliceCodes, splice_columns
 from saelens_amort.runners.eval_stages import Stages
 from saelens_amort.runners.eval_protocol import (
     DEFAULT_MODES,
@@ -192,8 +193,7 @@ def _evaluate_sae(spec: str, sae, model, store, hook: str, cfg: EvalConfig, spli
     from saelens_amort import distributed as dist
     from saelens_amort.inference import get_mode, infer
     from saelens_amort.inference.flops import add_info
-    from saelens_amort.metrics import make_metric, metric_batch, splice_reference, spliced_metrics
-    from saelens_amort.metrics.splice import ce_recovered_problem
+    from saelens_amort.metrics import make_metric, metric_batch
     from saelens_amort.runners.eval_lambda import calibrate_variants
     from saelens_amort.saes import Dictionary
 
@@ -221,6 +221,8 @@ def _evaluate_sae(spec: str, sae, model, store, hook: str, cfg: EvalConfig, spli
     converged = {key: [0, 0] for key in [*metrics, *stars]}  # rows whose stopping rule held, rows (z* by its λ)
     objectives: dict[str, str] = {}
     mine = dist.block(-(-n_rows // cfg.batch_size))  # this rank's contiguous batches
+    use_splice = splice_toks is not None and "splice" in cfg.metrics
+    splice_codes = SpliceCodes(splice_toks.store_rows if use_splice else 0)  # the splice rows' codes, not solved twice
     for i, (batch, truth) in enumerate(zip(store.iter_batches(cfg.batch_size), truths)):
         if i * cfg.batch_size >= n_rows:
             break
@@ -258,6 +260,7 @@ def _evaluate_sae(spec: str, sae, model, store, hook: str, cfg: EvalConfig, spli
                 results[v.label] = star[lam_of[v.label]]
                 objectives.setdefault(v.label, str(results[v.label].info.get("objective", "encoder")))
         results = {v.label: results[v.label] for v in variants}
+        splice_codes.keep(i * cfg.batch_size, results, encoded)
         labels = batch.labels if label_names else None
         for key, res in [*results.items(), *star.items()]:
             converged[key] = [converged[key][0] + int(res.converged.sum()), converged[key][1] + len(res.codes)]
@@ -280,10 +283,10 @@ def _evaluate_sae(spec: str, sae, model, store, hook: str, cfg: EvalConfig, spli
     objectives = {k: v for part in all_objectives for k, v in part.items()}
     counts = {key: np.sum([part[key] for part in all_converged], axis=0) for key in converged}
     converged_frac = {key: float(c / n) if n else None for key, (c, n) in counts.items()}
-    use_splice = splice_toks is not None and "splice" in cfg.metrics
     with stages.stage("splice"):
-        reference = splice_reference(model, splice_toks.tokens, hook, splice_toks.lengths) if use_splice else None
-    rows, freqs, splice_cache = [], {}, {}
+        splice = splice_columns(model, sae, hook, splice_toks, variants, lam_of, splice_codes,
+                                cfg.batch_size) if use_splice else {}
+    rows, freqs = [], {}
     for v in variants:
         lam = lam_of[v.label]
         own = found.get(v.label, ref)
@@ -311,16 +314,9 @@ def _evaluate_sae(spec: str, sae, model, store, hook: str, cfg: EvalConfig, spli
             skipped.update(m.skipped)
             if name == "sparsity":
                 freqs[(spec, v.label)] = np.asarray(m.artifacts()["firing_frequency"])
-        if reference is not None:
-            for keep in (False, True):
-                with stages.stage("splice"):
-                    sp = spliced_metrics(model, sae, v.mode, splice_toks.tokens, hook, lam=lam, keep_error=keep,
-                                         reference=reference, cache=splice_cache, **v.options)
-                tag = "_keep_error" if keep else ""
-                row.update({"ce_clean": sp.ce_clean, "ce_zero": sp.ce_zero, f"ce_spliced{tag}": sp.ce_spliced,
-                            f"ce_recovered{tag}": sp.ce_recovered, f"kl{tag}": sp.kl, "splice/n_tokens": sp.n_tokens})
-                if sp.ce_recovered is None:
-                    skipped[f"ce_recovered{tag}"] = ce_recovered_problem(sp.ce_clean, sp.ce_zero)
+        columns, why = splice.get(v.label, ({}, {}))
+        row.update(columns)
+        skipped.update(why)
         if model is None and "splice" in cfg.metrics:
             skipped["splice"] = "activation-only evaluation (--activations): no language model to splice into"
         if v.label in found and abs(cal.achieved - cal.target_value) > CALIBRATION_TOL * cal.target_value:

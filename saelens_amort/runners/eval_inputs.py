@@ -18,6 +18,8 @@ class SpliceTokens(NamedTuple):
 
     tokens: torch.Tensor
     lengths: torch.Tensor
+    store_rows: int
+    """The sequences' non-BOS positions, in row-major order, are the store's first `store_rows` rows."""
 
 
 def splice_tokens(store, n_sequences: int, bos: int | None, pad: int) -> SpliceTokens | None:
@@ -33,7 +35,7 @@ def splice_tokens(store, n_sequences: int, bos: int | None, pad: int) -> SpliceT
     out = torch.full((len(seqs), width), pad, dtype=torch.long)
     for i, s in enumerate(seqs):
         out[i, : len(s)] = torch.tensor(s)
-    return SpliceTokens(out, torch.tensor([len(s) for s in seqs]))
+    return SpliceTokens(out, torch.tensor([len(s) for s in seqs]), bounds[-1][1])
 
 
 class Inputs(NamedTuple):
