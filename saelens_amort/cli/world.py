@@ -41,7 +41,8 @@ def train(
     out: Path = typer.Option(..., help="Where each family × width run goes (<family>-x<width>/)."),
     families: Optional[str] = typer.Option(None, help="Comma-separated families (default: every SAE-Lens family)."),
     widths: str = typer.Option("1,2", help="d_sae as multiples of the number of true features."),
-    tokens: Optional[int] = typer.Option(None, help="Training tokens per SAE (default: the world's rows less 4096)."),
+    tokens: Optional[int] = typer.Option(None, help="Training rows per SAE, each passed over twice (default: the "
+                                                 "world's rows less 4096 held out)."),
     overwrite: bool = typer.Option(False, help="Retrain runs that are already finished."),
 ) -> None:
     """Train SAEs of every family at widths ×1 and ×2 on a world (SAE-Lens' trainer, as `saeamort train`)."""

@@ -22,7 +22,8 @@ class TrainConfig:
     hook: str | None = None
     source: str | None = None
     tokens: int = 204_800
-    """Training tokens (one pass; steps = tokens // batch_size unless `steps` is given)."""
+    """Training tokens (steps = tokens // batch_size unless `steps` is given; with `activations`, `steps` may pass
+    over the store's first `tokens` rows several times)."""
     steps: int | None = None
     batch_size: int = 1024
     expansion: int = 8
@@ -58,7 +59,7 @@ class TrainConfig:
         if min(self.tokens, self.batch_size, self.expansion, self.k) < 1 or (self.steps is not None and self.steps < 1):
             raise SaeAmortError("--tokens, --batch-size, --expansion, --k and --steps must be positive")
         need = self.n_steps * self.batch_size
-        if need > self.tokens:
+        if need > self.tokens and self.activations is None:  # a fixed store may be passed over several times
             raise SaeAmortError(f"{self.n_steps} steps of {self.batch_size} tokens need {need} training tokens; "
                                 f"--tokens is {self.tokens} (pass --tokens {need} or fewer --steps)")
         if self.activations is not None and self.live:

@@ -154,3 +154,19 @@ def test_a_warm_up_longer_than_training_is_refused():
     with pytest.raises(SaeAmortError, match="never leave warm-up"):
         TrainConfig(arch="standard", tokens=204_800, batch_size=4096, lr_warm_up_steps=500)
     TrainConfig(arch="standard", tokens=204_800, batch_size=4096, lr_warm_up_steps=49)
+
+
+def test_training_on_a_store_passes_over_it_several_times(tmp_path):
+    """`train --activations` promised that --steps may pass over the store several times, but the config refused any
+    run longer than one pass; the held-out rows (after --tokens) must stay unseen however many passes."""
+    from saelens_amort.world import WorldConfig, build_world
+
+    world = build_world(WorldConfig(d=16, n_features=32, n_tokens=6144, mean_l0=2.0, n_parents=2, n_groups=2,
+                                    shard_tokens=2048), tmp_path / "world")
+    cfg = TrainConfig(arch="topk", activations=str(world.path), tokens=2048, steps=12, batch_size=512, expansion=2,
+                      k=2, lr=3e-3)
+    summary = run_train(cfg, tmp_path / "run", progress=False)
+    assert summary["steps"] == 12 and len(_losses(tmp_path / "run")) == 12  # three passes over 2048 rows
+    assert summary["held_out_rows"] == 4096
+    with pytest.raises(SaeAmortError, match="need 3072 training tokens"):
+        TrainConfig(arch="topk", tokens=1024, steps=6, batch_size=512)
