@@ -132,7 +132,7 @@ def resolve_sweep(config: Path | None, sae_items: Sequence[str], given: dict[str
 def eval_tokens(model, cfg: SweepConfig, hook: str) -> tuple[torch.Tensor, torch.Tensor]:
     """Right-padded evaluation sequences [B, T] (BOS first) and their real lengths [B]."""
     from saelens_amort.activations import CollectConfig, collect_activations, resolve_source
-    from saelens_amort.runners.eval import splice_tokens
+    from saelens_amort.runners.eval_inputs import splice_tokens
 
     source = resolve_source(cfg.source or ("toy" if cfg.model == "toy" else "hf:monology/pile-uncopyrighted"),
                             seed=cfg.seed)

@@ -28,7 +28,8 @@ from saelens_amort.metrics import make_metric, metric_batch, splice_reference, s
 from saelens_amort.metrics.frontier import k_grid, lambda_grid, lambda_max, price
 from saelens_amort.provenance import provenance
 from saelens_amort.run_folder import check_run_folder, record_run
-from saelens_amort.runners.eval import EvalConfig, SpliceTokens, load_inputs
+from saelens_amort.runners.eval_config import EvalConfig
+from saelens_amort.runners.eval_inputs import SpliceTokens, load_inputs
 from saelens_amort.saes import Dictionary, load_sae
 
 logger = logging.getLogger(__name__)

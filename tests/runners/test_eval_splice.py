@@ -10,7 +10,8 @@ import saelens_amort
 from saelens_amort.activations import CollectConfig, collect_activations
 from saelens_amort.activations.sources import ToySource
 from saelens_amort.metrics import splice as splice_module
-from saelens_amort.runners.eval import EvalConfig, evaluate_sae, splice_tokens
+from saelens_amort.runners.eval import EvalConfig, evaluate_sae
+from saelens_amort.runners.eval_inputs import splice_tokens
 
 HOOK = "blocks.2.hook_resid_post"
 CTX, N_SEQ = 24, 10
