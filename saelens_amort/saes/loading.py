@@ -3,6 +3,7 @@
 Spec forms, tried in this order:
 
 - `toy/<family>`: the SAE shipped with the embedded toy world (SAE-Lens disk format).
+- `world/<family>-x<width>`: an SAE shipped for the small ground-truth world (`saelens_amort.world.saes`).
 - an existing local directory: SAE-Lens format (`cfg.json` + `sae_weights.safetensors`) or dictionary_learning
   format (`ae.pt` + `config.json`, converted by `saes.dictionary_learning`).
 - `saebench:[WIDTH/]FAMILY/trainer_I`: a SAEBench pythia-160m-deduped layer-8 SAE (`saes.suites`), fetched into the
@@ -42,6 +43,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 TOY_PREFIX = "toy/"
+WORLD_PREFIX = "world/"
 OFFLINE_HINT = (
     "use a local SAE directory (--sae-path), populate the Hugging Face cache on a machine with network "
     "(then HF_HUB_OFFLINE=1 works), or use the toy SAEs (--model toy)"
@@ -120,6 +122,15 @@ def load_sae(spec: str | Path, *, device: str = "cpu", dtype: torch.dtype | None
     spec = spec.strip()
     if spec.startswith(TOY_PREFIX):
         return _load_toy(spec[len(TOY_PREFIX):], device, dtype)
+    if spec.startswith(WORLD_PREFIX):
+        from saelens_amort.world.saes import shipped_sae_dirs
+
+        shipped = shipped_sae_dirs()
+        if spec not in shipped and not Path(spec).exists():
+            raise SaeAmortError(f"no shipped world SAE {spec!r}; shipped: {', '.join(shipped) or 'none'} (train others "
+                                "with saeamort world train and pass their folder with --sae-path)")
+        if spec in shipped:
+            return _load_local(shipped[spec], device, dtype)
     if spec.startswith(suites.PREFIX):
         return _load_local(suites.fetch(spec), device, dtype)
     path = Path(spec).expanduser()
@@ -132,7 +143,7 @@ def load_sae(spec: str | Path, *, device: str = "cpu", dtype: torch.dtype | None
         return _load_pretrained(release, sae_id, device, dtype)
     raise SaeAmortError(
         f"cannot interpret SAE spec {spec!r}; use toy/<family> ({', '.join(TOY_SAE_FAMILIES)}), "
-        "an SAE directory, saebench:FAMILY/trainer_I, or an SAE-Lens release/sae_id"
+        "world/<family>-x<width>, an SAE directory, saebench:FAMILY/trainer_I, or an SAE-Lens release/sae_id"
     )
 
 

@@ -122,7 +122,7 @@ def default_world_suite(world: World) -> tuple[str, ...]:
     """The shipped SAEs when `world` is the shipped small preset, then the oracle."""
     from saelens_amort.world.config import PRESETS
 
-    shipped = tuple(str(p) for p in shipped_sae_dirs().values()) if world.config == PRESETS["small"] else ()
+    shipped = tuple(shipped_sae_dirs()) if world.config == PRESETS["small"] else ()
     return (*shipped, "oracle")
 
 

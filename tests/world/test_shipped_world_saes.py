@@ -69,3 +69,14 @@ def test_shipped_sae_loads_in_fp16_and_beats_a_trivial_baseline(name, world_rows
     assert nmse < 0.65, f"{name}: NMSE {nmse:.3f} on fresh world rows"
     assert 4 <= l0 <= 40, f"{name}: L0 {l0:.1f}, the world's is {CFG.mean_l0:g}"
     assert _recovered(atoms, sae) > 0.03
+
+
+def test_shipped_world_saes_load_by_their_short_name():
+    from saelens_amort import SaeAmortError, load_sae
+
+    name, path = next(iter(shipped_sae_dirs().items()))
+    assert name.startswith("world/")
+    by_name, by_path = load_sae(name), load_sae(path)
+    assert torch.equal(by_name.W_dec, by_path.W_dec) and by_name.cfg.d_sae == by_path.cfg.d_sae
+    with pytest.raises(SaeAmortError, match="no shipped world SAE 'world/nope'; shipped: world/"):
+        load_sae("world/nope")
