@@ -46,6 +46,11 @@ LAM_FLOOR = 1e-7
 
 NO_CALIBRATION_OPTIONS = ("return_trace",)
 
+BRACKET_FACTOR = 3.0
+"""Without a guess, λ steps down from λ_max by this factor until the density passes the target. Small factors never
+solve far denser than the target: dense solves are the slowest and largest (a random 4096-wide dictionary at
+pythia shape needed minutes and GBs per solve at λ_max/10)."""
+
 COARSE_STRIDE = 8
 """The search first runs on every COARSE_STRIDE-th row (matching those rows' own target), then confirms and refines
 on all rows from the λ it found: the wide bracketing steps, whose small λs are the slowest solves, cost 1/8."""
@@ -190,13 +195,14 @@ def _coarse_guess(x: Tensor, dictionary: Dictionary, target: str | float, refere
 def _search(density: Callable[[float], float], target_value: float, tol: float, lam_max: float, max_evals: int,
             guess: tuple[float, float] | None) -> _Found:
     """Bracket the target (density falls as λ grows; λ_max gives 0) and close in by log–log interpolation.
-    Without a guess the bracket grows downwards from λ_max/10 by factors of 10; with (λ₀, slope) it starts at λ₀
-    and takes log–log secant steps until the target is bracketed, so a good guess costs one or two evaluations."""
+    Without a guess the bracket grows downwards from λ_max by factors of BRACKET_FACTOR; with (λ₀, slope) it starts
+    at λ₀ and takes log–log secant steps until the target is bracketed, so a good guess costs one or two
+    evaluations."""
     close = lambda v: abs(v - target_value) <= tol * target_value  # noqa: E731
     hi, d_hi, lo, d_lo = lam_max, 0.0, None, None
     hi_tried = False
     best, tried = (math.inf, lam_max, 0.0), []
-    lam, slope = (lam_max / 10, 1.0) if guess is None else (min(guess[0], lam_max), guess[1])
+    lam, slope = (lam_max / BRACKET_FACTOR, 1.0) if guess is None else (min(guess[0], lam_max), guess[1])
     for _ in range(max_evals):
         d = density(lam)
         tried.append((lam, d))
@@ -213,7 +219,7 @@ def _search(density: Callable[[float], float], target_value: float, tol: float, 
                 return _Found(best[1], best[2], False, False, True, slope)
             lam = _next_lambda(lo, d_lo, hi, d_hi, target_value)
         elif guess is None:
-            lam /= 10
+            lam /= BRACKET_FACTOR
         else:  # one side known: a log–log secant step from the last point, at most ×10, never past λ_max
             step = math.exp((math.log(max(d, 1e-12)) - math.log(target_value)) / slope)
             lam = min(lam_max, lam * min(10.0, max(0.1, step)))
