@@ -52,8 +52,9 @@ def encoder_flops(sae: object, x: Float[Tensor, "N d_in"]) -> float:
         return hit[1]
     if x.shape[0] == 0:
         return 0.0
-    with FlopCounterMode(display=False) as counter:
-        encode_rows(sae, x[:1])
+    row = x[:1].detach().clone()  # counted apart from any autograd graph x belongs to (e.g. inside a model hook)
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        encode_rows(sae, row)
     value = float(counter.get_total_flops())
     _ENCODER_FLOPS[sae] = (key, value)
     return value
