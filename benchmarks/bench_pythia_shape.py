@@ -21,10 +21,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
@@ -32,6 +30,7 @@ import torch
 from saelens_amort.provenance import provenance
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from bench_eval import run_eval  # noqa: E402  (this script's folder is on sys.path when it runs)
 from helpers import (  # noqa: E402
     build_random_dictionary_learning_ae,
     import_dictionary_learning,
@@ -85,20 +84,6 @@ def load_average() -> float:
     return os.getloadavg()[0]
 
 
-def run_eval(args: list[str], cache: Path) -> dict:
-    env = {**os.environ, "SAEAMORT_CACHE": str(cache), "HF_HUB_OFFLINE": "1"}
-    t0 = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-m", "saelens_amort", "eval", *args], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    _, status, usage = os.wait4(proc.pid, 0)
-    seconds = time.perf_counter() - t0
-    stderr = proc.stderr.read() if proc.stderr else ""
-    code = os.waitstatus_to_exitcode(status)
-    if code != 0:
-        raise SystemExit(f"eval failed ({code}): {stderr[-2000:]}")
-    return {"wall_s": round(seconds, 1), "peak_rss_mib": round(usage.ru_maxrss / 1024)}
-
-
 def summary(stages: dict[str, float], wall: float) -> dict:
     """Calibration share of the eval's own wall time, semi vs unamortized (solve + calibration seconds)."""
     calibrate = stages.get("calibrate λ", 0.0)
@@ -126,10 +111,10 @@ def main(argv: list[str] | None = None) -> None:
             sae = build_sae(tmp / f"sae-{width}", width, args.k, args.sae_init)
             out = tmp / f"out-{tokens}-{width}"
             load = load_average()
-            r = run_eval(["--model", str(model), "--layer", str(LAYER), "--sae-path", str(sae), "--source",
-                          str(source), "--tokens", str(tokens), *args.extra, "--out", str(out)],
-                         tmp / f"cache-{tokens}-{width}")
-            timings = json.loads((out / "results.json").read_text())["timings"]
+            run = run_eval(["--model", str(model), "--layer", str(LAYER), "--sae-path", str(sae), "--source",
+                            str(source), "--tokens", str(tokens), *args.extra], tmp / f"cache-{tokens}-{width}", out)
+            r = {"wall_s": round(run["seconds"], 1), "peak_rss_mib": round(run["peak_rss_mib"])}
+            timings = run["meta"]["timings"]
             stages = {name: round(s, 1) for name, s in sorted(timings["stages"].items(), key=lambda kv: -kv[1])}
             line = {"kind": "eval", "tokens": tokens, "width": width, "k": args.k, "sae_init": args.sae_init,
                     "load_before": round(load, 2), **r,
