@@ -149,8 +149,7 @@ def calibrate_options(
         xs, opts_s = (x, base) if rows is None else (x[rows], _rows_of(base, rows))
         return metric(run_mode(spec, xs, dictionary, replace(opts_s, lam=lam)).codes)
 
-    guess = _coarse_guess(x, dictionary, target, reference, tol, lam_max, max_evals,
-                          lambda lam, rows: density(lam, rows))
+    guess = _coarse_guess(x, dictionary, target, reference, tol, lam_max, max_evals, density)
     found = _search(density, target_value, tol, lam_max, max(2, max_evals - n_evals), guess)
     if found.matched:
         return _done(found.lam, target, target_value, found.achieved, n_evals, x.shape[0], opts)

@@ -62,8 +62,7 @@ def load_inputs(cfg, specs: tuple[str, ...], out: Path, *, progress: bool = True
         store, world = open_activations(cfg, specs, sae_dtype, check_sae)
         make_out(out)
         return Inputs(None, store.hook_name, store, None, sae_dtype, world)
-    model, store, hook, splice_toks = model_activations(cfg, specs, sae_dtype, out, progress, check_sae,
-                                                        stages or Stages())
+    model, store, hook, splice_toks = model_activations(cfg, specs, sae_dtype, out, progress, check_sae, stages)
     return Inputs(model, hook, store, splice_toks, sae_dtype, None)
 
 
