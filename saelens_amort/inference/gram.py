@@ -48,6 +48,15 @@ def atom_gram(dictionary: Dictionary, dtype: torch.dtype) -> Tensor:
     return gram
 
 
+def sub_gram(gram: Tensor, idx: Tensor) -> Tensor:
+    """gram[idx[r, s], idx[r, t]] as an [r, T, T] tensor: a random gather through int32 flat indices and
+    index_select, 2–3× faster on CPU than advanced indexing or `take` (int64 indices)."""
+    r, T = idx.shape
+    i = idx.int() if gram.numel() < 2**31 else idx
+    flat = (i.unsqueeze(2) * gram.shape[1] + i.unsqueeze(1)).view(-1)
+    return gram.reshape(-1).index_select(0, flat).view(r, T, T)
+
+
 def has_gram(dictionary: Dictionary, dtype: torch.dtype) -> bool:
     """A current Gram of `dictionary` in `dtype` is cached."""
     hit = _GRAM_CACHE.get(dictionary, {}).get(dtype)

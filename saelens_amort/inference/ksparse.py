@@ -177,7 +177,8 @@ def _polish(systems: SupportSystems, rows: Tensor, idx: Tensor, val: Tensor, d_i
     if fits.numel() == 0:
         return val
     act = active[fits]
-    gamma, singular = masked_cholesky_solve(*systems(rows[fits], idx[fits], act), act, systems.flops, rows[fits])
+    gamma, singular = masked_cholesky_solve(*systems(rows[fits], idx[fits], act), act, systems.flops, rows[fits],
+                                            masked=True)
     v = val[fits].double()
     neg = act & (gamma <= 0)
     ratio = torch.where(neg, v / (v - gamma), torch.inf).amin(dim=1, keepdim=True)

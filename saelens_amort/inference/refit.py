@@ -25,7 +25,7 @@ from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
 from saelens_amort.inference.flops import Flops, add_info, cholesky, cholesky_solve
-from saelens_amort.inference.gram import atom_gram, gram_bytes
+from saelens_amort.inference.gram import atom_gram, gram_bytes, sub_gram
 from saelens_amort.inference.result import InferenceResult, objective_from_residual
 from saelens_amort.inference.sparse_codes import to_csr
 from saelens_amort.saes.dictionary import Dictionary
@@ -59,13 +59,16 @@ def support_of(u: Float[Tensor, "n m"], width: int) -> tuple[Int[Tensor, "n T"],
 class SupportSystems:
     """Normal equations of least squares on per-row supports, in fp64: G_S = A_S A_Sᵀ and b_S = A_S x'.
 
-    Looked up in the dictionary's cached fp64 Gram and in x'Aᵀ when the Gram is at most GRAM_BYTES, else computed
+    Inactive slots get the identity in G_S and 0 in b_S, so a solve on the active slots needs no further masking.
+    Looked up in the dictionary's cached fp64 Gram (padded with an identity block: inactive slot s reads "atom"
+    d_sae + s, so one gather builds the masked system) and in x'Aᵀ when the Gram is at most GRAM_BYTES, else computed
     from the support atoms. Products are charged to `flops` (rows of x').
     """
 
     def __init__(self, x_target: Float[Tensor, "n d_in"], dictionary: Dictionary, flops: Flops) -> None:
         m = dictionary.d_sae
-        self.x, self.flops = x_target.double(), flops
+        self.x, self.flops, self.m = x_target.double(), flops, m
+        self.padded: Tensor | None = None
         if gram_bytes(m, torch.float64) <= GRAM_BYTES:
             self.gram = atom_gram(dictionary, torch.float64)
             self.c = self.x @ dictionary.atoms.double().T
@@ -74,30 +77,39 @@ class SupportSystems:
             self.gram, self.atoms = None, dictionary.atoms.double()
 
     def __call__(self, rows: Tensor, idx: Int[Tensor, "r T"], active: Bool[Tensor, "r T"]) -> tuple[Tensor, Tensor]:
-        """(G_S [r, T, T], b_S [r, T]) for rows `rows` of x' and their support slots (zero on inactive slots)."""
-        both = active.unsqueeze(2) & active.unsqueeze(1)
+        """(G_S [r, T, T], b_S [r, T]) for rows `rows` of x' and their support slots (identity / 0 on inactive
+        slots)."""
+        T = idx.shape[1]
         if self.gram is not None:
-            m = self.gram.shape[0]
-            G = torch.where(both, torch.take(self.gram, idx.unsqueeze(2) * m + idx.unsqueeze(1)), 0.0)
-            return G, torch.where(active, torch.take(self.c, rows.unsqueeze(1) * m + idx), 0.0)
+            m = self.m
+            if self.padded is None or self.padded.shape[0] < m + T:
+                self.padded = torch.block_diag(self.gram, torch.eye(T, dtype=self.gram.dtype, device=idx.device))
+            slot = torch.where(active, idx, m + torch.arange(T, device=idx.device))
+            return sub_gram(self.padded, slot), torch.where(active, self.c[rows.unsqueeze(1), idx], 0.0)
         A_S = self.atoms[idx] * active.unsqueeze(2).to(self.atoms.dtype)
-        T, d = A_S.shape[1], A_S.shape[2]
+        d = A_S.shape[2]
         self.flops.add(2.0 * T * T * d + 2.0 * T * d, rows)
-        return A_S @ A_S.transpose(1, 2), torch.bmm(A_S, self.x[rows].unsqueeze(2)).squeeze(2)
+        G = torch.baddbmm(torch.diag_embed((~active).to(A_S.dtype)), A_S, A_S.transpose(1, 2))
+        return G, torch.bmm(A_S, self.x[rows].unsqueeze(2)).squeeze(2)
 
 
 def masked_cholesky_solve(
-    gram: Float[Tensor, "n T T"], b: Float[Tensor, "n T"], active: Bool[Tensor, "n T"], flops: Flops, rows: Tensor
+    gram: Float[Tensor, "n T T"], b: Float[Tensor, "n T"], active: Bool[Tensor, "n T"], flops: Flops, rows: Tensor,
+    *, masked: bool = False,
 ) -> tuple[Float[Tensor, "n T"], Bool[Tensor, " n"]]:
     """Least squares on the active slots: G_PP γ_P = b_P (γ = 0 elsewhere), and which rows needed the ridge; the
-    factorisations and solves are charged to `rows` of `flops`."""
-    both = active.unsqueeze(2) & active.unsqueeze(1)
-    eye = torch.eye(gram.shape[1], dtype=gram.dtype, device=gram.device)
-    gm = torch.where(both, gram, 0.0) + torch.diag_embed((~active).to(gram.dtype))
+    factorisations and solves are charged to `rows` of `flops`. `masked`: `gram` already holds the identity off the
+    active block (as SupportSystems returns it for these slots)."""
+    if masked:
+        gm = gram
+    else:
+        both = active.unsqueeze(2) & active.unsqueeze(1)
+        gm = torch.where(both, gram, 0.0) + torch.diag_embed((~active).to(gram.dtype))
     chol, info = torch.linalg.cholesky_ex(gm)
     singular = info != 0
     if bool(singular.any()):
         bad = singular.nonzero().squeeze(1)
+        eye = torch.eye(gram.shape[1], dtype=gram.dtype, device=gram.device)
         scale = gm[bad].diagonal(dim1=1, dim2=2).amax(dim=1).clamp_min(1.0)
         chol[bad] = torch.linalg.cholesky(gm[bad] + RIDGE * scale[:, None, None] * eye)
         flops.add(cholesky(gram.shape[1]), rows[bad], matmul=False)
@@ -122,7 +134,7 @@ def nnls(
     """
     n, T = b.shape
     # Most rows: the least-squares solution on the whole support is positive, hence the NNLS optimum.
-    out, singular = masked_cholesky_solve(gram, b, valid, flops, torch.arange(n, device=b.device))
+    out, singular = masked_cholesky_solve(gram, b, valid, flops, torch.arange(n, device=b.device), masked=True)
     rounds = torch.ones(n, dtype=torch.long, device=b.device)
     todo = ((valid & (out <= 0)).any(dim=1) | singular).nonzero().squeeze(1)
     start = start.clone()
