@@ -52,6 +52,14 @@ def test_gram_and_direct_paths_agree(exact):
     assert torch.equal(direct.n_iter, with_gram.n_iter)
 
 
+def test_gram_path_switching_to_the_residual_for_wide_supports_agrees_with_the_direct_path(noisy):
+    A, x = noisy.dictionary.atoms, noisy.x[:128]
+    direct = nn_omp(x, A, 20)
+    with_gram = nn_omp(x, A, 20, gram=A @ A.T)  # supports past d_in / GRAM_SUPPORT_RATIO = 8 atoms use rAᵀ
+    torch.testing.assert_close(direct.u, with_gram.u, atol=1e-9, rtol=0)
+    assert torch.equal(direct.n_iter, with_gram.n_iter) and int(direct.n_iter.max()) > 8
+
+
 def test_stops_early_once_the_residual_vanishes(exact):
     result = infer(exact.x[:256], exact.dictionary, "omp", k=12)
     assert result.n_iter.eq(4).float().mean() >= 0.99

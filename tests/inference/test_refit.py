@@ -7,6 +7,7 @@ from helpers import random_dictionary, sparse_signals, torch_threads
 from scipy.optimize import nnls as scipy_nnls
 
 from saelens_amort.inference import infer
+from saelens_amort.inference import refit
 from saelens_amort.inference.refit import refit_codes
 
 
@@ -26,7 +27,10 @@ def scipy_refit(x_target, u, atoms):
     return out
 
 
-def test_refit_codes_equal_scipy_nnls_on_random_supports():
+@pytest.mark.parametrize("gram", [True, False], ids=["gram-lookup", "support-atoms"])
+def test_refit_codes_equal_scipy_nnls_on_random_supports(gram, monkeypatch):
+    if not gram:  # wide dictionaries build each row's support Gram from its atoms instead of the cached Gram
+        monkeypatch.setattr(refit, "GRAM_BYTES", 0)
     d = random_dictionary(d_in=24, d_sae=64, dtype=torch.float64, seed=3)
     gen = torch.Generator().manual_seed(4)
     n = 96
