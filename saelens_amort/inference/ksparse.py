@@ -30,6 +30,7 @@ best subset on ~75–89 % of rows (OMP alone: 73–89 %), four starts on ~90–9
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from typing import NamedTuple
 
@@ -57,6 +58,10 @@ MAX_STEP = 16.0
 POLISH_FRACTION = 0.9
 """When the least-squares solution on the support has a coefficient ≤ 0, the polish goes this fraction of the way
 to the first zero crossing (keeping every coefficient > 0)."""
+
+GROUP_RATIO = 1.25
+"""The polish factorises rows in groups whose support sizes lie within this factor (a block's k_r span up to 2×: one
+factorisation at the block's k_max cost up to 8× the FLOPs of the row's own)."""
 
 BLOCK_ELEMENTS = 2**25
 """Rows per block are chosen so one block's working set stays near this many numbers."""
@@ -171,22 +176,37 @@ def _same_support(i_old: Tensor, v_old: Tensor, i_new: Tensor, v_new: Tensor) ->
 
 def _polish(systems: SupportSystems, rows: Tensor, idx: Tensor, val: Tensor, d_in: int) -> Tensor:
     """Move each row's support coefficients towards the least-squares solution on its support (module docstring).
-    Rows with more than d_in atoms, or a numerically singular support Gram, keep their coefficients."""
+    Rows with more than d_in atoms, or a numerically singular support Gram, keep their coefficients.
+
+    Rows are solved in groups of similar support size (`_size_groups`), each with its active slots moved to the
+    front, so a factorisation is as wide as its group's largest support, not the block's k_max."""
     active = val > 0
-    fits = (active.sum(dim=1) <= d_in).nonzero().squeeze(1)
-    if fits.numel() == 0:
-        return val
-    act = active[fits]
-    gamma, singular = masked_cholesky_solve(*systems(rows[fits], idx[fits], act), act, systems.flops, rows[fits],
-                                            masked=True)
-    v = val[fits].double()
-    neg = act & (gamma <= 0)
-    ratio = torch.where(neg, v / (v - gamma), torch.inf).amin(dim=1, keepdim=True)
-    alpha = torch.where(torch.isinf(ratio), 1.0, POLISH_FRACTION * ratio)
-    alpha = torch.where(singular.unsqueeze(1), 0.0, alpha)
+    count = active.sum(dim=1)
     out = val.clone()
-    out[fits] = torch.where(act, v + alpha * (gamma - v), 0.0).to(val.dtype)
+    for sel, width in _size_groups(count, d_in):
+        order = torch.argsort((~active[sel]).to(torch.int8), dim=1, stable=True)[:, :width]  # active slots first
+        act, v = active[sel].gather(1, order), val[sel].gather(1, order).double()
+        gamma, singular = masked_cholesky_solve(*systems(rows[sel], idx[sel].gather(1, order), act), act,
+                                                systems.flops, rows[sel], masked=True)
+        neg = act & (gamma <= 0)
+        ratio = torch.where(neg, v / (v - gamma), torch.inf).amin(dim=1, keepdim=True)
+        alpha = torch.where(torch.isinf(ratio), 1.0, POLISH_FRACTION * ratio)
+        alpha = torch.where(singular.unsqueeze(1), 0.0, alpha)
+        moved = torch.where(act, v + alpha * (gamma - v), 0.0).to(val.dtype)
+        out[sel] = torch.zeros_like(val[sel]).scatter_(1, order, moved)
     return out
+
+
+def _size_groups(count: Tensor, d_in: int) -> Iterator[tuple[Tensor, int]]:
+    """Rows with 1 ≤ count ≤ d_in in groups whose sizes lie within a factor GROUP_RATIO, each with its largest
+    count (rows with no atom, or more than d_in, are left out)."""
+    ok = (count >= 1) & (count <= d_in)
+    if not bool(ok.any()):
+        return
+    level = torch.where(ok, torch.ceil(torch.log(count.clamp_min(1).double()) / math.log(GROUP_RATIO)), -1).long()
+    for g in level[ok].unique().tolist():
+        sel = (level == g).nonzero().squeeze(1)
+        yield sel, int(count[sel].max())
 
 
 def check_k_rows(k_rows: Tensor, n: int, d_sae: int, mode: str) -> Tensor:
