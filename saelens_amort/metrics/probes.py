@@ -1,8 +1,9 @@
 """k-sparse probes: F1@k and ΔF1 = F1@2 − F1@1 (the splitting proxy), on a held-out split (DESIGN §4).
 
 Per binary task y: rank latents by |corr(z_j, y)| on the TRAIN split, fit a class-balanced logistic regression
-(sklearn, on standardised features) on the top-k latents of the train split, and score binary F1 of the positive class
-on the held-out split, for k ∈ {1, 2, 5}. (The reference evaluates on its training data; this never does.)
+(sklearn's model on standardised features, solved exactly by Newton: `logistic.py`) on the top-k latents of the train
+split, and score binary F1 of the positive class on the held-out split, for k ∈ {1, 2, 5}. (The reference evaluates
+on its training data; this never does.)
 
 Label sources (both by default):
 - `pseudo` — the paper's y = 1[‖x‖ > median ‖x‖], the median taken on the train split (x = original activations);
@@ -25,11 +26,10 @@ from __future__ import annotations
 from typing import Any, NamedTuple
 
 import torch
-from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import f1_score
-from sklearn.pipeline import make_pipeline
-from sklearn.preprocessing import StandardScaler
 from torch import Tensor
+
+from saelens_amort.metrics.logistic import fit_probe
 
 from saelens_amort.metrics.registry import Metric, MetricBatch, check_batch, register_metric
 
@@ -39,9 +39,6 @@ SPLIT_MODULUS = 5
 MAX_TRAIN_ROWS = 32768
 MAX_TEST_ROWS = 8192
 
-PROBE_TOL = 1e-8
-PROBE_MAX_ITER = 1000
-"""The probe's solver stops here (lbfgs on ≤ max(ks) features: tight and still fast)."""
 
 
 class SparseRows(NamedTuple):
@@ -274,16 +271,14 @@ def rank_latents(rows: SparseRows, y: Tensor, *, signed: bool = False) -> Tensor
 
 
 def probe_f1(task: Task, cols: Tensor, dense: tuple[Tensor, Tensor] | None = None) -> float:
-    """Held-out binary F1 of a class-balanced logistic regression (sklearn, C=1, on standardised features) on the
-    latents `cols`, fitted on the train split.
+    """Held-out binary F1 of a class-balanced logistic regression (sklearn's model, C=1, on standardised features,
+    solved by `logistic.fit_probe`) on the latents `cols`, fitted on the train split.
 
     `dense`: the train and test columns of latents whose first len(cols) are `cols` (to reuse across k)."""
     k = len(cols)
     X_train, X_test = (task.train.columns(cols), task.test.columns(cols)) if dense is None else (
         dense[0][:, :k], dense[1][:, :k])
-    probe = make_pipeline(StandardScaler(), LogisticRegression(class_weight="balanced", tol=PROBE_TOL,
-                                                               max_iter=PROBE_MAX_ITER))
-    probe.fit(X_train.numpy(), task.y_train.bool().numpy())
+    probe = fit_probe(X_train.numpy(), task.y_train.bool().numpy())
     return float(f1_score(task.y_test.bool().numpy(), probe.predict(X_test.numpy()), zero_division=0.0))
 
 
