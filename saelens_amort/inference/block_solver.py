@@ -18,7 +18,7 @@ leave the batch in bulk.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import NamedTuple
 
 import torch
@@ -235,12 +235,7 @@ def _face_minimiser(G: Tensor, b: Tensor, S: Tensor) -> tuple[Tensor, Tensor, Te
     z = torch.zeros_like(b)
     ok = torch.ones(k, dtype=torch.bool, device=b.device)
     widths = torch.zeros(k, dtype=torch.float64, device=b.device)
-    if k == 0 or not bool(size.any()):
-        return z, ok, widths
-    level = torch.ceil(torch.log(size.clamp_min(1).double()) / math.log(FACE_GROUP_RATIO)).long()
-    for g in level[size > 0].unique().tolist():
-        rows = ((level == g) & (size > 0)).nonzero().squeeze(1)
-        width = int(size[rows].max())
+    for rows, width in size_groups(size, FACE_GROUP_RATIO):
         order = torch.argsort((~S[rows]).to(torch.int8), dim=1, stable=True)[:, :width]  # S slots first
         valid = S[rows].gather(1, order)
         o = order.int() if G.numel() < 2**31 else order
@@ -255,6 +250,18 @@ def _face_minimiser(G: Tensor, b: Tensor, S: Tensor) -> tuple[Tensor, Tensor, Te
         ok[rows] = info == 0
         widths[rows] = float(width)
     return z, ok, widths
+
+
+def size_groups(size: Int[Tensor, " n"], ratio: float, max_size: int | None = None) -> Iterator[tuple[Tensor, int]]:
+    """Indices of the rows with 1 ≤ size ≤ max_size in groups whose sizes lie within a factor `ratio` (one group per
+    power of `ratio`), each with the group's largest size: a batched factorisation per group is only as wide as it."""
+    ok = (size >= 1) if max_size is None else (size >= 1) & (size <= max_size)
+    if not bool(ok.any()):
+        return
+    level = torch.where(ok, torch.ceil(torch.log(size.clamp_min(1).double()) / math.log(ratio)), -1).long()
+    for g in level[ok].unique().tolist():
+        rows = (level == g).nonzero().squeeze(1)
+        yield rows, int(size[rows].max())
 
 
 def _bmv(G: Tensor, v: Tensor) -> Tensor:

@@ -30,7 +30,6 @@ best subset on ~75–89 % of rows (OMP alone: 73–89 %), four starts on ~90–9
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator
 from typing import NamedTuple
 
@@ -40,6 +39,7 @@ from torch import Tensor
 
 from saelens_amort.errors import SaeAmortError
 from saelens_amort.inference.amortized import encoder_flops
+from saelens_amort.inference.block_solver import size_groups
 from saelens_amort.inference.flops import Flops
 from saelens_amort.inference.gram import atom_gram, work_dtype
 from saelens_amort.inference.omp import nn_omp, use_gram
@@ -178,12 +178,12 @@ def _polish(systems: SupportSystems, rows: Tensor, idx: Tensor, val: Tensor, d_i
     """Move each row's support coefficients towards the least-squares solution on its support (module docstring).
     Rows with more than d_in atoms, or a numerically singular support Gram, keep their coefficients.
 
-    Rows are solved in groups of similar support size (`_size_groups`), each with its active slots moved to the
+    Rows are solved in groups of similar support size (`size_groups`), each with its active slots moved to the
     front, so a factorisation is as wide as its group's largest support, not the block's k_max."""
     active = val > 0
     count = active.sum(dim=1)
     out = val.clone()
-    for sel, width in _size_groups(count, d_in):
+    for sel, width in size_groups(count, GROUP_RATIO, d_in):
         order = torch.argsort((~active[sel]).to(torch.int8), dim=1, stable=True)[:, :width]  # active slots first
         act, v = active[sel].gather(1, order), val[sel].gather(1, order).double()
         gamma, singular = masked_cholesky_solve(*systems(rows[sel], idx[sel].gather(1, order), act), act,
@@ -195,18 +195,6 @@ def _polish(systems: SupportSystems, rows: Tensor, idx: Tensor, val: Tensor, d_i
         moved = torch.where(act, v + alpha * (gamma - v), 0.0).to(val.dtype)
         out[sel] = torch.zeros_like(val[sel]).scatter_(1, order, moved)
     return out
-
-
-def _size_groups(count: Tensor, d_in: int) -> Iterator[tuple[Tensor, int]]:
-    """Rows with 1 ≤ count ≤ d_in in groups whose sizes lie within a factor GROUP_RATIO, each with its largest
-    count (rows with no atom, or more than d_in, are left out)."""
-    ok = (count >= 1) & (count <= d_in)
-    if not bool(ok.any()):
-        return
-    level = torch.where(ok, torch.ceil(torch.log(count.clamp_min(1).double()) / math.log(GROUP_RATIO)), -1).long()
-    for g in level[ok].unique().tolist():
-        sel = (level == g).nonzero().squeeze(1)
-        yield sel, int(count[sel].max())
 
 
 def check_k_rows(k_rows: Tensor, n: int, d_sae: int, mode: str) -> Tensor:
