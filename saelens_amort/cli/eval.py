@@ -91,11 +91,13 @@ def sweep_semi_command(
 
 def _run(command: str, out: Path | None, overwrite: bool, *, model: str, layer: int | None, hook: str | None,
          sae: list[str], sae_path: list[Path], **options) -> None:
-    from saelens_amort.runners.eval import EvalConfig, run_eval
+    from saelens_amort.runners.eval_config import EvalConfig
 
     layer = resolve_layer(model, layer, hook)
     specs = tuple(sae) + tuple(str(p) for p in sae_path)
-    cfg = EvalConfig(model=model, layer=layer, hook=hook, saes=specs, **options)
+    cfg = EvalConfig(model=model, layer=layer, hook=hook, saes=specs, **options)  # checked before torch loads
+    from saelens_amort.runners.eval import run_eval
+
     out = out or Path("runs") / f"{command}-{Path(options.get('activations') or model).name}"
     df = run_eval(cfg, out, overwrite=overwrite)
     from saelens_amort import distributed

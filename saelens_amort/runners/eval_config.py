@@ -75,12 +75,22 @@ class EvalConfig:
     """Free-form options recorded with the results."""
 
     def __post_init__(self) -> None:
-        from saelens_amort.inference import list_modes
-
+        # cheap checks first: a bad option answers before the inference and metric registries load torch
         if self.protocol not in PROTOCOLS:
             raise SaeAmortError(f"unknown --protocol {self.protocol!r}; use one of {', '.join(PROTOCOLS)}")
         if self.lambda_policy is not None and self.lambda_policy not in LAMBDA_POLICIES:
             raise SaeAmortError(f"unknown --lambda {self.lambda_policy!r}; use one of {', '.join(LAMBDA_POLICIES)}")
+        if self.lambda_target is not None and self.lambda_target not in LAMBDA_TARGETS:
+            raise SaeAmortError(f"unknown --lambda-target {self.lambda_target!r}; use one of {', '.join(LAMBDA_TARGETS)}")
+        if self.tokens <= 0 or self.calib_tokens <= 0 or self.batch_size <= 0 or self.semi_steps < 0:
+            raise SaeAmortError("--tokens, --calib-tokens and --batch-size must be positive, --semi-steps ≥ 0")
+        if any(k <= 0 for k in self.semi_sweep) or len(set(self.semi_sweep)) != len(self.semi_sweep):
+            raise SaeAmortError(f"--steps must be distinct positive integers, got {list(self.semi_sweep)}")
+        if self.tokens < self.calib_tokens:
+            raise SaeAmortError(f"--tokens ({self.tokens}) is smaller than the calibration slice ({self.calib_tokens}); "
+                                f"use --tokens ≥ {self.calib_tokens} or a smaller --calib-tokens")
+        from saelens_amort.inference import list_modes
+
         unknown = [m for m in self.modes if split_mode(m)[0] not in list_modes()]
         if unknown:
             raise SaeAmortError(f"unknown mode(s) {', '.join(unknown)}; registered modes: {', '.join(list_modes())} "
@@ -91,15 +101,6 @@ class EvalConfig:
         if unknown or not self.metrics:
             raise SaeAmortError(f"unknown metric(s) {', '.join(unknown) or '(none given)'}; registered metrics: "
                                 f"{', '.join(list_metrics())}")
-        if self.lambda_target is not None and self.lambda_target not in LAMBDA_TARGETS:
-            raise SaeAmortError(f"unknown --lambda-target {self.lambda_target!r}; use one of {', '.join(LAMBDA_TARGETS)}")
-        if self.tokens <= 0 or self.calib_tokens <= 0 or self.batch_size <= 0 or self.semi_steps < 0:
-            raise SaeAmortError("--tokens, --calib-tokens and --batch-size must be positive, --semi-steps ≥ 0")
-        if any(k <= 0 for k in self.semi_sweep) or len(set(self.semi_sweep)) != len(self.semi_sweep):
-            raise SaeAmortError(f"--steps must be distinct positive integers, got {list(self.semi_sweep)}")
-        if self.tokens < self.calib_tokens:
-            raise SaeAmortError(f"--tokens ({self.tokens}) is smaller than the calibration slice ({self.calib_tokens}); "
-                                f"use --tokens ≥ {self.calib_tokens} or a smaller --calib-tokens")
 
     @property
     def resolved_modes(self) -> tuple[str, ...]:

@@ -58,6 +58,16 @@ def test_start_up_imports_nothing_heavy(argv):
     assert seen["mps_fallback"] == "1"  # set before torch can load: MPS runs what Metal lacks on the CPU
 
 
+@pytest.mark.parametrize("argv", [["eval", "--protocol", "bogus"], ["eval", "--lambda", "bogus"],
+                                  ["sweep-semi", "--lambda-target", "bogus"]], ids=["protocol", "lambda", "target"])
+def test_eval_option_errors_answer_before_the_model_and_sae_libraries_load(argv):
+    """The eval config is checked before the inference registry imports SAE-Lens and TransformerLens (the device
+    option's check still loads torch itself)."""
+    seen = _imports_after(argv)
+    assert seen["status"] == 2
+    assert [m for m in seen["heavy"] if m != "torch"] == [], f"{argv} imported {seen['heavy']}"
+
+
 def _start(args: list[str]) -> subprocess.Popen:
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     return subprocess.Popen([sys.executable, "-m", "saelens_amort", *args], stdout=subprocess.PIPE,
