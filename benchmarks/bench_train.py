@@ -20,7 +20,8 @@ from pathlib import Path
 import torch
 
 from saelens_amort.provenance import provenance
-from saelens_amort.training.families import ARCHS, TrainConfig, make_training_sae
+from saelens_amort.training.config import ARCHS, TrainConfig
+from saelens_amort.training.families import make_training_sae
 from saelens_amort.training.run import HELD_OUT_ROWS, run_train
 
 

@@ -5,7 +5,7 @@ import pytest
 from helpers import assert_cli_user_error
 
 from saelens_amort import SaeAmortError
-from saelens_amort.training.families import TrainConfig
+from saelens_amort.training.config import TrainConfig
 
 BAD_RECIPES = {
     "a_list": ("- arch: topk\n- k: 4\n", r"must be a mapping of option names to values .* got a YAML list"),

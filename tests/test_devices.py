@@ -6,7 +6,7 @@ import torch
 from helpers import toy_activations
 
 from saelens_amort import SaeAmortError, infer
-from saelens_amort.devices import check_device, resolve_dtype
+from saelens_amort.devices import check_device, on_device, parse_device, resolve_dtype
 from saelens_amort.saes import load_sae
 
 
@@ -36,6 +36,20 @@ def test_auto_takes_cuda_then_mps_then_cpu():
     else:
         with pytest.raises(SaeAmortError, match="MPS .*not available"):
             check_device("mps")
+
+
+def test_the_command_line_checks_spelling_and_the_runner_resolves():
+    for ok in ("auto", "cpu", "cuda", "cuda:1", "mps"):
+        assert parse_device(ok) == ok  # spelling only: whether it exists is the runner's question
+    for bad in ("tpu", "cudax", "cuda:", "cuda:x", "cuda:-1", ""):
+        with pytest.raises(SaeAmortError, match="unknown --device"):
+            parse_device(bad)
+    from saelens_amort.runners.eval_config import EvalConfig
+
+    cfg = EvalConfig(model="toy", device="auto")
+    assert cfg.device == "auto" and on_device(cfg).device == check_device("auto")
+    with pytest.raises(SaeAmortError, match="unknown --device"):
+        EvalConfig(model="toy", device="gpu")
 
 
 @pytest.mark.parametrize("mode", ["amortized", "semi", "unamortized", "omp"])

@@ -16,8 +16,10 @@ from saelens_amort.run_folder import RECORD_FILE, check_run_folder, record_run
 from saelens_amort.runners.alpha_sweep import SweepConfig, run_alpha_sweep
 from saelens_amort.runners.eval import EvalConfig, run_eval
 from saelens_amort.runners.eval_partials import PARTIAL_DIR, load_partials, save_partial
-from saelens_amort.runners.gis import GisConfig, run_gis
-from saelens_amort.runners.tpp import TppConfig, run_select, run_tpp
+from saelens_amort.runners.gis import run_gis
+from saelens_amort.runners.gis_config import GisConfig
+from saelens_amort.runners.tpp import run_select, run_tpp
+from saelens_amort.runners.tpp_config import TppConfig
 
 
 def test_same_config_reuses_other_config_is_refused(tmp_path):

@@ -46,8 +46,8 @@ def frontier_command(
 ) -> None:
     """Sweep density per mode (λ, k, the encoder's own k or threshold scale); write frontier.{parquet,csv,json} and
     report.html with the price of amortization at the encoder's point."""
-    from saelens_amort.runners.eval import EvalConfig
-    from saelens_amort.runners.frontier import FrontierConfig, run_frontier
+    from saelens_amort.runners.eval_config import EvalConfig
+    from saelens_amort.runners.frontier_config import FrontierConfig
 
     ev = EvalConfig(model=model, layer=resolve_layer(model, layer, hook), hook=hook,
                     saes=tuple(sae) + tuple(str(p) for p in sae_path),
@@ -61,6 +61,8 @@ def frontier_command(
                          k_multipliers=_numbers(k_multipliers, float, "--k-multipliers"),
                          threshold_scales=_numbers(threshold_scales, float, "--threshold-scales"))
     out = out or Path("runs") / f"frontier-{Path(model).name}"
+    from saelens_amort.runners.frontier import run_frontier  # after the checks: it loads torch and SAE-Lens
+
     _, prices = run_frontier(cfg, out, overwrite=overwrite)
     table = Table("SAE", "mode", *PRICE_SHOWN)
     for row in prices.to_dict("records"):

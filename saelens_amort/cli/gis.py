@@ -31,7 +31,7 @@ def gis_command(
 ) -> None:
     """Calibrate α so the mean next-token KL hits each target, then generate with and without the intervention."""
     from saelens_amort.errors import SaeAmortError
-    from saelens_amort.runners.gis import GisConfig, run_gis
+    from saelens_amort.runners.gis_config import GisConfig
 
     try:
         targets = tuple(float(t) for t in kl.split(",") if t.strip())
@@ -52,6 +52,8 @@ def gis_command(
     cfg = GisConfig(model=model, sae=sae, layer=resolve_layer(model, layer, None), latents=chosen, class_id=class_id,
                     kind=kind, mode=mode, kl_targets=targets, prompts=tuple(prompt), max_new_tokens=max_new_tokens,
                     source=source, seed=seed, device=device)
+    from saelens_amort.runners.gis import run_gis  # after the checks: it loads torch and SAE-Lens
+
     df = run_gis(cfg, out, overwrite=overwrite)
     for (target, alpha, reached), _ in df.groupby(["kl_target", "alpha", "kl"]):
         Console().print(f"KL target {target:g}: α = {alpha:.4g} (KL {reached:.4g})")

@@ -30,11 +30,8 @@ def interpret_command(
 ) -> None:
     """Top-activating contexts per latent (JSON, markdown, HTML with a plotly view per latent) and feature density."""
     from saelens_amort.errors import SaeAmortError
-    from saelens_amort.inference import calibrate_lambda, get_mode
-    from saelens_amort.provenance import provenance
     from saelens_amort.run_folder import check_run_folder
-    from saelens_amort.runners.tpp import TppConfig, prepare
-    from saelens_amort.views.contexts import latent_views, write_views
+    from saelens_amort.runners.tpp_config import TppConfig
 
     try:
         chosen = [int(j) for j in latents.split(",") if j.strip()] or None
@@ -44,6 +41,11 @@ def interpret_command(
                     source=source, seed=seed, device=device)
     run = {**asdict(cfg), "latents": chosen, "n_latents": n_latents, "top_n": top_n, "window": window}
     check_run_folder(out, "interpret", run, overwrite=overwrite)
+    from saelens_amort.inference import calibrate_lambda, get_mode  # after the checks: these load torch, SAE-Lens
+    from saelens_amort.provenance import provenance
+    from saelens_amort.runners.tpp import prepare
+    from saelens_amort.views.contexts import latent_views, write_views
+
     lm, sae_obj, hook, store = prepare(cfg)
     lam = None
     if get_mode(mode).needs_lambda:
@@ -70,11 +72,12 @@ def cross_domain_command(
     overwrite: bool = typer.Option(False, help="Replace earlier runs in --out."),
 ) -> None:
     """Train on A and on B, evaluate both on both: degradation table and per-latent selectivity."""
-    from saelens_amort.training.families import TrainConfig
-    from saelens_amort.views.cross_domain import run_cross_domain
+    from saelens_amort.training.config import TrainConfig
 
     cfg = TrainConfig(arch=arch, model=model, layer=resolve_layer(model, layer, None), tokens=tokens,
                       batch_size=batch_size, expansion=expansion, k=k, seed=seed, device=device)
+    from saelens_amort.views.cross_domain import run_cross_domain
+
     df = run_cross_domain(cfg, domain_a, domain_b, out, overwrite=overwrite)
     Console().print(df[["trained_on", "evaluated_on", "nmse", "l0", "nmse_degradation"]].to_string(index=False))
     Console().print(f"cross_domain.csv, selectivity.csv and report.html in {out}/")

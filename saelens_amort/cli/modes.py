@@ -6,7 +6,7 @@ from rich.console import Console
 from rich.table import Table
 
 from saelens_amort.cli.app import app
-from saelens_amort.mode_catalog import BUILTIN_MODES
+from saelens_amort.catalog import BUILTIN_MODES
 
 
 @app.command()

@@ -37,9 +37,9 @@ def bounded(*, low: int = 1, high: int = MAX_COUNT) -> Callable[..., int | None]
 
 
 def _device(value: str | None) -> str | None:
-    from saelens_amort.devices import check_device
+    from saelens_amort.devices import parse_device  # torch-free: the runner resolves auto and checks availability
 
-    return None if value is None else check_device(value)
+    return None if value is None else parse_device(value)
 
 
 def _out(value: Path | None) -> Path | None:

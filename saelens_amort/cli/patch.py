@@ -30,6 +30,7 @@ def patch_command(
     out: Optional[Path] = out_option(None, "Also write patch.csv and report.html here."),
 ) -> None:
     """Generate each prompt's continuation with and without the latent edit (SAE error term kept)."""
+    from saelens_amort.devices import check_device
     from saelens_amort.errors import SaeAmortError
     from saelens_amort.interventions import parse_edit, patch_generate
     from saelens_amort.interventions.patching import calibrate_on_prompts
@@ -46,6 +47,7 @@ def patch_command(
         if model != "toy":
             raise SaeAmortError("--sae is required for models other than the toy")
         sae = "toy/topk"
+    device = check_device(device)
     lm = load_model(model, device=device)
     sae_obj = load_sae(sae, device=device)
     hook_name = resolve_hook(lm.cfg.n_layers, resolve_layer(model, layer, hook), hook)

@@ -20,7 +20,7 @@ POOLING = typer.Option("mean", help="Pool tokens per document: mean or last.")
 
 
 def _cfg(model: str, layer: int | None, hook: str | None, **kw):
-    from saelens_amort.runners.tpp import TppConfig
+    from saelens_amort.runners.tpp_config import TppConfig
 
     return TppConfig(model=model, layer=resolve_layer(model, layer, hook), hook=hook, **kw)
 
@@ -37,10 +37,10 @@ def select_latents_command(
     device: str = DEVICE,
 ) -> None:
     """Top-M latents for one class by s_j = ⟨D_j, w_c⟩ · (E[z_j | c] − E[z_j | ¬c])."""
-    from saelens_amort.runners.tpp import run_select
-
     cfg = _cfg(model=model, layer=layer, hook=hook, sae=sae, modes=(mode,), tokens=tokens, source=source,
                pooling=pooling, seed=seed, device=device)
+    from saelens_amort.runners.tpp import run_select  # after the checks: it loads torch and SAE-Lens
+
     rec = run_select(cfg, class_id, top_m, mode, out, overwrite=overwrite)
     Console().print(f"class {class_id} ({rec['class_name']}), mode {mode}, λ {rec['lam']}: latents {rec['latents']}"
                     f" → {out}")
@@ -60,8 +60,6 @@ def tpp_command(
     from rich.table import Table
 
     from saelens_amort.errors import SaeAmortError
-    from saelens_amort.runners.tpp import run_tpp
-
     try:
         ms = tuple(int(m) for m in top_m.split(",") if m.strip())
     except ValueError:
@@ -69,6 +67,8 @@ def tpp_command(
     cfg = _cfg(model=model, layer=layer, hook=hook, sae=sae, tokens=tokens, source=source, pooling=pooling,
                seed=seed, device=device, modes=tuple(m.strip() for m in modes.split(",") if m.strip()))
     out = out or Path("runs") / f"tpp-{Path(model).name}"
+    from saelens_amort.runners.tpp import run_tpp  # after the checks: it loads torch and SAE-Lens
+
     df = run_tpp(cfg, ms, out, overwrite=overwrite)
     table = Table("mode", "M", "TPP", "random")
     for r in df.to_dict("records"):

@@ -42,8 +42,7 @@ def train_command(
 ) -> None:
     """Train one SAE; the final SAE (SAE-Lens format), checkpoints, per-step log and summary go to --out."""
     from saelens_amort.errors import SaeAmortError
-    from saelens_amort.training.families import TrainConfig
-    from saelens_amort.training.run import run_train
+    from saelens_amort.training.config import TrainConfig
 
     try:
         budget_tuple = tuple(int(b) for b in budgets.split(",") if b.strip()) if budgets else None
@@ -57,6 +56,8 @@ def train_command(
         cfg = TrainConfig.from_yaml(config, **given)
     else:
         cfg = TrainConfig(**{key: v for key, v in given.items() if v is not None})
+    from saelens_amort.training.run import run_train  # after the checks: it loads torch and SAE-Lens
+
     summary = run_train(cfg, out, overwrite=overwrite, resume=resume)
     Console().print(f"{cfg.arch}: {summary['steps']} steps in {summary['train_seconds']:.0f} s "
                     f"({summary['tokens_per_second']:.0f} tokens/s); held-out NMSE {summary['nmse']:.4g}, "

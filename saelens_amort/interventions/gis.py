@@ -29,6 +29,7 @@ import torch
 from torch import Tensor
 
 from saelens_amort.errors import SaeAmortError
+from saelens_amort.runners.gis_config import KINDS
 from saelens_amort.interventions.hooks import checked_latents
 from saelens_amort.metrics.splice import next_token_scores
 
@@ -36,7 +37,6 @@ if TYPE_CHECKING:
     from sae_lens import SAE
     from transformer_lens import HookedTransformer
 
-KINDS = ("steer", "ablate")
 ALPHA_RANGE = (1e-3, 1e3)
 
 

@@ -25,9 +25,9 @@ import torch
 from torch import Tensor
 
 from saelens_amort.errors import SaeAmortError
+from saelens_amort.runners.tpp_config import POOLING
 
 HELD_OUT_MODULUS = 5
-POOLING = ("mean", "last")
 
 
 @dataclass

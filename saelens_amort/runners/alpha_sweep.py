@@ -21,6 +21,7 @@ import pandas as pd
 import torch
 
 from saelens_amort.config_file import read_yaml_mapping, typed_fields
+from saelens_amort.devices import on_device
 from saelens_amort.errors import SaeAmortError
 from saelens_amort.interventions.alpha_sweep import (
     DEFAULT_ALPHAS,
@@ -157,6 +158,7 @@ def run_alpha_sweep(cfg: SweepConfig, features: Sequence[Feature], out: Path, *,
 
     if not features:
         raise SaeAmortError("no features to sweep; give --features FILE (layer,feature[,label] CSV or latents JSON)")
+    cfg = on_device(cfg)
     run = {**asdict(cfg), "features": [asdict(f) for f in features]}
     check_run_folder(out, "alpha-sweep", run, overwrite=overwrite)
     if not cfg.alphas:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from saelens_amort.activations import ActivationStore, CollectConfig, collect_activations, resolve_source
+from saelens_amort.devices import check_device
 from saelens_amort.errors import SaeAmortError
 from saelens_amort.models import load_model
 
@@ -31,10 +32,9 @@ def run_collect(
     device: str = "cpu",
     progress: bool = True,
 ) -> ActivationStore:
-    if cfg_kwargs.get("n_tokens", 1) <= 0:  # refuse before paying for a model load
-        raise SaeAmortError(f"--tokens must be positive, got {cfg_kwargs['n_tokens']}")
+    CollectConfig(hook_name="", **cfg_kwargs)  # every option checked before paying for a model load
     text_source = resolve_source(source, seed=cfg_kwargs.get("seed", 0))
-    model = load_model(model_name, device=device)
+    model = load_model(model_name, device=check_device(device))
     hook_name = resolve_hook(model.cfg.n_layers, layer, hook)
     cfg = CollectConfig(hook_name=hook_name, **cfg_kwargs)
     return collect_activations(model, text_source, cfg, out, model_name=model_name, progress=progress)

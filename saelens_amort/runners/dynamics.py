@@ -22,6 +22,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
+from saelens_amort.devices import on_device
 from saelens_amort.errors import SaeAmortError
 from saelens_amort.atomic import write_atomic
 from saelens_amort.runners.eval import EvalConfig, check_out_dir, evaluate, write_outputs
@@ -95,7 +96,7 @@ def run_dynamics(cfg: EvalConfig, checkpoints: Path, out: Path, *, overwrite: bo
     from saelens_amort.report import Section, step_curves, table_html
 
     index = index_checkpoints(checkpoints)
-    cfg = EvalConfig(**{**cfg.__dict__, "saes": tuple(index["path"]),
+    cfg = EvalConfig(**{**on_device(cfg).__dict__, "saes": tuple(index["path"]),
                         "extra": {**cfg.extra, "checkpoints": str(Path(checkpoints).resolve())}})
     out = Path(out)
     check_out_dir(out, cfg, overwrite)

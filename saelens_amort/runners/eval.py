@@ -25,6 +25,7 @@ import pandas as pd
 
 from saelens_amort.provenance import provenance
 from saelens_amort.atomic import write_atomic
+from saelens_amort.devices import on_device
 from saelens_amort.run_folder import check_run_folder
 from saelens_amort.runners.eval_inputs import SpliceTokens, default_specs, load_eval_sae, load_inputs
 from saelens_amort.runners.eval_partials import COMMAND, PARTIAL_DIR, load_partials, save_partial
@@ -230,6 +231,7 @@ def run_eval(cfg: EvalConfig, out: Path, *, overwrite: bool = False, progress: b
     """`saeamort eval` / `sweep-semi`: evaluate, then write results.{parquet,csv,json} and report.html in `out`."""
     from saelens_amort import distributed as dist
 
+    cfg = on_device(cfg)
     dist.init(cfg.device)
     out = Path(out)
     check_out_dir(out, cfg, overwrite)

@@ -7,6 +7,8 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from saelens_amort.catalog import known_metrics, known_modes
+from saelens_amort.devices import parse_device, parse_dtype
 from saelens_amort.errors import SaeAmortError
 from saelens_amort.runners.eval_protocol import (
     DEFAULT_MODES,
@@ -75,7 +77,7 @@ class EvalConfig:
     """Free-form options recorded with the results."""
 
     def __post_init__(self) -> None:
-        # cheap checks first: a bad option answers before the inference and metric registries load torch
+        # torch-free checks: a bad option answers before anything heavy loads (the runner resolves the device)
         if self.protocol not in PROTOCOLS:
             raise SaeAmortError(f"unknown --protocol {self.protocol!r}; use one of {', '.join(PROTOCOLS)}")
         if self.lambda_policy is not None and self.lambda_policy not in LAMBDA_POLICIES:
@@ -89,18 +91,17 @@ class EvalConfig:
         if self.tokens < self.calib_tokens:
             raise SaeAmortError(f"--tokens ({self.tokens}) is smaller than the calibration slice ({self.calib_tokens}); "
                                 f"use --tokens ≥ {self.calib_tokens} or a smaller --calib-tokens")
-        from saelens_amort.inference import list_modes
-
-        unknown = [m for m in self.modes if split_mode(m)[0] not in list_modes()]
+        parse_device(self.device)
+        parse_dtype(self.llm_dtype, "--llm-dtype")
+        parse_dtype(self.sae_dtype, "--sae-dtype")
+        unknown = [m for m in self.modes if split_mode(m)[0] not in known_modes()]
         if unknown:
-            raise SaeAmortError(f"unknown mode(s) {', '.join(unknown)}; registered modes: {', '.join(list_modes())} "
+            raise SaeAmortError(f"unknown mode(s) {', '.join(unknown)}; registered modes: {', '.join(known_modes())} "
                                 "(each may take '+refit')")
-        from saelens_amort.metrics import list_metrics
-
-        unknown = [m for m in self.metrics if m not in list_metrics()]
+        unknown = [m for m in self.metrics if m not in known_metrics()]
         if unknown or not self.metrics:
             raise SaeAmortError(f"unknown metric(s) {', '.join(unknown) or '(none given)'}; registered metrics: "
-                                f"{', '.join(list_metrics())}")
+                                f"{', '.join(known_metrics())}")
 
     @property
     def resolved_modes(self) -> tuple[str, ...]:

@@ -13,7 +13,7 @@ import json
 import logging
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -22,13 +22,13 @@ import torch
 from torch import Tensor
 
 from saelens_amort.atomic import write_atomic
-from saelens_amort.errors import SaeAmortError
+from saelens_amort.devices import on_device
 from saelens_amort.inference import infer
 from saelens_amort.metrics import make_metric, metric_batch, splice_reference, spliced_metrics
 from saelens_amort.metrics.frontier import k_grid, lambda_grid, lambda_max, price
 from saelens_amort.provenance import provenance
 from saelens_amort.run_folder import check_run_folder, record_run
-from saelens_amort.runners.eval_config import EvalConfig
+from saelens_amort.runners.frontier_config import FrontierConfig
 from saelens_amort.runners.eval_inputs import SpliceTokens, load_inputs
 from saelens_amort.saes import Dictionary, load_sae
 
@@ -37,47 +37,6 @@ logger = logging.getLogger(__name__)
 COMMAND = "frontier"
 MODE_KNOBS = {"unamortized": "lam", "semi": "lam", "omp": "k", "mp": "k", "ksparse": "k", "semi_ksparse": "k"}
 """The density knob of each mode that has one (a new k-sparse mode is one more entry)."""
-
-
-@dataclass(frozen=True)
-class FrontierConfig:
-    eval: EvalConfig = field(default_factory=EvalConfig)
-    """Model, SAEs, modes, tokens, … exactly as for `saeamort eval`."""
-    n_lambdas: int = 10
-    """λ values per L1 mode: geometric from λ_max (all codes zero) to λ_max / lambda_ratio."""
-    lambda_ratio: float = 300.0
-    """λ_max / the smallest λ of the default grid. The L1-trained toy SAEs match their encoder's L0 near λ_max/150
-    (toy/standard 0.71 of λ_max ≈ 105), so a grid ending at λ_max/100 never reached the encoder's point."""
-    lambdas: tuple[float, ...] = ()
-    """Explicit λ grid instead of the default."""
-    k_multipliers: tuple[float, ...] = (0.25, 0.5, 1.0, 2.0, 4.0)
-    """k grid = round(encoder L0 × each), clipped to [1, d_sae] (k-sparse modes and a TopK encoder's own k)."""
-    ks: tuple[int, ...] = ()
-    """Explicit k grid instead of the multipliers."""
-    threshold_scales: tuple[float, ...] = (0.5, 0.75, 1.0, 1.5, 2.0)
-    """Factors on a JumpReLU encoder's thresholds."""
-
-    def __post_init__(self) -> None:
-        if self.n_lambdas < 1 or not self.lambda_ratio > 1:
-            raise SaeAmortError("--n-lambdas must be ≥ 1 and --lambda-ratio > 1")
-        for name, grid in (("--k-multipliers", self.k_multipliers), ("--threshold-scales", self.threshold_scales)):
-            if not grid:
-                raise SaeAmortError(f"{name} is empty: give at least one value")
-            if any(not v > 0 for v in grid):
-                raise SaeAmortError(f"{name} must be positive, got {list(grid)}")
-        if any(not v > 0 for v in self.lambdas):
-            raise SaeAmortError(f"--lambdas must be positive, got {list(self.lambdas)}")
-        if any(k <= 0 for k in self.ks):
-            raise SaeAmortError(f"--ks must be positive integers (1 … d_sae), got {list(self.ks)}")
-
-    def check_sae(self, sae) -> None:
-        """Refuse an explicit k grid the SAE cannot take (before any work)."""
-        too_big = [k for k in self.ks if k > sae.cfg.d_sae]
-        if too_big:
-            raise SaeAmortError(f"--ks {too_big} exceed the SAE's d_sae={sae.cfg.d_sae}")
-
-    def as_json(self) -> dict:
-        return json.loads(json.dumps({**asdict(self), "eval": self.eval.as_json()}, default=str))
 
 
 class Curve(NamedTuple):
@@ -227,6 +186,7 @@ def run_frontier(cfg: FrontierConfig, out: Path, *, overwrite: bool = False,
     from saelens_amort.runners.frontier_report import build_frontier_report
     from saelens_amort.saes.suites import default_suite
 
+    cfg = replace(cfg, eval=on_device(cfg.eval))
     ev = cfg.eval
     out = Path(out)
     check_run_folder(out, COMMAND, cfg.as_json(), overwrite=overwrite)

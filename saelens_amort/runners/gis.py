@@ -8,39 +8,19 @@ from __future__ import annotations
 
 import contextlib
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import pandas as pd
 import torch
 
+from saelens_amort.devices import on_device
 from saelens_amort.errors import SaeAmortError
 from saelens_amort.provenance import provenance
 from saelens_amort.run_folder import check_run_folder, record_run
+from saelens_amort.runners.gis_config import GisConfig
 
 PROMPT_TOKENS = 6
-
-
-@dataclass(frozen=True)
-class GisConfig:
-    model: str = "toy"
-    sae: str = "toy/topk"
-    layer: int = 2
-    latents: tuple[int, ...] = ()
-    class_id: int | None = None
-    kind: str = "steer"
-    mode: str = "amortized"
-    kl_targets: tuple[float, ...] = (0.33,)
-    prompts: tuple[str, ...] = ()
-    """Empty: the first words of `n_prompts` documents of the source."""
-    n_prompts: int = 4
-    max_new_tokens: int = 16
-    sequences: int = 16
-    context_size: int = 64
-    probe_tokens: int = 12_000
-    source: str | None = None
-    seed: int = 0
-    device: str = "cpu"
 
 
 def run_gis(cfg: GisConfig, out: Path, *, overwrite: bool = False) -> pd.DataFrame:
@@ -53,10 +33,10 @@ def run_gis(cfg: GisConfig, out: Path, *, overwrite: bool = False) -> pd.DataFra
     from saelens_amort.report import Section, table_html, write_report
     from saelens_amort.runners.alpha_sweep import SweepConfig, eval_tokens
     from saelens_amort.atomic import write_atomic
-    from saelens_amort.runners.tpp import TppConfig, pooled, prepare
+    from saelens_amort.runners.tpp import pooled, prepare
+    from saelens_amort.runners.tpp_config import TppConfig
 
-    if not cfg.kl_targets or any(t <= 0 for t in cfg.kl_targets):
-        raise SaeAmortError(f"--kl needs positive targets, got {list(cfg.kl_targets)}")
+    cfg = on_device(cfg)
     check_run_folder(out, "gis", asdict(cfg), overwrite=overwrite)
     tcfg = TppConfig(model=cfg.model, layer=cfg.layer, sae=cfg.sae, modes=(cfg.mode,), tokens=cfg.probe_tokens,
                      source=cfg.source, seed=cfg.seed, device=cfg.device)

@@ -8,54 +8,29 @@ class, and the TPP score computed for every M, with random latents of the same c
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from saelens_amort.devices import on_device
 from saelens_amort.errors import SaeAmortError
 from saelens_amort.provenance import provenance
 from saelens_amort.run_folder import check_run_file, check_run_folder, record_run, run_record
+from saelens_amort.runners.tpp_config import TppConfig
 
 RANDOM_SEED = 0
-
-
-@dataclass(frozen=True)
-class TppConfig:
-    model: str = "toy"
-    layer: int | None = 2
-    hook: str | None = None
-    sae: str | None = None
-    """SAE spec (default for the toy: toy/topk)."""
-    modes: tuple[str, ...] = ("amortized", "semi", "unamortized")
-    tokens: int = 20_000
-    calib_tokens: int = 1024
-    source: str | None = None
-    pooling: str = "mean"
-    seed: int = 0
-    device: str = "cpu"
-
-    def resolved_sae(self) -> str:
-        if self.sae:
-            return self.sae
-        if self.model == "toy":
-            return "toy/topk"
-        raise SaeAmortError("--sae is required for models other than the toy")
 
 
 def prepare(cfg: TppConfig):
     """Model, SAE, hook and the (cached) activation store of `cfg`."""
     from saelens_amort.activations import CollectConfig, collect_activations, resolve_source
-    from saelens_amort.inference import list_modes
     from saelens_amort.models import load_model
     from saelens_amort.runners.collect import resolve_hook
     from saelens_amort.saes import check_sae_fits, load_sae
 
-    unknown = [m for m in cfg.modes if m not in list_modes()]
-    if unknown or not cfg.modes:
-        raise SaeAmortError(f"unknown mode(s) {', '.join(unknown) or '(none given)'}; registered modes: "
-                            f"{', '.join(list_modes())}")
+    cfg = on_device(cfg)
     model = load_model(cfg.model, device=cfg.device)
     hook = resolve_hook(model.cfg.n_layers, cfg.layer, cfg.hook)
     sae = load_sae(cfg.resolved_sae(), device=cfg.device)
@@ -83,6 +58,7 @@ def run_select(cfg: TppConfig, class_id: int, top_m: int, mode: str, out: Path, 
     from saelens_amort.interventions.tpp import select_latents
     from saelens_amort.atomic import write_atomic
 
+    cfg = on_device(cfg)
     run = {**asdict(cfg), "class_id": class_id, "top_m": top_m, "mode": mode}
     check_run_file(out, "select-latents", run, overwrite=overwrite)
     _, sae, hook, store = prepare(TppConfig(**{**asdict(cfg), "modes": (mode,)}))
@@ -107,6 +83,7 @@ def run_tpp(cfg: TppConfig, top_ms: tuple[int, ...], out: Path, *, overwrite: bo
 
     if not top_ms or any(m < 1 for m in top_ms):
         raise SaeAmortError(f"--top-m needs positive integers, got {list(top_ms)}")
+    cfg = on_device(cfg)
     run = {**asdict(cfg), "top_m": list(top_ms)}
     check_run_folder(out, "tpp", run, overwrite=overwrite)
     _, sae, hook, store = prepare(cfg)

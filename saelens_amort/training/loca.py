@@ -25,23 +25,14 @@ from sae_lens.registry import SAE_CLASS_REGISTRY, SAE_TRAINING_CLASS_REGISTRY, r
     register_sae_training_class
 from torch import Tensor
 
-from saelens_amort.errors import SaeAmortError
+from saelens_amort.training.config import PAPER_BUDGETS, check_budgets
 
 ARCHITECTURE = "loca"
-PAPER_BUDGETS = (6, 5, 4, 3, 3, 2, 2, 1)
 
 
 def contiguous_groups(d_sae: int, n_groups: int) -> Tensor:
     """Latent j → group j · G // d_sae (equal contiguous groups; the placeholder until groups are assigned)."""
     return torch.arange(d_sae) * n_groups // d_sae
-
-
-def check_budgets(budgets: Sequence[int], d_sae: int) -> None:
-    if not budgets or any(int(k) < 1 for k in budgets):
-        raise SaeAmortError(f"LocA budgets must be positive integers, got {list(budgets)}")
-    if len(budgets) > d_sae or max(budgets) > d_sae // len(budgets):
-        raise SaeAmortError(f"LocA budgets {list(budgets)} do not fit d_sae={d_sae}: each of the {len(budgets)} "
-                            f"groups has {d_sae // len(budgets)} latents")
 
 
 def group_topk(pre: Tensor, group: Tensor, budgets: Sequence[int]) -> Tensor:

@@ -28,8 +28,10 @@ from pathlib import Path
 import torch
 
 from saelens_amort.atomic import write_dir_atomic, write_text_atomic
+from saelens_amort.devices import on_device
 from saelens_amort.errors import SaeAmortError
-from saelens_amort.training.families import TrainConfig, make_training_sae
+from saelens_amort.training.config import TrainConfig
+from saelens_amort.training.families import make_training_sae
 
 logger = logging.getLogger(__name__)
 
@@ -200,6 +202,7 @@ def run_train(cfg: TrainConfig, out: Path, *, overwrite: bool = False, resume: b
     from saelens_amort.training.loca import loca_from_topk
 
     out = Path(out)
+    cfg = on_device(cfg)
     check_out(out, cfg, overwrite, resume)
     if cfg.activations is not None:
         store = ActivationStore.open(cfg.activations)

@@ -15,8 +15,9 @@ import pandas as pd
 import plotly.graph_objects as go
 import torch
 
+from saelens_amort.devices import on_device
 from saelens_amort.errors import SaeAmortError
-from saelens_amort.training.families import TrainConfig
+from saelens_amort.training.config import TrainConfig
 
 
 def run_cross_domain(cfg: TrainConfig, domain_a: str, domain_b: str, out: Path, *, overwrite: bool = False,
@@ -33,6 +34,7 @@ def run_cross_domain(cfg: TrainConfig, domain_a: str, domain_b: str, out: Path, 
     if domain_a == domain_b:
         raise SaeAmortError("--domain-a and --domain-b must differ")
     out = Path(out)
+    cfg = on_device(cfg)
     domains = {"A": domain_a, "B": domain_b}
     model = load_model(cfg.model, device=cfg.device)
     hook = resolve_hook(model.cfg.n_layers, cfg.layer, cfg.hook)

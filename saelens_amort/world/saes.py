@@ -16,7 +16,7 @@ from safetensors.torch import load_file, save_file
 
 from saelens_amort.atomic import write_text_atomic
 from saelens_amort.errors import SaeAmortError
-from saelens_amort.training.families import ARCHS, TrainConfig
+from saelens_amort.training.config import ARCHS, TrainConfig
 from saelens_amort.world.store import HOOK_NAME, World
 
 FAMILIES = tuple(a for a in ARCHS if a != "loca")

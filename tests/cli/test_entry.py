@@ -58,14 +58,26 @@ def test_start_up_imports_nothing_heavy(argv):
     assert seen["mps_fallback"] == "1"  # set before torch can load: MPS runs what Metal lacks on the CPU
 
 
-@pytest.mark.parametrize("argv", [["eval", "--protocol", "bogus"], ["eval", "--lambda", "bogus"],
-                                  ["sweep-semi", "--lambda-target", "bogus"]], ids=["protocol", "lambda", "target"])
-def test_eval_option_errors_answer_before_the_model_and_sae_libraries_load(argv):
-    """The eval config is checked before the inference registry imports SAE-Lens and TransformerLens (the device
-    option's check still loads torch itself)."""
+OPTION_ERRORS = {
+    "protocol": ["eval", "--protocol", "bogus"], "lambda": ["eval", "--lambda", "bogus"],
+    "target": ["sweep-semi", "--lambda-target", "bogus"], "mode": ["eval", "--modes", "semi,bogus"],
+    "metric": ["eval", "--metrics", "bogus"], "device": ["eval", "--device", "cuda:x"],
+    "dtype": ["eval", "--sae-dtype", "fp8"], "calib": ["eval", "--tokens", "10", "--calib-tokens", "100"],
+    "frontier-grid": ["frontier", "--k-multipliers", "0"], "train-arch": ["train", "--arch", "bogus", "--out", "o"],
+    "tpp-pooling": ["tpp", "--pooling", "bogus"], "select-mode": ["select-latents", "--class-id", "0", "--mode", "x"],
+    "gis-kind": ["gis", "--kind", "bogus"], "interpret-mode": ["interpret", "--mode", "bogus"],
+}
+
+
+@pytest.mark.parametrize("argv", OPTION_ERRORS.values(), ids=OPTION_ERRORS.keys())
+def test_option_errors_answer_before_torch_loads(argv, tmp_path, monkeypatch):
+    """Each command's config is checked before anything imports torch (the device option checks only its spelling;
+    the runner resolves `auto` and checks availability), so a bad option answers at once."""
+    monkeypatch.chdir(tmp_path)
     seen = _imports_after(argv)
     assert seen["status"] == 2
-    assert [m for m in seen["heavy"] if m != "torch"] == [], f"{argv} imported {seen['heavy']}"
+    assert seen["heavy"] == [], f"{argv} imported {seen['heavy']}"
+    assert not any(tmp_path.iterdir())  # nothing written
 
 
 def _start(args: list[str]) -> subprocess.Popen:

@@ -18,7 +18,8 @@ from saelens_amort.interventions.tpp import (
     tpp_matrix,
     tpp_score,
 )
-from saelens_amort.runners.tpp import TppConfig, prepare
+from saelens_amort.runners.tpp import prepare
+from saelens_amort.runners.tpp_config import TppConfig
 
 
 @pytest.fixture(scope="module")

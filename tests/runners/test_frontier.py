@@ -13,7 +13,8 @@ from saelens_amort.inference import infer, register_mode, registry
 from saelens_amort.inference.amortized import encode
 from saelens_amort.models import load_model
 from saelens_amort.runners.eval import EvalConfig
-from saelens_amort.runners.frontier import FrontierConfig, encoder_at, encoder_knob, plan_curves, run_frontier
+from saelens_amort.runners.frontier import encoder_at, encoder_knob, plan_curves, run_frontier
+from saelens_amort.runners.frontier_config import FrontierConfig
 from saelens_amort.saes import Dictionary, load_sae
 
 HOOK = "blocks.2.hook_resid_post"

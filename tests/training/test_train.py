@@ -10,7 +10,7 @@ from helpers import assert_user_error, saeamort
 from sae_lens import SAE, TopKTrainingSAE
 
 from saelens_amort import SaeAmortError
-from saelens_amort.training.families import ARCHS, TrainConfig
+from saelens_amort.training.config import ARCHS, TrainConfig
 from saelens_amort.training.loca import loca_from_topk
 from saelens_amort.training.run import held_out_rows, run_train
 

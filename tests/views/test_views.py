@@ -10,7 +10,8 @@ import torch
 from helpers import assert_user_error, chromium_probe, saeamort
 
 from saelens_amort import SaeAmortError
-from saelens_amort.runners.tpp import TppConfig, prepare
+from saelens_amort.runners.tpp import prepare
+from saelens_amort.runners.tpp_config import TppConfig
 from saelens_amort.views.contexts import latent_views, write_views
 
 

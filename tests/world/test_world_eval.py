@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 from saelens_amort.errors import SaeAmortError
 from saelens_amort.runners.eval import EvalConfig, run_eval
-from saelens_amort.training.families import TrainConfig
+from saelens_amort.training.config import TrainConfig
 from saelens_amort.training.run import run_train
 from saelens_amort.world import WorldConfig, build_world
 

@@ -1,7 +1,7 @@
 """The torch-free catalog `saeamort modes` prints matches what the built-in modes register."""
 
 from saelens_amort.inference import get_mode, list_modes
-from saelens_amort.mode_catalog import BUILTIN_MODES
+from saelens_amort.catalog import BUILTIN_MODES
 
 
 def test_catalog_matches_the_registry():
@@ -11,3 +11,10 @@ def test_catalog_matches_the_registry():
         spec = get_mode(m.name)
         assert (m.needs_lambda, m.needs_k, m.needs_sae) == (spec.needs_lambda, spec.needs_k, spec.needs_sae), m.name
         assert m.summary
+
+
+def test_metric_catalog_matches_the_registry():
+    from saelens_amort.catalog import BUILTIN_METRICS
+    from saelens_amort.metrics import get_metric, list_metrics
+
+    assert list(BUILTIN_METRICS) == [m for m in list_metrics() if get_metric(m).__module__.startswith("saelens_amort.")]

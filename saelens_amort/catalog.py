@@ -1,9 +1,11 @@
-"""The built-in inference modes as plain data — name, what each needs, what it does — importable without torch, so
-`saeamort modes` answers at once. The registry (`saelens_amort.inference`) stays the source of truth for running a
-mode; a test keeps this catalog equal to what the built-in modes register."""
+"""The built-in inference modes and metric families as plain data — names, what each mode needs, what it does —
+importable without torch, so `saeamort modes` and a misspelt --modes / --metrics answer at once. The registries
+(`saelens_amort.inference`, `saelens_amort.metrics`) stay the source of truth for running them; a test keeps this
+catalog equal to what the built-ins register."""
 
 from __future__ import annotations
 
+import sys
 from typing import NamedTuple
 
 
@@ -27,3 +29,23 @@ BUILTIN_MODES = (
     ModeInfo("semi_ksparse", False, False, True, "the same k-sparse problem started from the encoder's code: never "
                                                  "worse than the encoder, same per-row L0"),
 )
+BUILTIN_METRICS = ("reconstruction", "sparsity", "probes", "absorption", "gap", "cost", "splice", "truth")
+
+
+def known_modes() -> list[str]:
+    """The mode names a config may use: the registry's once it is loaded (it may hold modes a user registered: only
+    a loaded registry can), else the built-ins, without loading torch."""
+    if "saelens_amort.inference.registry" in sys.modules:
+        from saelens_amort.inference import list_modes
+
+        return list_modes()
+    return [m.name for m in BUILTIN_MODES]
+
+
+def known_metrics() -> list[str]:
+    """The metric family names a config may use (as `known_modes`)."""
+    if "saelens_amort.metrics.registry" in sys.modules:
+        from saelens_amort.metrics import list_metrics
+
+        return list_metrics()
+    return list(BUILTIN_METRICS)
