@@ -8,18 +8,17 @@ Three runs of the model on `tokens` [B, T]: clean; spliced, where every real non
 replaced by x̂ = the SAE's decode of the mode's codes (`infer(x, sae, mode, lam=λ, …)`); zero-ablated, where the same
 positions are set to 0. A position is "BOS" when it is position 0 and holds the tokenizer's BOS id: SAEs are not
 trained on it and its huge norm would dominate. With `keep_error=True` the SAE error term of the *amortized* SAE is
-added back, x_new = x + x̂_mode − x̂_amortized (DESIGN §5), so amortized + keep_error reproduces the clean model
-exactly.
+added back, x_new = x + x̂_mode − x̂_amortized (DESIGN §5), so amortized + keep_error reproduces the clean model.
 
 Right-padded rows give their real lengths (`lengths` [B], BOS included): only positions < length are real. Padding
 is told apart by length, never by token id — TransformerLens sets pad = BOS = EOS for tokenizers without a pad token
 (GPT-2, many local checkpoints), and a real EOS may equal the pad id. Without `lengths` every position is real.
-
 Scores average over the next-token predictions that a spliced position can affect and whose target is real (from
 the first spliced position of each row to its last real token): CE (nats), CE recovered =
 (CE_zero − CE_spliced) / (CE_zero − CE_clean), KL(clean ‖ spliced) and KL(clean ‖ zero). CE recovered is undefined
 (None, and a reason in the metric's `skipped`) when zero-ablation does not raise the loss above the clean one.
-Hooks live inside `with model.hooks(...)`: none survives the call, also on exceptions.
+Hooks live inside `with model.hooks(...)` (none survives the call); at a block's residual output the edited runs
+start at the next block from the clean activation instead (`splice_forward`).
 
 Given codes: `spliced_metrics(..., codes=z, encoder_codes=z_enc)` splices the codes a caller already has for the
 replaced positions (row-major over [B, T], dense or CSR) instead of solving; `encoder_codes` give the error term's
@@ -46,6 +45,7 @@ from saelens_amort.errors import SaeAmortError
 from saelens_amort.inference import infer, resolve_dictionary
 from saelens_amort.inference.sparse_codes import csr_tensor
 from saelens_amort.metrics.registry import Metric, register_metric
+from saelens_amort.metrics.splice_forward import clean_logits, edited_logits
 
 if TYPE_CHECKING:
     from sae_lens import SAE
@@ -67,6 +67,8 @@ class SpliceReference(NamedTuple):
     ce_zero: float
     kl_zero: float
     n_tokens: int
+    clean_act: Tensor | None = None
+    """The hook's clean activation, when edited runs start after the hook (`splice_forward`)."""
 
 
 class SpliceResult(NamedTuple):
@@ -159,20 +161,22 @@ def splice_reference(model: "HookedTransformer", tokens: Int[Tensor, "B T"], hoo
     n = int(scored.sum())
     if n == 0:
         raise _no_scored_tokens()
-    log_probs, ce = next_token_scores(model(tokens), tokens)
+    logits, clean_act = clean_logits(model, tokens, hook_name)
+    log_probs, ce = next_token_scores(logits, tokens)
+    del logits  # [B, T, V]: freed before the zero-ablated run
 
     def zero(act: Tensor, hook: Any) -> Tensor:
         out = act.clone()
         out[replace] = 0
         return out
 
-    with model.hooks(fwd_hooks=[(hook_name, zero)]):
-        zero_lp, zero_ce = next_token_scores(model(tokens), tokens)
+    zero_lp, zero_ce = next_token_scores(edited_logits(model, tokens, hook_name, zero, clean_act), tokens)
     kl_zero = float(kl_per_position(log_probs, zero_lp)[scored].double().mean())
     del zero_lp
     return SpliceReference(
         log_probs=log_probs, scored=scored, replace=replace, n_tokens=n,
         ce_clean=float(ce[scored].double().mean()), ce_zero=float(zero_ce[scored].double().mean()), kl_zero=kl_zero,
+        clean_act=clean_act,
     )
 
 
@@ -270,8 +274,7 @@ def spliced_metrics(
         out[ref.replace] = new.to(act.dtype)
         return out
 
-    with model.hooks(fwd_hooks=[(hook_name, splice)]):
-        log_probs, ce = next_token_scores(model(tokens), tokens)  # the logits are freed at once
+    log_probs, ce = next_token_scores(edited_logits(model, tokens, hook_name, splice, ref.clean_act), tokens)
     ce_spliced = float(ce[ref.scored].double().mean())
     return SpliceResult(
         mode=mode, keep_error=bool(keep_error), lam=used_lam[0] if used_lam else lam, n_tokens=ref.n_tokens,
@@ -279,7 +282,6 @@ def spliced_metrics(
         ce_recovered=ce_recovered(ref.ce_clean, ce_spliced, ref.ce_zero),
         kl=float(kl_per_position(ref.log_probs, log_probs)[ref.scored].double().mean()), kl_zero=ref.kl_zero,
     )
-
 
 
 class SpliceSetting(NamedTuple):

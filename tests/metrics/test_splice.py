@@ -151,3 +151,37 @@ def test_ce_recovered_is_undefined_when_zero_ablation_does_not_raise_the_loss(wo
     assert m.skipped == {"ce_recovered": f"zero-ablation CE ({flat.ce_zero:.4g}) is not above clean CE "
                                          f"({flat.ce_clean:.4g})"}
     assert out["ce_spliced"] == pytest.approx(r.ce_spliced)
+
+
+@pytest.mark.parametrize("layer", [1, 2, 3])  # block 3 is the toy's last: only ln_final and the unembedding run
+def test_edited_runs_from_the_next_block_equal_whole_model_runs(world, layer):
+    from saelens_amort.metrics.splice_forward import clean_logits, edited_logits, resume_layer
+
+    model, _, tokens = world
+    hook = f"blocks.{layer}.hook_resid_post"
+    assert resume_layer(model, hook) == layer + 1
+    logits, act = clean_logits(model, tokens, hook)
+    torch.testing.assert_close(logits, model(tokens))
+    assert act is not None and _no_hooks(model)
+
+    def edit(a, hook):
+        out = a.clone()
+        out[:, 3:17] = a[:, 3:17].flip(-1)  # not a rescaling: a final LayerNorm would undo that
+        return out
+
+    whole = edited_logits(model, tokens, hook, edit, None)  # the whole model with the edit as a hook
+    torch.testing.assert_close(edited_logits(model, tokens, hook, edit, act), whole, rtol=1e-5, atol=1e-5)
+    assert (whole - logits).abs().max() > 1e-2  # the edit matters
+    assert resume_layer(model, "blocks.2.hook_mlp_out") is None and resume_layer(model, "blocks.2.hook_resid_pre") is None
+
+
+def test_splicing_at_a_residual_output_equals_splicing_at_the_next_input(world):
+    """blocks.2.hook_resid_post (edited runs start at block 3) and blocks.3.hook_resid_pre (whole-model runs with a
+    hook) carry the same activation, so every score agrees."""
+    model, sae, tokens = world
+    for keep in (False, True):
+        a, b = (spliced_metrics(model, sae, "semi", tokens, hook, lam=3.0, keep_error=keep, steps=5)
+                for hook in (HOOK, "blocks.3.hook_resid_pre"))
+        for field in ("ce_clean", "ce_spliced", "ce_zero", "kl", "kl_zero"):
+            assert getattr(a, field) == pytest.approx(getattr(b, field), rel=1e-5, abs=1e-6), (keep, field)
+    assert _no_hooks(model)
