@@ -23,7 +23,7 @@ from torch import Tensor
 
 from saelens_amort.errors import SaeAmortError
 from saelens_amort.interventions.hooks import LatentEdit, latent_edit
-from saelens_amort.metrics.splice import kl_per_position, next_token_scores
+from saelens_amort.metrics.next_token import kl_per_position, next_token_scores
 
 if TYPE_CHECKING:
     from sae_lens import SAE

@@ -31,7 +31,7 @@ from torch import Tensor
 from saelens_amort.errors import SaeAmortError
 from saelens_amort.runners.gis_config import KINDS
 from saelens_amort.interventions.hooks import checked_latents
-from saelens_amort.metrics.splice import next_token_scores
+from saelens_amort.metrics.next_token import next_token_scores
 
 if TYPE_CHECKING:
     from sae_lens import SAE

@@ -45,6 +45,7 @@ from saelens_amort.errors import SaeAmortError
 from saelens_amort.inference import infer, resolve_dictionary
 from saelens_amort.inference.sparse_codes import csr_tensor
 from saelens_amort.metrics.registry import Metric, register_metric
+from saelens_amort.metrics.next_token import kl_per_position, next_token_scores
 from saelens_amort.metrics.splice_forward import clean_logits, edited_logits
 
 if TYPE_CHECKING:
@@ -123,18 +124,6 @@ def ce_recovered_problem(ce_clean: float, ce_zero: float) -> str:
     return f"zero-ablation CE ({ce_zero:.4g}) is not above clean CE ({ce_clean:.4g})"
 
 
-def next_token_scores(logits: Tensor, tokens: Tensor) -> tuple[Tensor, Tensor]:
-    """Log-probs at positions 0..T−2 (fp32) and the CE of each next token."""
-    log_probs = logits[:, :-1].float().log_softmax(dim=-1)
-    ce = -log_probs.gather(-1, tokens[:, 1:, None]).squeeze(-1)
-    return log_probs, ce
-
-
-def kl_per_position(clean: Tensor, other: Tensor) -> Tensor:
-    """KL(clean ‖ other) per position from log-probs."""
-    return torch.nn.functional.kl_div(other, clean, log_target=True, reduction="none").sum(dim=-1)
-
-
 def _positions(model: "HookedTransformer", tokens: Tensor, lengths: Tensor | None) -> tuple[Tensor, Tensor]:
     """[B, T] positions replaced (real, not BOS) and [B, T−1] predictions scored (after a replaced position, target
     real)."""
@@ -162,15 +151,15 @@ def splice_reference(model: "HookedTransformer", tokens: Int[Tensor, "B T"], hoo
     if n == 0:
         raise _no_scored_tokens()
     logits, clean_act = clean_logits(model, tokens, hook_name)
-    log_probs, ce = next_token_scores(logits, tokens)
-    del logits  # [B, T, V]: freed before the zero-ablated run
+    log_probs, ce = next_token_scores(logits, tokens, in_place=True)  # a view of the logits' storage
 
     def zero(act: Tensor, hook: Any) -> Tensor:
         out = act.clone()
         out[replace] = 0
         return out
 
-    zero_lp, zero_ce = next_token_scores(edited_logits(model, tokens, hook_name, zero, clean_act), tokens)
+    zero_lp, zero_ce = next_token_scores(edited_logits(model, tokens, hook_name, zero, clean_act), tokens,
+                                         in_place=True)
     kl_zero = float(kl_per_position(log_probs, zero_lp)[scored].double().mean())
     del zero_lp
     return SpliceReference(
@@ -274,7 +263,8 @@ def spliced_metrics(
         out[ref.replace] = new.to(act.dtype)
         return out
 
-    log_probs, ce = next_token_scores(edited_logits(model, tokens, hook_name, splice, ref.clean_act), tokens)
+    log_probs, ce = next_token_scores(edited_logits(model, tokens, hook_name, splice, ref.clean_act), tokens,
+                                      in_place=True)
     ce_spliced = float(ce[ref.scored].double().mean())
     return SpliceResult(
         mode=mode, keep_error=bool(keep_error), lam=used_lam[0] if used_lam else lam, n_tokens=ref.n_tokens,

@@ -38,7 +38,7 @@ def test_alpha_one_is_a_noop_and_ablation_acts(world):
 
 def test_padding_is_neither_scored_nor_live_nor_in_the_threshold(world):
     from saelens_amort.interventions import LatentEdit, latent_edit
-    from saelens_amort.metrics.splice import kl_per_position
+    from saelens_amort.metrics.next_token import kl_per_position
 
     model, sae, tokens, j = world
     lengths = torch.tensor([32, 12, 20, 9, 32, 16])

@@ -185,3 +185,20 @@ def test_splicing_at_a_residual_output_equals_splicing_at_the_next_input(world):
         for field in ("ce_clean", "ce_spliced", "ce_zero", "kl", "kl_zero"):
             assert getattr(a, field) == pytest.approx(getattr(b, field), rel=1e-5, abs=1e-6), (keep, field)
     assert _no_hooks(model)
+
+
+def test_scores_in_place_equal_the_plain_ones():
+    from saelens_amort.metrics.next_token import kl_per_position, next_token_scores
+
+    gen = torch.Generator().manual_seed(0)
+    logits, other = (torch.randn(3, 7, 50, generator=gen) * 4 for _ in range(2))
+    tokens = torch.randint(0, 50, (3, 7), generator=gen)
+    lp, ce = next_token_scores(logits, tokens)
+    lp2, ce2 = next_token_scores(logits.clone(), tokens, in_place=True)
+    torch.testing.assert_close(lp2, lp)
+    torch.testing.assert_close(ce2, ce)
+    torch.testing.assert_close(ce, torch.nn.functional.cross_entropy(logits[:, :-1].transpose(1, 2), tokens[:, 1:],
+                                                                     reduction="none"))
+    olp = other[:, :-1].log_softmax(-1)
+    expected = (lp.exp() * (lp - olp)).sum(-1)  # KL(p ‖ q) = Σ p (log p − log q)
+    torch.testing.assert_close(kl_per_position(lp, olp), expected, rtol=1e-5, atol=1e-6)
