@@ -45,12 +45,11 @@ def alpha_sweep_command(
 ) -> None:
     """Per feature and α: ΔCE, KL and top logit deltas; per_feature_metrics.csv, per_layer_summary.csv, report."""
     from saelens_amort.errors import SaeAmortError
-    from saelens_amort.runners.alpha_sweep import resolve_sweep, run_alpha_sweep
-
     try:
         alpha_values = None if alphas is None else tuple(float(a) for a in alphas.split(",") if a.strip())
     except ValueError:
         raise SaeAmortError(f"--alphas must be comma-separated numbers, got {alphas!r}") from None
+    from saelens_amort.runners.alpha_sweep import resolve_sweep, run_alpha_sweep  # loads torch: after the parse
     cfg, feature_list, out_dir = resolve_sweep(config, sae, dict(
         features=features, release=release, layers=layers, alphas=alpha_values, percentile=percentile,
         sequences=sequences, context_size=context_size, batch=batch, mode=mode, model=model, source=source, seed=seed,

@@ -10,18 +10,24 @@ from __future__ import annotations
 import json
 from dataclasses import replace
 from pathlib import Path
-
-import pandas as pd
-import plotly.graph_objects as go
-import torch
+from typing import TYPE_CHECKING
 
 from saelens_amort.devices import on_device
 from saelens_amort.errors import SaeAmortError
 from saelens_amort.training.config import TrainConfig
 
+if TYPE_CHECKING:
+    import pandas as pd
+
 
 def run_cross_domain(cfg: TrainConfig, domain_a: str, domain_b: str, out: Path, *, overwrite: bool = False,
                      progress: bool = True) -> pd.DataFrame:
+    if domain_a == domain_b:  # before the imports below load torch and SAE-Lens
+        raise SaeAmortError("--domain-a and --domain-b must differ")
+    import pandas as pd
+    import plotly.graph_objects as go
+    import torch
+
     from saelens_amort.activations import CollectConfig, collect_activations, resolve_source
     from saelens_amort.models import load_model
     from saelens_amort.provenance import provenance
@@ -31,8 +37,6 @@ def run_cross_domain(cfg: TrainConfig, domain_a: str, domain_b: str, out: Path, 
     from saelens_amort.saes import load_sae
     from saelens_amort.training.run import HELD_OUT_ROWS, held_out_rows, reconstruction_scores, run_train
 
-    if domain_a == domain_b:
-        raise SaeAmortError("--domain-a and --domain-b must differ")
     out = Path(out)
     cfg = on_device(cfg)
     domains = {"A": domain_a, "B": domain_b}

@@ -66,6 +66,7 @@ OPTION_ERRORS = {
     "frontier-grid": ["frontier", "--k-multipliers", "0"], "train-arch": ["train", "--arch", "bogus", "--out", "o"],
     "tpp-pooling": ["tpp", "--pooling", "bogus"], "select-mode": ["select-latents", "--class-id", "0", "--mode", "x"],
     "gis-kind": ["gis", "--kind", "bogus"], "interpret-mode": ["interpret", "--mode", "bogus"],
+    "alphas": ["alpha-sweep", "--alphas", "x"], "domains": ["cross-domain", "--domain-a", "toy", "--domain-b", "toy"],
 }
 
 
