@@ -6,7 +6,10 @@ catalog equal to what the built-ins register."""
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable, Sequence
 from typing import NamedTuple
+
+from saelens_amort.errors import SaeAmortError
 
 
 class ModeInfo(NamedTuple):
@@ -40,6 +43,14 @@ def known_modes() -> list[str]:
 
         return list_modes()
     return [m.name for m in BUILTIN_MODES]
+
+
+def check_modes(modes: Sequence[str], *, base: Callable[[str], str] = str, note: str = "") -> None:
+    """SaeAmortError naming the modes of `modes` whose `base` name is not registered (or that none is given)."""
+    unknown = [m for m in modes if base(m) not in known_modes()]
+    if unknown or not modes:
+        raise SaeAmortError(f"unknown mode(s) {', '.join(unknown) or '(none given)'}; registered modes: "
+                            f"{', '.join(known_modes())}{note}")
 
 
 def known_metrics() -> list[str]:

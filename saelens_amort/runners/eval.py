@@ -124,14 +124,14 @@ def _evaluate_sae(spec: str, sae, model, store, hook: str, cfg: EvalConfig, spli
                                                     info=add_info(res.info, encoded.info))
                 else:
                     results[v.label] = infer(x, sae, v.mode, lam=lam, **v.options)
-            objectives.setdefault(v.label, str(results[v.label].info.get("objective", "encoder")))
         with stages.stage("solve z*"):
             star = {lam: _reference(x, sae, lam) for lam in stars}  # z* at each row's λ
         for v in variants:
             if v.label not in results:
                 results[v.label] = star[lam_of[v.label]]
-                objectives.setdefault(v.label, str(results[v.label].info.get("objective", "encoder")))
         results = {v.label: results[v.label] for v in variants}
+        for label, res in results.items():  # what each row solved (the encoder's codes solve nothing)
+            objectives.setdefault(label, str(res.info.get("objective", "encoder")))
         splice_codes.keep(i * cfg.batch_size, results, encoded)
         labels = batch.labels if label_names else None
         for key, res in [*results.items(), *star.items()]:

@@ -7,7 +7,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from saelens_amort.catalog import known_metrics, known_modes
+from saelens_amort.catalog import check_modes, known_metrics
 from saelens_amort.devices import parse_device, parse_dtype
 from saelens_amort.errors import SaeAmortError
 from saelens_amort.runners.eval_protocol import (
@@ -94,10 +94,8 @@ class EvalConfig:
         parse_device(self.device)
         parse_dtype(self.llm_dtype, "--llm-dtype")
         parse_dtype(self.sae_dtype, "--sae-dtype")
-        unknown = [m for m in self.modes if split_mode(m)[0] not in known_modes()]
-        if unknown:
-            raise SaeAmortError(f"unknown mode(s) {', '.join(unknown)}; registered modes: {', '.join(known_modes())} "
-                                "(each may take '+refit')")
+        if self.modes:  # none: the protocol's
+            check_modes(self.modes, base=lambda m: split_mode(m)[0], note=" (each may take '+refit')")
         unknown = [m for m in self.metrics if m not in known_metrics()]
         if unknown or not self.metrics:
             raise SaeAmortError(f"unknown metric(s) {', '.join(unknown) or '(none given)'}; registered metrics: "

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from saelens_amort.catalog import known_modes
+from saelens_amort.catalog import check_modes
 from saelens_amort.devices import parse_device
 from saelens_amort.errors import SaeAmortError
 
@@ -39,6 +39,5 @@ class GisConfig:
             raise SaeAmortError(f"--kind must be one of {', '.join(KINDS)}, got {self.kind!r}")
         if not self.kl_targets or any(not t > 0 for t in self.kl_targets):
             raise SaeAmortError(f"--kl needs positive targets, got {list(self.kl_targets)}")
-        if self.mode not in known_modes():
-            raise SaeAmortError(f"unknown mode {self.mode!r}; registered modes: {', '.join(known_modes())}")
+        check_modes([self.mode])
         parse_device(self.device)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from saelens_amort.catalog import known_modes
+from saelens_amort.catalog import check_modes
 from saelens_amort.devices import parse_device
 from saelens_amort.errors import SaeAmortError
 
@@ -31,10 +31,7 @@ class TppConfig:
     def __post_init__(self) -> None:
         if self.pooling not in POOLING:
             raise SaeAmortError(f"--pooling must be one of {', '.join(POOLING)}, got {self.pooling!r}")
-        unknown = [m for m in self.modes if m not in known_modes()]
-        if unknown or not self.modes:
-            raise SaeAmortError(f"unknown mode(s) {', '.join(unknown) or '(none given)'}; registered modes: "
-                                f"{', '.join(known_modes())}")
+        check_modes(self.modes)
         if self.tokens <= 0 or self.calib_tokens <= 0:
             raise SaeAmortError("--tokens must be positive")
         parse_device(self.device)
