@@ -7,6 +7,8 @@ import sys
 import pandas as pd
 import pytest
 
+from saelens_amort.runners.eval_protocol import DEFAULT_MODES
+
 ARGS = ["eval", "--model", "toy", "--sae", "toy/topk", "--tokens", "3072", "--calib-tokens", "512",
         "--batch-size", "512", "--splice-sequences", "2"]
 
@@ -24,11 +26,11 @@ def test_two_ranks_equal_one(tmp_path):
     _run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m",
           "saelens_amort", *ARGS, "--out", str(tmp_path / "two")], tmp_path)
     one, two = pd.read_csv(tmp_path / "one" / "results.csv"), pd.read_csv(tmp_path / "two" / "results.csv")
-    assert list(one.columns) == list(two.columns) and len(one) == len(two) == 3
+    assert list(one.columns) == list(two.columns) and len(one) == len(two) == len(DEFAULT_MODES)
     timing = [c for c in one.columns if "second" in c]
     pd.testing.assert_frame_equal(one.drop(columns=timing), two.drop(columns=timing), rtol=1e-6, atol=1e-9)
     assert sorted(p.name for p in (tmp_path / "two").iterdir()) == ["report.html", "results.csv", "results.json",
-                                                                    "results.parquet"]
+                                                                    "results.parquet", "run.json"]
 
 
 def test_block_split_covers_every_item_once(monkeypatch):
