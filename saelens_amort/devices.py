@@ -6,6 +6,8 @@
 - `--llm-dtype` / `--sae-dtype`: fp32 | bf16 | fp16 (aliases float32, bfloat16, float16). Half precision on a CPU:
   bf16 falls back to fp32 with a warning where the CPU has no native bf16 matmul path worth using, fp16 always does
   (CPU fp16 matmuls are emulated). Objectives are accumulated in fp32 whatever the dtype (inference engine).
+- `collect --dtype`: the storage dtype of an activation store, float32 | float16 | bfloat16 (`STORAGE_DTYPES`;
+  `activations.shards` maps the names to torch dtypes).
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ T = TypeVar("T")
 DTYPES = {"fp32": "float32", "float32": "float32", "bf16": "bfloat16", "bfloat16": "bfloat16", "fp16": "float16",
           "float16": "float16"}
 """Accepted dtype names → the torch dtype's name (torch loads only when a dtype is resolved)."""
+STORAGE_DTYPES = ("float32", "float16", "bfloat16")
+"""Dtypes an activation store may hold, as torch dtype names."""
 
 
 def parse_device(device: str) -> str:
@@ -62,6 +66,13 @@ def parse_dtype(name: str | None, what: str) -> str | None:
     """`name` unchanged if it is None or an accepted dtype name, else SaeAmortError (torch-free)."""
     if name is not None and name not in DTYPES:
         raise SaeAmortError(f"unknown {what} {name!r}; use fp32, bf16 or fp16")
+    return name
+
+
+def parse_storage_dtype(name: str, what: str = "storage dtype") -> str:
+    """`name` unchanged if it is one of STORAGE_DTYPES, else SaeAmortError (torch-free)."""
+    if name not in STORAGE_DTYPES:
+        raise SaeAmortError(f"unknown {what} {name!r}; use one of {', '.join(STORAGE_DTYPES)}")
     return name
 
 

@@ -11,9 +11,10 @@ import pytest
 
 from helpers import assert_user_error, saeamort
 from saelens_amort.errors import SaeAmortError
-from saelens_amort.interventions.alpha_sweep import Feature
+from saelens_amort.feature_lists import Feature
 from saelens_amort.run_folder import RECORD_FILE, check_run_folder, record_run
-from saelens_amort.runners.alpha_sweep import SweepConfig, run_alpha_sweep
+from saelens_amort.runners.alpha_sweep import run_alpha_sweep
+from saelens_amort.runners.alpha_sweep_config import SweepConfig
 from saelens_amort.runners.eval import EvalConfig, run_eval
 from saelens_amort.runners.eval_partials import PARTIAL_DIR, load_partials, save_partial
 from saelens_amort.runners.gis import run_gis

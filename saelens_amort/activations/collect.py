@@ -37,7 +37,7 @@ from saelens_amort.activations.shards import (
     FORMAT_VERSION,
     MANIFEST_FILE,
     META_FILE,
-    STORAGE_DTYPES,
+    TORCH_STORAGE_DTYPES,
     ActivationBatch,
     ResumePoint,
     ShardWriter,
@@ -46,6 +46,7 @@ from saelens_amort.activations.shards import (
 from saelens_amort.activations.sources import TextSource
 from saelens_amort.activations.store import ActivationStore
 from saelens_amort.activations.store_dir import Claim, claim_store_dir
+from saelens_amort.devices import parse_storage_dtype
 from saelens_amort.errors import SaeAmortError
 from saelens_amort.provenance import provenance
 
@@ -82,8 +83,7 @@ class CollectConfig:
                 raise SaeAmortError(f"{name} must be positive, got {getattr(self, name)}")
         if self.prepend_bos and self.context_size < 2:
             raise SaeAmortError("context_size must be at least 2 when a BOS token is prepended")
-        if self.dtype not in STORAGE_DTYPES:
-            raise SaeAmortError(f"unknown storage dtype {self.dtype!r}; use one of {', '.join(STORAGE_DTYPES)}")
+        parse_storage_dtype(self.dtype)
 
 
 def hook_layer(hook_name: str) -> int | None:
@@ -326,7 +326,7 @@ def _collect_into(out_dir: Path, claim: Claim, model: HookedTransformer, source:
     resume = ResumePoint(**manifest["resume"]) if manifest and manifest.get("resume") else ResumePoint(0, 0, 0)
     if manifest:
         logger.info("resuming %s after %d rows (document %d)", out_dir, writer.rows_saved, resume.doc)
-    dtype = STORAGE_DTYPES[cfg.dtype]
+    dtype = TORCH_STORAGE_DTYPES[cfg.dtype]
     first_pos = 1 if bos is not None else 0
     d_in: int | None = None
     chunks = _iter_chunks(source, model, cfg, bos, resume)

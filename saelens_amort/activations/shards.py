@@ -24,12 +24,14 @@ from safetensors.torch import save_file
 from torch import Tensor
 
 from saelens_amort.atomic import readable_file_mode
+from saelens_amort.devices import STORAGE_DTYPES
 
 FORMAT_VERSION = 1
 META_FILE = "meta.json"
 MANIFEST_FILE = "manifest.json"
 SHARD_KEYS = ("acts", "token_ids", "doc_ids", "positions", "labels")
-STORAGE_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+TORCH_STORAGE_DTYPES = {name: getattr(torch, name) for name in STORAGE_DTYPES}
+"""The storage dtype names (checked torch-free by `devices.parse_storage_dtype`) → torch dtypes."""
 _TMP_MARK = ".tmp-"
 
 

@@ -49,11 +49,14 @@ def alpha_sweep_command(
         alpha_values = None if alphas is None else tuple(float(a) for a in alphas.split(",") if a.strip())
     except ValueError:
         raise SaeAmortError(f"--alphas must be comma-separated numbers, got {alphas!r}") from None
-    from saelens_amort.runners.alpha_sweep import resolve_sweep, run_alpha_sweep  # loads torch: after the parse
+    from saelens_amort.runners.alpha_sweep_config import resolve_sweep  # torch-free: every check answers at once
+
     cfg, feature_list, out_dir = resolve_sweep(config, sae, dict(
         features=features, release=release, layers=layers, alphas=alpha_values, percentile=percentile,
         sequences=sequences, context_size=context_size, batch=batch, mode=mode, model=model, source=source, seed=seed,
         device=device, out=out))
+    from saelens_amort.runners.alpha_sweep import run_alpha_sweep  # loads torch: after the sweep is resolved
+
     df = run_alpha_sweep(cfg, feature_list, out_dir, overwrite=overwrite)
     Console().print(f"{df['feature'].nunique() if len(df) else 0} features × {len(cfg.alphas)} α → {out_dir}/ "
                     "(per_feature_metrics.csv, per_layer_summary.csv, report.md, report.html)")

@@ -14,6 +14,12 @@ from saelens_amort.cli.options import (
 )
 
 
+def _storage_dtype(value: str) -> str:
+    from saelens_amort.devices import parse_storage_dtype  # torch-free: a typo answers before torch loads
+
+    return parse_storage_dtype(value, "--dtype")
+
+
 @app.command()
 def collect(
     model: str = MODEL, layer: Optional[int] = LAYER, hook: Optional[str] = HOOK,
@@ -22,18 +28,20 @@ def collect(
     ),
     tokens: int = tokens_option(100_000, "Activation rows to collect (BOS and padding excluded)."),
     out: Optional[Path] = out_option(None, "Store directory (default: a keyed folder in the cache)."),
-    context_size: int = count_option(128, "Tokens per sequence, BOS included; longer documents are split."),
+    context_size: int = count_option(128, "Tokens per sequence, BOS included; longer documents are split.", low=2),
     batch_size: int = count_option(16, "Sequences per forward pass."),
     shard_tokens: int = count_option(65_536, "Activation rows per shard file.", high=MAX_TOKENS),
-    dtype: str = typer.Option("float32", help="Storage dtype: float32, float16 or bfloat16."),
+    dtype: str = typer.Option("float32", help="Storage dtype: float32, float16 or bfloat16.",
+                              callback=_storage_dtype),
     seed: int = SEED, device: str = DEVICE,
 ) -> None:
     """Collect activations at one hook into an atomic, resumable shard store (a repeat request reads the cache)."""
-    from saelens_amort.runners.collect import run_collect
+    layer = resolve_layer(model, layer, hook)  # torch-free: a model without a default layer answers at once
+    from saelens_amort.runners.collect import run_collect  # loads torch
 
     store = run_collect(
         model,
-        layer=resolve_layer(model, layer, hook),
+        layer=layer,
         hook=hook,
         source=source,
         cfg_kwargs=dict(

@@ -26,8 +26,7 @@ def dynamics_command(
 ) -> None:
     """Index --checkpoints into checkpoint_index.parquet, evaluate each checkpoint in every mode (one λ each), and
     write results.{parquet,csv,json} and report.html with metrics vs training step."""
-    from saelens_amort.runners.dynamics import run_dynamics
-    from saelens_amort.runners.eval import EvalConfig
+    from saelens_amort.runners.eval_config import EvalConfig
 
     layer = resolve_layer(model, layer, hook)
     cfg = EvalConfig(model=model, layer=layer, hook=hook, modes=tuple(m.strip() for m in modes.split(",") if m.strip()),
@@ -35,6 +34,8 @@ def dynamics_command(
                      lambda_target=lambda_target, batch_size=batch_size, splice_sequences=splice_sequences, seed=seed,
                      device=device)
     out = out or Path("runs") / f"dynamics-{checkpoints.name}"
+    from saelens_amort.runners.dynamics import run_dynamics  # after the checks: it loads torch and SAE-Lens
+
     df = run_dynamics(cfg, checkpoints, out, overwrite=overwrite)
     print_table(df, first=("step",))
     Console().print(f"results, checkpoint_index.parquet and report in {out}/")

@@ -105,7 +105,7 @@ def resolve_layer(model: str, layer: int | None, hook: str | None) -> int | None
         return layer
     if model == "toy":
         return TOY_LAYER
-    from saelens_amort.saes.suites import SUITE_LAYER, SUITE_MODEL
+    from saelens_amort.layers import SUITE_LAYER, SUITE_MODEL  # torch-free (saes.suites is under saes: torch)
 
     if Path(model).name == SUITE_MODEL:
         return SUITE_LAYER

@@ -7,7 +7,7 @@ evaluation tokens (the SAE error term is kept, so α = 1 changes nothing), and a
 deltas (mean over live positions, decoded). Right-padded rows give their real `lengths`: padding never sets the
 threshold, is never live, and no prediction of a padding token is scored (padding would dilute ΔCE and KL, and can
 flip ΔCE's sign).
-Features come from the files `interventions.feature_lists` reads.
+Features come from the files `saelens_amort.feature_lists` reads.
 On CUDA out-of-memory the batch is halved and retried (logged), down to one sequence.
 """
 
@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
@@ -24,6 +23,7 @@ from torch import Tensor
 from saelens_amort.errors import SaeAmortError
 from saelens_amort.interventions.hooks import LatentEdit, latent_edit
 from saelens_amort.metrics.next_token import kl_per_position, next_token_scores
+from saelens_amort.runners.alpha_sweep_config import DEFAULT_ALPHAS
 
 if TYPE_CHECKING:
     from sae_lens import SAE
@@ -31,15 +31,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_ALPHAS = (0.0, 0.5, 1.0, 2.0, 4.0)
 TOP_LOGITS = 5
-
-
-@dataclass(frozen=True)
-class Feature:
-    layer: int
-    latent: int
-    label: str = ""
 
 
 def _batched(fn, tokens: Tensor, batch: int):

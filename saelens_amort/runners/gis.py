@@ -31,7 +31,8 @@ def run_gis(cfg: GisConfig, out: Path, *, overwrite: bool = False) -> pd.DataFra
     from saelens_amort.interventions.hooks import checked_latents
     from saelens_amort.interventions.patching import prompt_tokens
     from saelens_amort.report import Section, table_html, write_report
-    from saelens_amort.runners.alpha_sweep import SweepConfig, eval_tokens
+    from saelens_amort.runners.alpha_sweep import eval_tokens
+    from saelens_amort.runners.alpha_sweep_config import SweepConfig
     from saelens_amort.atomic import write_atomic
     from saelens_amort.runners.tpp import pooled, prepare
     from saelens_amort.runners.tpp_config import TppConfig

@@ -5,6 +5,7 @@ their Neuronpedia ids. A layer's SAE is the id whose Neuronpedia id starts with 
 layer 8, which in gpt2-small-res-jb is `blocks.8.hook_resid_pre`; `12-res-jb` is `blocks.11.hook_resid_post`), else
 the id that names the layer itself (`blocks.8.hook_resid_post`, `layer_8/width_16k/canonical`). Several ids for one
 layer (widths, sparsities) are refused with the candidates listed, so the user picks one with `--sae LAYER=SPEC`.
+Reading a Neuronpedia id's layer and a `--layers` range is torch-free, in `saelens_amort.layers`.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import re
 from typing import TYPE_CHECKING
 
 from saelens_amort.errors import SaeAmortError
+from saelens_amort.layers import neuronpedia_layer
 
 if TYPE_CHECKING:
     from sae_lens.loading.pretrained_saes_directory import PretrainedSAELookup
@@ -23,7 +25,6 @@ PRETRAINED_LIST_HINT = (
     "print(list(get_pretrained_saes_directory()))` or see "
     "https://decoderesearch.github.io/SAELens/latest/pretrained_saes/"
 )
-_NEURONPEDIA_LAYER = re.compile(r"^(?:[^/]*/)?(\d+)-")
 _ID_LAYER = re.compile(r"(?:^|[._/])(?:blocks|layer|layers)[._](\d+)(?:[._/]|$)")
 
 
@@ -39,23 +40,6 @@ def get_release(release: str) -> "PretrainedSAELookup":
             f"unknown SAE-Lens release {release!r}{did_you_mean}; {PRETRAINED_LIST_HINT}, or pass a local SAE directory"
         )
     return directory[release]
-
-
-def parse_layers(text: str) -> tuple[int, ...]:
-    """`0-11`, `2,4,6-8` → sorted distinct layers."""
-    layers: set[int] = set()
-    for part in (p.strip() for p in text.split(",")):
-        m = re.fullmatch(r"(\d+)(?:\s*-\s*(\d+))?", part)
-        if m is None or (m[2] is not None and int(m[2]) < int(m[1])):
-            raise SaeAmortError(f"--layers takes layers and ranges like 0-11 or 2,4,6-8, got {text!r}")
-        layers.update(range(int(m[1]), int(m[2] or m[1]) + 1))
-    return tuple(sorted(layers))
-
-
-def neuronpedia_layer(layer_id: str) -> int | None:
-    """The layer of a Neuronpedia SAE id (`8-res-jb` or `gpt2-small/8-res-jb` → 8); None if it names none."""
-    m = _NEURONPEDIA_LAYER.match(layer_id.strip())
-    return int(m[1]) if m else None
 
 
 def _layer_of(sae_id: str, neuronpedia_id: str | None) -> int | None:

@@ -14,6 +14,7 @@ import re
 from pathlib import Path
 
 from saelens_amort.errors import SaeAmortError
+from saelens_amort.layers import SUITE_LAYER, SUITE_MODEL
 from saelens_amort.saes.hub import is_offline, network_errors
 
 logger = logging.getLogger(__name__)
@@ -25,8 +26,6 @@ PREFIX = "saebench:"
 WIDTHS = ("2pow12", "2pow14", "2pow16")
 DEFAULT_WIDTH = "2pow14"
 FAMILIES = ("Standard", "TopK", "BatchTopK", "MatryoshkaBatchTopK", "GatedSAE", "JumpRelu", "PAnneal")
-SUITE_MODEL = "pythia-160m-deduped"
-SUITE_LAYER = 8
 DEFAULT_TRAINER = 2
 """A middle-sparsity trainer of each family (SAEBench's own examples load trainer_2)."""
 

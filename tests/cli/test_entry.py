@@ -1,9 +1,10 @@
 """The `saeamort` entry through real subprocesses: usage errors are one stderr line with exit 2, Ctrl-C exits 130
-with one line at any point (imports included), and `--help`, `modes` and usage errors start without torch, SAE-Lens
-or TransformerLens."""
+with one line at any point (imports included), and `--help`, `modes`, usage errors and option errors start without
+torch, SAE-Lens, TransformerLens or pandas."""
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -13,7 +14,7 @@ from pathlib import Path
 import pytest
 from helpers import assert_user_error, saeamort
 
-HEAVY = ("torch", "sae_lens", "transformer_lens")
+HEAVY = ("torch", "sae_lens", "transformer_lens", "pandas")
 
 
 @pytest.mark.parametrize(
@@ -46,7 +47,7 @@ def _imports_after(argv: list[str]) -> dict:
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return {**json.loads(proc.stdout.strip().splitlines()[-1]), "stderr": proc.stderr}
 
 
 @pytest.mark.parametrize("argv", [["--help"], ["eval", "--help"], ["modes"], ["collect", "--tokens", "x"]],
@@ -59,26 +60,57 @@ def test_start_up_imports_nothing_heavy(argv):
 
 
 OPTION_ERRORS = {
-    "protocol": ["eval", "--protocol", "bogus"], "lambda": ["eval", "--lambda", "bogus"],
-    "target": ["sweep-semi", "--lambda-target", "bogus"], "mode": ["eval", "--modes", "semi,bogus"],
-    "metric": ["eval", "--metrics", "bogus"], "device": ["eval", "--device", "cuda:x"],
-    "dtype": ["eval", "--sae-dtype", "fp8"], "calib": ["eval", "--tokens", "10", "--calib-tokens", "100"],
-    "frontier-grid": ["frontier", "--k-multipliers", "0"], "train-arch": ["train", "--arch", "bogus", "--out", "o"],
-    "tpp-pooling": ["tpp", "--pooling", "bogus"], "select-mode": ["select-latents", "--class-id", "0", "--mode", "x"],
-    "gis-kind": ["gis", "--kind", "bogus"], "interpret-mode": ["interpret", "--mode", "bogus"],
-    "alphas": ["alpha-sweep", "--alphas", "x"], "domains": ["cross-domain", "--domain-a", "toy", "--domain-b", "toy"],
+    "protocol": (["eval", "--protocol", "bogus"], r"unknown --protocol 'bogus'"),
+    "lambda": (["eval", "--lambda", "bogus"], r"unknown --lambda 'bogus'"),
+    "target": (["sweep-semi", "--lambda-target", "bogus"], r"unknown --lambda-target 'bogus'"),
+    "mode": (["eval", "--modes", "semi,bogus"], r"unknown mode\(s\) bogus;"),
+    "metric": (["eval", "--metrics", "bogus"], r"unknown metric\(s\) bogus;"),
+    "device": (["eval", "--device", "cuda:x"], r"unknown --device 'cuda:x'"),
+    "dtype": (["eval", "--sae-dtype", "fp8"], r"unknown --sae-dtype 'fp8'"),
+    "calib": (["eval", "--tokens", "10", "--calib-tokens", "100"], r"smaller than the calibration slice"),
+    "frontier-grid": (["frontier", "--k-multipliers", "0"], r"--k-multipliers must be positive"),
+    "train-arch": (["train", "--arch", "bogus", "--out", "o"], r"unknown architecture 'bogus'"),
+    "tpp-pooling": (["tpp", "--pooling", "bogus"], r"--pooling must be one of"),
+    "select-mode": (["select-latents", "--class-id", "0", "--mode", "x"], r"unknown mode\(s\) x;"),
+    "gis-kind": (["gis", "--kind", "bogus"], r"--kind must be one of"),
+    "interpret-mode": (["interpret", "--mode", "bogus"], r"unknown mode\(s\) bogus;"),
+    "alphas": (["alpha-sweep", "--alphas", "x"], r"--alphas must be comma-separated numbers"),
+    "domains": (["cross-domain", "--domain-a", "toy", "--domain-b", "toy"], r"--domain-a and --domain-b must differ"),
+    "collect-dtype": (["collect", "--dtype", "bogus"], r"unknown --dtype 'bogus'; use one of float32, float16, "
+                                                         r"bfloat16$"),
+    "collect-context": (["collect", "--context-size", "1"], r"--context-size must be at least 2, got 1"),
+    "collect-layer": (["collect", "--model", "gpt2"], r"--model gpt2: give --layer L"),
+    "dynamics-mode": (["dynamics", "--checkpoints", "c", "--modes", "x"], r"unknown mode\(s\) x;"),
+    "sweep-features": (["alpha-sweep", "--features", "missing.csv"], r"feature file missing.csv does not exist"),
+    "sweep-no-layer": (["alpha-sweep", "--features", "no_layer.csv"], r"no_layer.csv lacks column\(s\) layer;"),
+    "sweep-bad-csv": (["alpha-sweep", "--features", "long_row.csv"], r"cannot read long_row.csv as CSV \(line 2 "),
+    "sweep-yaml-type": (["alpha-sweep", "--features", "f.csv", "--config", "typo.yaml"],
+                        r"--config typo.yaml: percentile must be a number, got 'lots'"),
+    "sweep-percentile": (["alpha-sweep", "--features", "f.csv", "--percentile", "150"],
+                         r"--percentile must be in \[0, 100\)"),
+    "sweep-layers": (["alpha-sweep", "--features", "f.csv", "--layers", "0-3"], r"--layers picks layers of a release"),
+    "sweep-mode": (["alpha-sweep", "--features", "f.csv", "--mode", "bogus"], r"unknown mode\(s\) bogus;"),
+    "sweep-no-alphas": (["alpha-sweep", "--features", "f.csv", "--alphas", ","], r"--alphas needs at least one value"),
 }
+SWEEP_FILES = {"f.csv": "layer,feature\n2,3\n", "no_layer.csv": "feature,label\n3,a\n",
+               "long_row.csv": "layer,feature\n2,3,4\n", "typo.yaml": "percentile: lots\n"}
+"""Inputs the alpha-sweep cases read (every case runs in a folder holding just these)."""
 
 
-@pytest.mark.parametrize("argv", OPTION_ERRORS.values(), ids=OPTION_ERRORS.keys())
-def test_option_errors_answer_before_torch_loads(argv, tmp_path, monkeypatch):
-    """Each command's config is checked before anything imports torch (the device option checks only its spelling;
-    the runner resolves `auto` and checks availability), so a bad option answers at once."""
+@pytest.mark.parametrize(("argv", "pattern"), OPTION_ERRORS.values(), ids=OPTION_ERRORS.keys())
+def test_option_errors_answer_before_torch_loads(argv, pattern, tmp_path, monkeypatch):
+    """Each command's options, and the alpha-sweep's config and feature files, are checked before anything imports
+    torch or pandas (the device option checks only its spelling; the runner resolves `auto` and checks
+    availability), so a bad option answers at once: one error line, exit 2, nothing written."""
+    for name, text in SWEEP_FILES.items():
+        (tmp_path / name).write_text(text)
     monkeypatch.chdir(tmp_path)
     seen = _imports_after(argv)
     assert seen["status"] == 2
     assert seen["heavy"] == [], f"{argv} imported {seen['heavy']}"
-    assert not any(tmp_path.iterdir())  # nothing written
+    lines = [ln for ln in seen["stderr"].splitlines() if ln.strip()]
+    assert len(lines) == 1 and re.match(f"saeamort: error: .*{pattern}", lines[0]), seen["stderr"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(SWEEP_FILES)  # nothing written
 
 
 def _start(args: list[str]) -> subprocess.Popen:

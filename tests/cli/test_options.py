@@ -35,7 +35,7 @@ def test_shared_defaults_agree_across_commands():
     for name, params in commands.items():
         if "device" in params and name not in from_file:
             assert params["device"].default == "auto", name
-    from saelens_amort.runners.alpha_sweep import SweepConfig
+    from saelens_amort.runners.alpha_sweep_config import SweepConfig
 
     assert SweepConfig.model == "toy" and commands["alpha-sweep"]["device"].default is None
 

@@ -9,7 +9,7 @@ from sae_lens import StandardSAE, StandardSAEConfig
 
 from saelens_amort import SaeAmortError
 from saelens_amort.interventions.alpha_sweep import _batched, sweep_feature
-from saelens_amort.interventions.feature_lists import read_features
+from saelens_amort.feature_lists import read_features
 from saelens_amort.saes import load_sae
 
 HOOK = "blocks.2.hook_resid_post"

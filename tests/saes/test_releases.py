@@ -3,7 +3,8 @@
 import pytest
 
 from saelens_amort import SaeAmortError
-from saelens_amort.saes.releases import neuronpedia_layer, parse_layers, release_layer_ids
+from saelens_amort.layers import neuronpedia_layer, parse_layers
+from saelens_amort.saes.releases import release_layer_ids
 
 
 def test_gpt2_small_res_jb_layers_resolve_to_their_real_ids():
