@@ -6,10 +6,14 @@
 of an L1 code, or the magnitude error of an encoder, is removed while the support stays the mode's. L0 never grows
 (NNLS may set coefficients to 0), and ½‖x' − uA‖² never rises (the mode's own code is feasible).
 
-Most rows are done in one step: the least-squares solution on the whole support is positive, so it is the NNLS
-optimum. The others go to Lawson–Hanson, batched over rows and warm-started: WARM_STEPS FISTA steps from the mode's
-code on its support (step 1/σ_max(A)², safe for every support since A_S is a subset of A's rows) give a feasible point;
-its positive set starts the passive set. Each round solves the least-squares problem on the passive set by a
+Rows are first solved by a primal–dual active-set iteration (a semismooth Newton method; Hintermüller, Ito &
+Kunisch 2002): from the whole support, each round solves least squares on the passive set P and takes as the next P
+the atoms with γ_i − g_i > 0 (g = G γ − b, the gradient); a row is done when its γ is positive on P and g ≥ 0 off P —
+the KKT conditions, so γ is the NNLS optimum. Most rows settle in a few rounds (toy/standard's encoder supports,
+L0 ≈ 35 of d_in 128, NNLS dropping ~45 % of them: 4.7 rounds on average). The iteration can cycle, so rows still
+open after PDAS_ROUNDS go to Lawson–Hanson, which always terminates, batched over rows and warm-started: WARM_STEPS
+FISTA steps from the mode's code on its support (step 1/σ_max(A)², safe for every support since A_S is a subset of
+A's rows) give a feasible point; its positive set starts the passive set. Each round solves the least-squares problem on the passive set by a
 masked Cholesky factorisation (fp64) — if a coefficient is ≤ 0, it moves from the feasible point towards that
 solution until the first coefficient reaches 0 and drops it; otherwise it adds back the support atom with the most
 positive gradient, until none is positive (the KKT conditions). Rows are sorted by support size and solved in
@@ -44,6 +48,9 @@ RIDGE = 1e-10
 
 WARM_STEPS = 200
 """FISTA steps on the support before the Lawson–Hanson rounds."""
+
+PDAS_ROUNDS = 15
+"""Primal–dual active-set rounds before a row is handed to Lawson–Hanson."""
 
 OBJECTIVE = "l2 (NNLS) on the mode's support"
 """What `info["objective"]` says a refitted row solved."""
@@ -103,8 +110,8 @@ def masked_cholesky_solve(
     if masked:
         gm = gram
     else:
-        both = active.unsqueeze(2) & active.unsqueeze(1)
-        gm = torch.where(both, gram, 0.0) + torch.diag_embed((~active).to(gram.dtype))
+        gm = gram * (active.unsqueeze(2) & active.unsqueeze(1))
+        gm.diagonal(dim1=1, dim2=2).add_(~active)
     chol, info = torch.linalg.cholesky_ex(gm)
     singular = info != 0
     if bool(singular.any()):
@@ -130,19 +137,16 @@ def nnls(
     """Batched NNLS min_{γ ≥ 0, γ = 0 off `valid`} ½γᵀGγ − bᵀγ, from `start` (≥ 0 on `valid`).
 
     `lipschitz` bounds every row's largest eigenvalue of G (σ_max(A)² does, for supports of A's rows). Returns γ
-    and the Lawson–Hanson rounds each row took; the work is charged to `flops` (one entry per row).
+    and the rounds each row took (active-set, then Lawson–Hanson); the work is charged to `flops` (one entry per row).
     """
     n, T = b.shape
-    # Most rows: the least-squares solution on the whole support is positive, hence the NNLS optimum.
-    out, singular = masked_cholesky_solve(gram, b, valid, flops, torch.arange(n, device=b.device), masked=True)
-    rounds = torch.ones(n, dtype=torch.long, device=b.device)
-    todo = ((valid & (out <= 0)).any(dim=1) | singular).nonzero().squeeze(1)
+    tol = KKT_TOL * torch.finfo(b.dtype).eps * max(T, 1) * (b * valid).abs().amax(dim=1).clamp_min(1e-300)
+    out, rounds, todo = _primal_dual_active_set(gram, b, valid, tol, flops)
     start = start.clone()
     start[todo] = _accelerated_projected_gradient(gram[todo], b[todo], valid[todo], start[todo], lipschitz)
     flops.add(WARM_STEPS * 2.0 * T * T, todo)
     passive = valid & (start > 0)
     prev = torch.where(passive, start, 0.0)
-    tol = KKT_TOL * torch.finfo(b.dtype).eps * max(T, 1) * (b * valid).abs().amax(dim=1).clamp_min(1e-300)
     for _ in range(3 * T + 5):
         if todo.numel() == 0:
             break
@@ -174,6 +178,39 @@ def nnls(
     if todo.numel():  # round cap reached (rounding cycles): keep the last feasible point
         out[todo] = prev[todo]
     return out, rounds
+
+
+def _primal_dual_active_set(
+    gram: Tensor, b: Tensor, valid: Tensor, tol: Tensor, flops: Flops
+) -> tuple[Tensor, Tensor, Tensor]:
+    """PDAS_ROUNDS of the primal–dual active-set iteration from the whole support (module docstring): γ for the rows
+    that met the KKT conditions (0 for the others), the rounds each row took, and the rows still open."""
+    n = b.shape[0]
+    out = torch.zeros_like(b)
+    rounds = torch.zeros(n, dtype=torch.long, device=b.device)
+    todo = torch.arange(n, device=b.device)
+    passive = valid.clone()
+    T = b.shape[1]
+    for _ in range(PDAS_ROUNDS):
+        G, bb, P, ok = gram[todo], b[todo], passive[todo], valid[todo]
+        # solve on the passive slots moved to the front: a factorisation as wide as the largest passive set
+        width = max(int(P.sum(dim=1).max()), 1)
+        front = torch.argsort((~P).to(torch.int8), dim=1, stable=True)[:, :width]
+        flat = (torch.arange(todo.numel(), device=b.device) * T * T)[:, None, None] + front[:, :, None] * T \
+            + front[:, None, :]
+        G_P = G.reshape(-1).index_select(0, flat.view(-1)).view(-1, width, width)
+        gamma_P, singular = masked_cholesky_solve(G_P, bb.gather(1, front), P.gather(1, front), flops, todo)
+        gamma = torch.zeros_like(bb).scatter_(1, front, gamma_P)
+        grad = (G @ gamma.unsqueeze(-1)).squeeze(-1) - bb
+        flops.add(2.0 * T * T, todo)
+        rounds[todo] += 1
+        kkt = ~(P & (gamma <= 0)).any(dim=1) & ~(ok & ~P & (grad < -tol[todo, None])).any(dim=1) & ~singular
+        out[todo[kkt]] = gamma[kkt]
+        passive[todo] = ok & (gamma - grad > 0)
+        todo = todo[~kkt]
+        if todo.numel() == 0:
+            break
+    return out, rounds, todo
 
 
 def _accelerated_projected_gradient(G: Tensor, b: Tensor, valid: Tensor, start: Tensor, lipschitz: float) -> Tensor:

@@ -27,10 +27,12 @@ def scipy_refit(x_target, u, atoms):
     return out
 
 
+@pytest.mark.parametrize("pdas_rounds", [refit.PDAS_ROUNDS, 1], ids=["active-set", "lawson-hanson"])
 @pytest.mark.parametrize("gram", [True, False], ids=["gram-lookup", "support-atoms"])
-def test_refit_codes_equal_scipy_nnls_on_random_supports(gram, monkeypatch):
+def test_refit_codes_equal_scipy_nnls_on_random_supports(gram, pdas_rounds, monkeypatch):
     if not gram:  # wide dictionaries build each row's support Gram from its atoms instead of the cached Gram
         monkeypatch.setattr(refit, "GRAM_BYTES", 0)
+    monkeypatch.setattr(refit, "PDAS_ROUNDS", pdas_rounds)  # 1: rows that drop atoms go to Lawson–Hanson
     d = random_dictionary(d_in=24, d_sae=64, dtype=torch.float64, seed=3)
     gen = torch.Generator().manual_seed(4)
     n = 96
