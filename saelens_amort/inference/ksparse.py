@@ -261,11 +261,11 @@ def _run(x: Tensor, dictionary: Dictionary, options: ModeOptions, mode: str, def
     rejected = 0
     k_max = int(k_rows.max()) if n else 1
     gram = atom_gram(dictionary, wd) if init == "omp" and use_gram(dictionary, n, k_max) else None
-    for rows, width in size_blocks(k_rows, 3 * m + 2 * d, d + 4, BLOCK_ELEMENTS):
+    for rows, _ in size_blocks(k_rows, 3 * m + 2 * d, d + 4, BLOCK_ELEMENTS):
         x_t = dictionary.target(x[rows])
         block = Flops(rows.numel(), dev)
         if init == "omp":
-            starts_b = _omp_starts(x_t, dictionary.atoms, width, starts, gram, block)
+            starts_b = _omp_starts(x_t, dictionary.atoms, k_rows[rows], starts, gram, block)
         else:
             starts_b = [None if u0_all is None else u0_all[rows]]
         best = None
@@ -293,11 +293,12 @@ def _run(x: Tensor, dictionary: Dictionary, options: ModeOptions, mode: str, def
 
 
 def _omp_starts(
-    x_t: Tensor, atoms: Tensor, width: int, starts: int, gram: Tensor | None, flops: Flops
+    x_t: Tensor, atoms: Tensor, k_rows: Tensor, starts: int, gram: Tensor | None, flops: Flops
 ) -> Iterator[Tensor]:
-    """Initial codes: non-negative OMP at `width` atoms, then OMP with its first atom forced to be the 2nd, 3rd, …
-    most correlated one (coefficient ⟨x', a⟩), `starts` in all; their work is charged to `flops`."""
-    first = nn_omp(x_t, atoms, width, gram=gram)
+    """Initial codes: non-negative OMP at each row's k_r atoms, then OMP with its first atom forced to be the 2nd,
+    3rd, … most correlated one (coefficient ⟨x', a⟩), `starts` in all; their work is charged to `flops`."""
+    width = max(1, int(k_rows.max()))
+    first = nn_omp(x_t, atoms, width, gram=gram, k_rows=k_rows)
     flops.absorb(first.flops)
     yield first.u
     if starts == 1:
@@ -309,7 +310,7 @@ def _omp_starts(
     for s in range(1, top.indices.shape[1]):
         a, coef = top.indices[:, s : s + 1], top.values[:, s : s + 1].clamp_min(0)
         if width > 1:
-            out = nn_omp(X - coef * A[a.squeeze(1)], A, width - 1, gram=gram)
+            out = nn_omp(X - coef * A[a.squeeze(1)], A, width - 1, gram=gram, k_rows=(k_rows - 1).clamp_min(0))
             flops.absorb(out.flops)
             u0 = out.u
         else:

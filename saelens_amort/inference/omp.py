@@ -84,8 +84,11 @@ def nn_omp(
     k: int,
     *,
     gram: Float[Tensor, "d_sae d_sae"] | None = None,
+    k_rows: Int[Tensor, " N"] | None = None,
 ) -> PursuitOutput:
-    """Non-negative OMP of every row of `x_target` on unit-norm `atoms`, at most k atoms per row (module docstring).
+    """Non-negative OMP of every row of `x_target` on unit-norm `atoms`, at most k atoms per row (module docstring);
+    with `k_rows` (each ≤ k), at most k_rows[r] selections on row r, so a row's code is OMP at its own k whatever
+    else shares the batch.
 
     With `gram` (AAᵀ in the work dtype) correlations are updated as c = x'Aᵀ − γ G_S; without, recomputed as rAᵀ.
     """
@@ -108,7 +111,8 @@ def nn_omp(
     L = torch.eye(k, dtype=wd, device=dev).expand(n, k, k).clone()
     gamma = torch.zeros(n, k, dtype=wd, device=dev)
     n_iter = torch.zeros(n, dtype=torch.long, device=dev)
-    live = c_floor > 0
+    budget = torch.full((n,), k, dtype=torch.long, device=dev) if k_rows is None else k_rows.to(dev)
+    live = (c_floor > 0) & (budget > 0)
     dropped = 0
 
     for t in range(k):
@@ -160,7 +164,7 @@ def nn_omp(
         )
         dropped += n_drop
         gamma[:, :T] = torch.where(tk, new, gamma[:, :T])
-        live = take
+        live = take & (n_iter < budget)
 
     coef = torch.where(act, gamma, 0.0)
     u = torch.zeros(n, m, dtype=wd, device=dev).scatter_add_(1, idx, coef)

@@ -109,6 +109,19 @@ def test_per_row_k_and_leading_shape():
     assert torch.equal(result.info["k_rows"], k.reshape(-1)) and result.info["k"]["source"] == "given per row"
 
 
+@pytest.mark.parametrize("starts", [1, 3])
+def test_a_rows_code_does_not_depend_on_the_rest_of_its_batch(starts):
+    """Rows of k 3 solved alone equal the same rows solved beside rows of k 6 (one block spans both): the OMP start
+    runs each row to its own k, not to the block's widest."""
+    d = random_dictionary(d_in=32, d_sae=128, dtype=torch.float64, seed=7)
+    x = sparse_signals(d, 40, l0=8, noise=0.05, seed=8)
+    k = torch.tensor([3, 6] * 20)
+    mixed = infer(x, d, "ksparse", k=k, starts=starts)
+    alone = infer(x[k == 3], d, "ksparse", k=3, starts=starts)
+    torch.testing.assert_close(mixed.codes[k == 3], alone.codes, rtol=1e-9, atol=1e-12)
+    assert torch.equal((mixed.codes > 0).sum(dim=1), k)
+
+
 @pytest.mark.parametrize(
     ("k", "message"),
     [
