@@ -5,7 +5,7 @@ that goes into the activation cache key. Document indices (the `doc_ids` of an a
 documents of this stream: lines with text for `.txt`, non-blank lines for `.jsonl`, rows for `.parquet` and for
 Hugging Face datasets (so a doc id is the row number in the file, and can be joined back to it).
 
-Spec syntax (`resolve_source`):
+Spec syntax (`resolve_source`; `saelens_amort.source_spec` parses and checks it, torch-free, for the CLI too):
 
 - `toy`, `toy:news`, `toy:code`: the embedded toy corpus (all domains, or one), endless, seeded.
 - `PATH.txt` (one document per non-empty line), `PATH.jsonl` (field `text`, optional integer `label`),
@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 from saelens_amort.errors import SaeAmortError
+from saelens_amort.source_spec import FileSpec, ToySpec, check_file, check_source, check_toy_domain
 
 UNLABELLED = -1
 _PARQUET_BATCH_ROWS = 1024
@@ -58,9 +59,7 @@ class ToySource:
     def __post_init__(self) -> None:
         from saelens_amort.toy import corpus
 
-        if self.domain is not None and self.domain not in corpus.DOMAINS:
-            raise SaeAmortError(f"unknown toy domain {self.domain!r}; use one of: toy, " + ", ".join(
-                f"toy:{d}" for d in corpus.DOMAINS))
+        check_toy_domain(self.domain)
         # A digest of the first documents makes a changed generator a cache miss, not a stale hit.
         head = "\x00".join(text for text, _ in itertools.islice(self.iter_documents(), 4))
         digest = hashlib.sha256(head.encode()).hexdigest()[:12]
@@ -99,18 +98,8 @@ class FileSource:
     label_names: tuple[str, ...] | None = field(init=False, default=None)
 
     def __post_init__(self) -> None:
+        st = check_file(self.path)  # known extension, exists, is a file
         suffix = self.path.suffix.lower()
-        if suffix not in _FILE_READERS:
-            raise SaeAmortError(
-                f"cannot read {self.path}: unknown extension {suffix or '(none)'!r}; use .txt, .jsonl or .parquet"
-            )
-        try:
-            st = self.path.stat()
-        except FileNotFoundError:
-            raise SaeAmortError(f"source file {self.path} does not exist; give an existing .txt/.jsonl/.parquet "
-                                "file, or `toy`") from None
-        if not self.path.is_file():
-            raise SaeAmortError(f"source {self.path} is not a file; give a .txt/.jsonl/.parquet file, or `toy`")
         # Size and mtime make an edited file a cache miss.
         name = f"file:{self.path}:size={st.st_size}:mtime_ns={st.st_mtime_ns}"
         if suffix != ".txt":
@@ -268,30 +257,13 @@ class HFSource:
             yield ("" if text is None else str(text)), _label(row.get(self.label_column), f"{self.dataset} row {i}")
 
 
-def _parse_hf(body: str) -> tuple[str, str | None, str]:
-    body, _, split = body.partition("@")
-    dataset, _, config = body.partition(":")
-    if not dataset:
-        raise SaeAmortError("hf: source needs a dataset name, e.g. hf:NAME[:CONFIG][@SPLIT]")
-    return dataset, config or None, split or "train"
-
-
 def resolve_source(
     spec: str, *, seed: int = 0, text_column: str = "text", label_column: str = "label"
 ) -> TextSource:
     """The source for `spec` (see the module docstring for the syntax); `seed` only affects the toy corpus."""
-    spec = spec.strip()
-    if spec == "toy":
-        return ToySource(None, seed)
-    if spec.startswith("toy:"):
-        return ToySource(spec[4:], seed)
-    if spec.startswith("hf:"):
-        dataset, config, split = _parse_hf(spec[3:])
-        return HFSource(dataset, config, split, text_column=text_column, label_column=label_column)
-    path = Path(spec).expanduser().resolve()
-    if not path.exists() and path.suffix.lower() not in _FILE_READERS:
-        raise SaeAmortError(
-            f"unknown source {spec!r}; use toy, toy:news, toy:code, a .txt/.jsonl/.parquet file, "
-            "or hf:NAME[:CONFIG][@SPLIT]"
-        )
-    return FileSource(path, text_column=text_column, label_column=label_column)
+    parsed = check_source(spec)  # spelling, shape and file existence: the same check the CLI's --source runs
+    if isinstance(parsed, ToySpec):
+        return ToySource(parsed.domain, seed)
+    if isinstance(parsed, FileSpec):
+        return FileSource(parsed.path, text_column=text_column, label_column=label_column)
+    return HFSource(parsed.dataset, parsed.config, parsed.split, text_column=text_column, label_column=label_column)

@@ -10,7 +10,9 @@ import typer
 from rich.console import Console
 
 from saelens_amort.cli.app import app
-from saelens_amort.cli.options import MAX_SEED, OPTIONAL_DEVICE, OVERWRITE, bounded, count_option, out_option
+from saelens_amort.cli.options import (
+    MAX_SEED, OPTIONAL_DEVICE, OVERWRITE, bounded, count_option, out_option, source_option,
+)
 
 
 @app.command("alpha-sweep")
@@ -35,8 +37,8 @@ def alpha_sweep_command(
     mode: Optional[str] = typer.Option(None, help="Inference mode of the codes that are scaled (default amortized)."),
     model: Optional[str] = typer.Option(None, help="TransformerLens name, local HF checkpoint dir, or 'toy' "
                                                    "(default toy)."),
-    source: Optional[str] = typer.Option(None, help="Text source: toy, a .txt/.jsonl/.parquet file, hf:DATASET "
-                                                    "(default: toy for toy, the Pile otherwise)."),
+    source: Optional[str] = source_option(None, "Text source: toy, a .txt/.jsonl/.parquet file, hf:DATASET "
+                                                "(default: toy for toy, the Pile otherwise)."),
     seed: Optional[int] = typer.Option(None, help="Seed of the toy corpus stream (default 0).",
                                        callback=bounded(low=0, high=MAX_SEED)),
     device: Optional[str] = OPTIONAL_DEVICE,

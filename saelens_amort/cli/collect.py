@@ -10,7 +10,8 @@ from rich.console import Console
 
 from saelens_amort.cli.app import app
 from saelens_amort.cli.options import (
-    DEVICE, HOOK, LAYER, MAX_TOKENS, MODEL, SEED, count_option, out_option, resolve_layer, tokens_option,
+    DEVICE, HOOK, LAYER, MAX_TOKENS, MODEL, SEED, count_option, out_option, resolve_layer, source_option,
+    tokens_option,
 )
 
 
@@ -23,9 +24,8 @@ def _storage_dtype(value: str) -> str:
 @app.command()
 def collect(
     model: str = MODEL, layer: Optional[int] = LAYER, hook: Optional[str] = HOOK,
-    source: str = typer.Option(
-        "toy", help="toy | toy:news | toy:code | FILE.txt/.jsonl/.parquet | hf:NAME[:CONFIG][@SPLIT]."
-    ),
+    source: str = source_option("toy", "toy | toy:news | toy:code | FILE.txt/.jsonl/.parquet | "
+                                       "hf:NAME[:CONFIG][@SPLIT]."),
     tokens: int = tokens_option(100_000, "Activation rows to collect (BOS and padding excluded)."),
     out: Optional[Path] = out_option(None, "Store directory (default: a keyed folder in the cache)."),
     context_size: int = count_option(128, "Tokens per sequence, BOS included; longer documents are split.", low=2),

@@ -11,7 +11,8 @@ from rich.console import Console
 
 from saelens_amort.cli.app import app
 from saelens_amort.cli.options import (
-    DEVICE, LAYER, MODEL, OVERWRITE, SEED, SOURCE, count_option, out_option, resolve_layer, tokens_option,
+    DEVICE, LAYER, MODEL, OVERWRITE, SEED, SOURCE, count_option, out_option, resolve_layer, source_option,
+    tokens_option,
 )
 
 
@@ -59,8 +60,8 @@ def interpret_command(
 
 @app.command("cross-domain")
 def cross_domain_command(
-    domain_a: str = typer.Option("toy:news", help="Source of domain A."),
-    domain_b: str = typer.Option("toy:code", help="Source of domain B."),
+    domain_a: str = source_option("toy:news", "Source of domain A."),
+    domain_b: str = source_option("toy:code", "Source of domain B."),
     arch: str = typer.Option("topk", help="SAE family trained on each domain."),
     tokens: int = tokens_option(102_400, "Training tokens per domain."),
     batch_size: int = count_option(1024, "Tokens per step."),

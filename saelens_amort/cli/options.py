@@ -42,6 +42,14 @@ def _device(value: str | None) -> str | None:
     return None if value is None else parse_device(value)
 
 
+def _source(value: str | None) -> str | None:
+    from saelens_amort.source_spec import check_source  # torch-free: spelling, shape, file existence and extension
+
+    if value is not None:
+        check_source(value)
+    return value
+
+
 def _out(value: Path | None) -> Path | None:
     if value is not None:
         check_out_dir(value)
@@ -77,7 +85,8 @@ LAYER = typer.Option(None, help="Block whose hook_resid_post to read (default: 2
                      callback=bounded(low=0, high=10_000))
 HOOK = typer.Option(None, help="Any hook name instead of --layer, e.g. blocks.2.hook_mlp_out.")
 SOURCE = typer.Option(None, help="Text source: toy, toy:news, toy:code, a .txt/.jsonl/.parquet file, "
-                                 "hf:DATASET[:CONFIG][@SPLIT] (default: toy for the toy, a real corpus otherwise).")
+                                 "hf:DATASET[:CONFIG][@SPLIT] (default: toy for the toy, a real corpus otherwise).",
+                      callback=_source)
 SEED = typer.Option(0, help="Seed of the toy corpus stream and of sampling.", callback=bounded(low=0, high=MAX_SEED))
 DEVICE = typer.Option("auto", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps (Apple Silicon; "
                                    "what MPS lacks runs on the CPU).", callback=_device)
@@ -86,6 +95,11 @@ OPTIONAL_DEVICE = typer.Option(None, help="auto, cpu, cuda, cuda:N or mps (defau
 """--device for commands whose options may also come from a config file (None: not given here)."""
 OUT = typer.Option(None, help="Output directory (default runs/<command>-<model>).", callback=_out)
 OVERWRITE = typer.Option(False, help="Replace results of a different config in --out.")
+
+
+def source_option(default: str | None, help: str) -> typer.models.OptionInfo:
+    """A text-source option with its own default and help, checked like --source (an unchanged value passes on)."""
+    return typer.Option(default, help=help, callback=_source)
 
 
 def out_option(default: Path | None, help: str = "Output directory.") -> typer.models.OptionInfo:

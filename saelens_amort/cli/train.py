@@ -9,7 +9,9 @@ import typer
 from rich.console import Console
 
 from saelens_amort.cli.app import app
-from saelens_amort.cli.options import DEVICE, MAX_SEED, MAX_TOKENS, count_option, out_option, tokens_option
+from saelens_amort.cli.options import (
+    DEVICE, MAX_SEED, MAX_TOKENS, count_option, out_option, source_option, tokens_option,
+)
 
 
 @app.command("train")
@@ -19,7 +21,7 @@ def train_command(
     config: Optional[Path] = typer.Option(None, help="Recipe YAML from configs/ (options given here override it)."),
     model: Optional[str] = typer.Option(None, help="TransformerLens name, local HF checkpoint dir, or 'toy'."),
     layer: Optional[int] = typer.Option(None, help="Block whose hook_resid_post to train on (toy default 2)."),
-    source: Optional[str] = typer.Option(None, help="Text source (default: toy for toy, the Pile otherwise)."),
+    source: Optional[str] = source_option(None, "Text source (default: toy for toy, the Pile otherwise)."),
     tokens: Optional[int] = tokens_option(None, "Training tokens (one pass)."),
     steps: Optional[int] = count_option(None, "Optimiser steps (default tokens // batch size).", high=MAX_TOKENS),
     batch_size: Optional[int] = count_option(None, "Tokens per step."),

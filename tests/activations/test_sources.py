@@ -12,8 +12,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from saelens_amort.activations import resolve_source
-from saelens_amort.activations.sources import TextSource
+from saelens_amort.activations.sources import _FILE_READERS, TextSource
 from saelens_amort.errors import SaeAmortError
+from saelens_amort.source_spec import FILE_SUFFIXES, FileSpec, HFSpec, ToySpec, check_source
 from saelens_amort.toy.corpus import LABEL_NAMES
 
 
@@ -82,6 +83,23 @@ def test_file_errors(tmp_path):
     (tmp_path / "fake.parquet").write_text("not parquet")
     with pytest.raises(SaeAmortError, match="cannot read .* as parquet"):
         resolve_source(str(tmp_path / "fake.parquet"))
+
+
+def test_check_source_parses_without_reading(tmp_path):
+    """The CLI's torch-free check: what each spec names; a folder or a missing file is refused like the resolver."""
+    assert set(_FILE_READERS) == set(FILE_SUFFIXES)  # a reader for every extension the check accepts
+    assert check_source(" toy ") == ToySpec(None) and check_source("toy:code") == ToySpec("code")
+    assert check_source("hf:a/b:c@test") == HFSpec("a/b", "c", "test")
+    assert check_source("hf:a") == HFSpec("a", None, "train")
+    (tmp_path / "d.parquet").write_text("not parquet")  # contents are the resolver's business
+    assert check_source(str(tmp_path / "d.parquet")) == FileSpec(tmp_path / "d.parquet")
+    (tmp_path / "dir.txt").mkdir()
+    for spec, message in [(str(tmp_path / "dir.txt"), "is not a file"), ("hf:@x", "needs a dataset name"),
+                          ("toy:poetry", "unknown toy domain 'poetry'"), ("x.csv", "unknown source 'x.csv'")]:
+        with pytest.raises(SaeAmortError, match=message):
+            check_source(spec)
+        with pytest.raises(SaeAmortError, match=message):
+            resolve_source(spec)
 
 
 def test_hf_offline_and_not_cached_names_alternatives():

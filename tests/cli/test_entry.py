@@ -91,6 +91,22 @@ OPTION_ERRORS = {
     "sweep-layers": (["alpha-sweep", "--features", "f.csv", "--layers", "0-3"], r"--layers picks layers of a release"),
     "sweep-mode": (["alpha-sweep", "--features", "f.csv", "--mode", "bogus"], r"unknown mode\(s\) bogus;"),
     "sweep-no-alphas": (["alpha-sweep", "--features", "f.csv", "--alphas", ","], r"--alphas needs at least one value"),
+    "collect-source-missing": (["collect", "--source", "missing.txt"],
+                               r"source file /\S*/missing.txt does not exist; give an existing"),
+    "eval-source-suffix": (["eval", "--source", "nope.csv"], r"unknown source 'nope.csv'; use toy, toy:news"),
+    "eval-source-existing-suffix": (["eval", "--source", "f.csv"], r"cannot read /\S*/f.csv: unknown extension '.csv'"),
+    "source-folder": (["frontier", "--source", "."], r"cannot read /\S*: unknown extension '\(none\)'"),
+    "source-hf-no-name": (["collect", "--source", "hf:"], r"hf: source needs a dataset name"),
+    "source-hf-no-name-split": (["tpp", "--source", "hf:@test"], r"hf: source needs a dataset name"),
+    "source-toy": (["collect", "--source", "toy:bogus"], r"unknown toy domain 'bogus'; use one of: toy, toy:news, "
+                                                         r"toy:code$"),
+    "train-source": (["train", "--source", "docs.jsonl", "--out", "o"], r"source file /\S*/docs.jsonl does not exist"),
+    "sweep-source": (["alpha-sweep", "--features", "f.csv", "--source", "toy:x"], r"unknown toy domain 'x'"),
+    "cross-domain-source": (["cross-domain", "--domain-b", "b.parquet"], r"source file /\S*/b.parquet does not exist"),
+    "interpret-source": (["interpret", "--source", "hf:"], r"hf: source needs a dataset name"),
+    "gis-source": (["gis", "--source", "wikitext"], r"unknown source 'wikitext'"),
+    "dynamics-source": (["dynamics", "--checkpoints", "c", "--source", "toy:"], r"unknown toy domain ''"),
+    "select-source": (["select-latents", "--class-id", "0", "--source", "a.txt"], r"source file /\S*/a.txt does not"),
 }
 SWEEP_FILES = {"f.csv": "layer,feature\n2,3\n", "no_layer.csv": "feature,label\n3,a\n",
                "long_row.csv": "layer,feature\n2,3,4\n", "typo.yaml": "percentile: lots\n"}
