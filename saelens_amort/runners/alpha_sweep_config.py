@@ -21,6 +21,7 @@ from saelens_amort.devices import parse_device
 from saelens_amort.errors import SaeAmortError
 from saelens_amort.feature_lists import Feature, read_features
 from saelens_amort.layers import parse_layers
+from saelens_amort.source_spec import check_source
 
 DEFAULT_ALPHAS = (0.0, 0.5, 1.0, 2.0, 4.0)
 SWEEP_FILE_KEYS = ("features", "out", "release", "layers", "saes")
@@ -56,6 +57,8 @@ class SweepConfig:
             raise SaeAmortError(f"--context-size must be at least 2 (BOS and a token), got {self.context_size}")
         check_modes([self.mode])
         parse_device(self.device)
+        if self.source is not None:
+            check_source(self.source)
 
 
 def parse_layer_saes(items: Sequence[str]) -> tuple[tuple[int, str], ...]:

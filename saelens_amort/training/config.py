@@ -11,6 +11,7 @@ from typing import Any
 from saelens_amort.config_file import read_yaml_mapping, typed_fields
 from saelens_amort.devices import parse_device
 from saelens_amort.errors import SaeAmortError
+from saelens_amort.source_spec import check_source
 
 PAPER_BUDGETS = (6, 5, 4, 3, 3, 2, 2, 1)
 """LocA-SAE's TopK budget per angular-variance group (DESIGN §6)."""
@@ -75,6 +76,8 @@ class TrainConfig:
         if self.checkpoint_every < 0:
             raise SaeAmortError("--checkpoint-every must be ≥ 0")
         parse_device(self.device)
+        if self.source is not None:
+            check_source(self.source)
 
     @property
     def n_steps(self) -> int:

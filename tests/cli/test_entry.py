@@ -107,9 +107,12 @@ OPTION_ERRORS = {
     "gis-source": (["gis", "--source", "wikitext"], r"unknown source 'wikitext'"),
     "dynamics-source": (["dynamics", "--checkpoints", "c", "--source", "toy:"], r"unknown toy domain ''"),
     "select-source": (["select-latents", "--class-id", "0", "--source", "a.txt"], r"source file /\S*/a.txt does not"),
+    "sweep-yaml-source": (["alpha-sweep", "--features", "f.csv", "--config", "src.yaml"], r"unknown toy domain 'x'"),
+    "train-yaml-source": (["train", "--config", "src.yaml", "--out", "o"], r"unknown toy domain 'x'"),
 }
 SWEEP_FILES = {"f.csv": "layer,feature\n2,3\n", "no_layer.csv": "feature,label\n3,a\n",
-               "long_row.csv": "layer,feature\n2,3,4\n", "typo.yaml": "percentile: lots\n"}
+               "long_row.csv": "layer,feature\n2,3,4\n", "typo.yaml": "percentile: lots\n",
+               "src.yaml": "source: toy:x\n"}
 """Inputs the alpha-sweep cases read (every case runs in a folder holding just these)."""
 
 
