@@ -2,7 +2,8 @@
 
     min_u ½ ‖x' − u A‖²   s.t.  u ≥ 0,  ‖u‖₀ ≤ k_r          (k_r per row; default: the encoder's own L0 on row r)
 
-Modes: `ksparse` (unamortized: from non-negative OMP at k_r, or init='zero') and `semi_ksparse` (from the encoder's
+Modes: `ksparse` (unamortized: from non-negative OMP run to ⌈1.25 k_r⌉ atoms and from OMP at k_r, keeping each
+row's better code — never worse than OMP at k_r; or init='zero') and `semi_ksparse` (from the encoder's
 code). With the default k every row keeps exactly the encoder's per-row L0 (TopK: its k; BatchTopK / JumpReLU:
 whatever fired), unless fewer than k_r atoms can take a positive code on that row. `k` may also be one integer or a
 per-row tensor. `info["objective"]` says "l2 at fixed per-row L0" (the λ modes solve the L1 lasso); the reported
@@ -68,6 +69,15 @@ BLOCK_ELEMENTS = 2**25
 
 OBJECTIVE = "l2 at fixed per-row L0"
 """What `info["objective"]` says these modes solved (the λ modes: "l1 lasso")."""
+
+OMP_WIDTH = 1.25
+"""The OMP start runs each row to ⌈OMP_WIDTH · k_r⌉ atoms (the first projection keeps its k_r largest), and the
+solver also runs from OMP's codes at k_r on the way, keeping each row's better result. The wider greedy start alone
+lands in better optima (toy SAEs, 2 048 rows, ½‖x' − uA‖² / ‖x'‖² at the end: batchtopk 0.0195 /
+0.0181 / 0.0179 / 0.0192 for widths 1 / 1.25 / 1.5 / 3, jumprelu 0.0372 / – / 0.0355 / 0.0364, standard 0.0131 /
+0.0129 / 0.0127 / 0.0134) for 1.3–1.7× the time of width 1; with both starts (the default) 0.0179, 0.0354 and 0.0128
+for 1.2–1.9× the time of the start the solver had before, OMP to its block's widest k_r (0.0183, 0.0360, 0.0128),
+which made a row's code depend on what shared its block."""
 
 DEFAULT_STARTS = 1
 """Starting points of the unamortized mode (see `starts`)."""
@@ -295,14 +305,18 @@ def _run(x: Tensor, dictionary: Dictionary, options: ModeOptions, mode: str, def
 def _omp_starts(
     x_t: Tensor, atoms: Tensor, k_rows: Tensor, starts: int, gram: Tensor | None, flops: Flops
 ) -> Iterator[Tensor]:
-    """Initial codes: non-negative OMP at each row's k_r atoms, then OMP with its first atom forced to be the 2nd,
-    3rd, … most correlated one (coefficient ⟨x', a⟩), `starts` in all; their work is charged to `flops`."""
-    width = max(1, int(k_rows.max()))
-    first = nn_omp(x_t, atoms, width, gram=gram, k_rows=k_rows)
+    """Initial codes: non-negative OMP to ⌈OMP_WIDTH · k_r⌉ atoms on each row and its codes at k_r atoms on the way
+    (OMP at k_r: both from one run), then OMP at k_r with its first atom forced to be the 2nd, 3rd, … most
+    correlated one (coefficient ⟨x', a⟩), for `starts` > 1; their work is charged to `flops`. A row's starts depend
+    on its own k_r only, not on what shares its block."""
+    wide = (k_rows.double() * OMP_WIDTH).ceil().long().clamp(max=atoms.shape[0])
+    first = nn_omp(x_t, atoms, max(1, int(wide.max())), gram=gram, k_rows=wide, prefix=k_rows)
     flops.absorb(first.flops)
     yield first.u
+    yield first.u_prefix
     if starts == 1:
         return
+    width = max(1, int(k_rows.max()))
     wd = work_dtype(atoms.dtype)
     X, A = x_t.to(wd), atoms.to(wd)
     top = (X @ A.T).topk(min(starts, A.shape[0]), dim=1)
@@ -335,7 +349,8 @@ def _better(a: KSparseOutput, b: KSparseOutput) -> KSparseOutput:
 
 @torch.no_grad()
 def ksparse(x: Float[Tensor, "N d_in"], dictionary: Dictionary, options: ModeOptions) -> InferenceResult:
-    """Unamortized k-sparse codes: from non-negative OMP at k_r (init='zero': from 0) to convergence."""
+    """Unamortized k-sparse codes: from non-negative OMP (to ⌈OMP_WIDTH · k_r⌉ atoms; init='zero': from 0) to
+    convergence."""
     return _run(x, dictionary, options, "ksparse", "omp")
 
 

@@ -66,6 +66,9 @@ class PursuitOutput(NamedTuple):
     """Atoms removed from supports by the non-negative refits (OMP; 0 for MP)."""
     flops: Flops
     """FLOPs run per row (`flops.py`)."""
+    u_prefix: Float[Tensor, "N d_sae"] | None = None
+    """With `prefix`: each row's codes when it had made prefix[r] selections (OMP at that k: its greedy path is a
+    prefix of the longer run's), or its final codes if it stopped earlier."""
 
 
 def check_k(k: int | None, d_sae: int, mode: str) -> int:
@@ -85,10 +88,11 @@ def nn_omp(
     *,
     gram: Float[Tensor, "d_sae d_sae"] | None = None,
     k_rows: Int[Tensor, " N"] | None = None,
+    prefix: Int[Tensor, " N"] | None = None,
 ) -> PursuitOutput:
     """Non-negative OMP of every row of `x_target` on unit-norm `atoms`, at most k atoms per row (module docstring);
     with `k_rows` (each ≤ k), at most k_rows[r] selections on row r, so a row's code is OMP at its own k whatever
-    else shares the batch.
+    else shares the batch; with `prefix` (each ≤ k_rows), also each row's codes after prefix[r] selections.
 
     With `gram` (AAᵀ in the work dtype) correlations are updated as c = x'Aᵀ − γ G_S; without, recomputed as rAᵀ.
     """
@@ -114,6 +118,7 @@ def nn_omp(
     budget = torch.full((n,), k, dtype=torch.long, device=dev) if k_rows is None else k_rows.to(dev)
     live = (c_floor > 0) & (budget > 0)
     dropped = 0
+    snap = None if prefix is None else (torch.zeros_like(gamma), torch.zeros_like(act), prefix.to(dev) <= 0)
 
     for t in range(k):
         n_live = int(live.sum())
@@ -165,11 +170,20 @@ def nn_omp(
         dropped += n_drop
         gamma[:, :T] = torch.where(tk, new, gamma[:, :T])
         live = take & (n_iter < budget)
+        if snap is not None:
+            hit = take & (n_iter == prefix)
+            snap[0][hit], snap[1][hit] = gamma[hit], act[hit]
+            snap[2][hit] = True
 
     coef = torch.where(act, gamma, 0.0)
     u = torch.zeros(n, m, dtype=wd, device=dev).scatter_add_(1, idx, coef)
+    u_prefix = None
+    if snap is not None:  # rows that stopped before their prefix: their final codes
+        early = ~snap[2]
+        snap[0][early], snap[1][early] = gamma[early], act[early]
+        u_prefix = torch.zeros_like(u).scatter_add_(1, idx, torch.where(snap[1], snap[0], 0.0))
     flops.add(2.0 * k * A.shape[1])
-    return PursuitOutput(u, X - _sparse_rows(idx, coef, m) @ A, n_iter, dropped, flops)
+    return PursuitOutput(u, X - _sparse_rows(idx, coef, m) @ A, n_iter, dropped, flops, u_prefix)
 
 
 class _Atoms:
