@@ -36,6 +36,7 @@ from saelens_amort.inference.result import (
     SolveOutput,
     make_result,
 )
+from saelens_amort.inference.solve_trace import cat_traces
 from saelens_amort.inference.sparse_codes import row_sums, to_csr
 from saelens_amort.inference.working_set import FLOOR, default_ws_size, solve_working_set
 from saelens_amort.saes.dictionary import Dictionary
@@ -349,7 +350,7 @@ def run(
     u = torch.cat([p.u for p in parts])
     info["restarts"] = torch.cat([p.restarts for p in parts])
     if return_trace:
-        info["trace"] = _cat_traces([p.trace for p in parts])
+        info["trace"] = cat_traces([p.trace for p in parts])
     return make_result(
         dictionary.to_sae_codes(u),
         torch.cat([p.objective for p in parts]),
@@ -382,14 +383,6 @@ def _working_set_options(options: ModeOptions, dictionary: Dictionary, n_rows: i
         if not (fits and pays):
             return ws_size, None
     return ws_size, gram_cache.atom_gram(dictionary, wd)
-
-
-def _cat_traces(traces: list[Tensor | None]) -> Tensor:
-    """Concatenate per-chunk traces [T_i, n_i] along rows, padding shorter ones with their last value."""
-    ts = [t for t in traces if t is not None]
-    T = max(t.shape[0] for t in ts)
-    padded = [torch.cat([t, t[-1:].expand(T - t.shape[0], -1)]) if t.shape[0] < T else t for t in ts]
-    return torch.cat(padded, dim=1)
 
 
 @torch.no_grad()

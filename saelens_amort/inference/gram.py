@@ -57,6 +57,11 @@ def sub_gram(gram: Tensor, idx: Tensor) -> Tensor:
     return gram.reshape(-1).index_select(0, flat).view(r, T, T)
 
 
+def flat_gather(t: Tensor, rows: Tensor, idx: Tensor) -> Tensor:
+    """t[rows[r], idx[r, s]] as an [r, T] tensor without copying t[rows] (one index_select on flat indices)."""
+    return t.view(-1).index_select(0, ((rows * t.shape[1]).unsqueeze(1) + idx).reshape(-1)).view(idx.shape)
+
+
 def has_gram(dictionary: Dictionary, dtype: torch.dtype) -> bool:
     """A current Gram of `dictionary` in `dtype` is cached."""
     hit = _GRAM_CACHE.get(dictionary, {}).get(dtype)

@@ -1,4 +1,5 @@
-"""Per-row objective traces of the working-set solver (`return_trace=True`): F after each inner iteration."""
+"""Per-row objective traces of the solvers (`return_trace=True`): F after each (inner) iteration, and traces of
+row chunks joined."""
 
 from __future__ import annotations
 
@@ -33,3 +34,11 @@ def trace_hook(trace: SolveTrace, rows: Tensor, iter0: Tensor):
         trace.record(rows[at], iter0[at] + iters, F)
 
     return on_step
+
+
+def cat_traces(traces: list[Tensor | None]) -> Tensor:
+    """Concatenate per-chunk traces [T_i, n_i] along rows, padding shorter ones with their last value."""
+    ts = [t for t in traces if t is not None]
+    T = max(t.shape[0] for t in ts)
+    padded = [torch.cat([t, t[-1:].expand(T - t.shape[0], -1)]) if t.shape[0] < T else t for t in ts]
+    return torch.cat(padded, dim=1)

@@ -53,7 +53,7 @@ from saelens_amort.inference.block_solver import (
     solve_blocks,
 )
 from saelens_amort.inference.flops import Flops
-from saelens_amort.inference.gram import work_dtype
+from saelens_amort.inference.gram import flat_gather, work_dtype
 from saelens_amort.inference.result import SolveOutput
 from saelens_amort.inference.sparse_codes import row_sums, sparse_rows, to_csr
 from saelens_amort.inference.solve_trace import SolveTrace, trace_hook
@@ -220,7 +220,7 @@ class _Run:
             if ws is None:  # first round: the support (score +inf) and the largest gradients
                 w = min(m, max(self.ws_size, s_max + self.ws_size // 2))
                 idx = score.topk(w, dim=1, sorted=False).indices
-                ws = _WorkingSets.build(idx, _flat_gather(u, rows, idx), _flat_gather(c, rows, idx) - lam, ops)
+                ws = _WorkingSets.build(idx, flat_gather(u, rows, idx), flat_gather(c, rows, idx) - lam, ops)
                 if ws.A_W is not None:  # A_W A_Wᵀ
                     self.flops.add(2.0 * w * w * ops.atoms.shape[1], rows)
             else:
@@ -330,7 +330,7 @@ class _WorkingSets:
         take = free & (rank < counts.unsqueeze(1))
         slot_atom = top.indices.gather(1, rank.clamp(0, p - 1))
         self.idx = torch.where(take, slot_atom, self.idx)
-        self.b = torch.where(take, _flat_gather(c, rows, self.idx) - lam, self.b)
+        self.b = torch.where(take, flat_gather(c, rows, self.idx) - lam, self.b)
         self.v = torch.where(take, 0.0, self.v)
         # Slots of the new atoms, padded with a row's first new slot (rewriting it is harmless); rows with none keep
         # slot 0 and write back what is there.
@@ -396,8 +396,3 @@ def _certificate(
 
 def _rows(t: Tensor, rows: Tensor) -> Tensor:
     return t if rows.numel() == t.shape[0] else t[rows]
-
-
-def _flat_gather(t: Tensor, rows: Tensor, idx: Tensor) -> Tensor:
-    """t[rows[r], idx[r, s]] without copying t[rows]."""
-    return t.view(-1).index_select(0, ((rows * t.shape[1]).unsqueeze(1) + idx).reshape(-1)).view(idx.shape)
