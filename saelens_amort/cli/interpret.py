@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict
 from pathlib import Path
 from typing import Optional
 
@@ -31,7 +30,6 @@ def interpret_command(
 ) -> None:
     """Top-activating contexts per latent (JSON, markdown, HTML with a plotly view per latent) and feature density."""
     from saelens_amort.errors import SaeAmortError
-    from saelens_amort.run_folder import check_run_folder
     from saelens_amort.runners.tpp_config import TppConfig
 
     try:
@@ -40,21 +38,10 @@ def interpret_command(
         raise SaeAmortError(f"--latents must be comma-separated integers, got {latents!r}") from None
     cfg = TppConfig(model=model, layer=resolve_layer(model, layer, None), sae=sae, modes=(mode,), tokens=tokens,
                     source=source, seed=seed, device=device)
-    run = {**asdict(cfg), "latents": chosen, "n_latents": n_latents, "top_n": top_n, "window": window}
-    check_run_folder(out, "interpret", run, overwrite=overwrite)
-    from saelens_amort.inference import calibrate_lambda, get_mode  # after the checks: these load torch, SAE-Lens
-    from saelens_amort.provenance import provenance
-    from saelens_amort.runners.tpp import prepare
-    from saelens_amort.views.contexts import latent_views, write_views
+    from saelens_amort.runners.interpret import run_interpret  # after the checks: it loads torch and SAE-Lens
 
-    lm, sae_obj, hook, store = prepare(cfg)
-    lam = None
-    if get_mode(mode).needs_lambda:
-        lam = calibrate_lambda(store.load(1024).acts, sae_obj, "unamortized", strict=False).lam
-    views = latent_views(store, sae_obj, lm.tokenizer, latents=chosen, n_latents=n_latents, top_n=top_n,
-                         window=window, mode=mode, lam=lam)
-    write_views(views, out, f"Latents of {cfg.resolved_sae()} @ {hook} ({mode})",
-                {"sae": cfg.resolved_sae(), "hook": hook, "mode": mode, "lam": lam, **provenance()}, run)
+    views = run_interpret(cfg, out, latents=chosen, n_latents=n_latents, top_n=top_n, window=window,
+                          overwrite=overwrite)
     Console().print(f"{len(views.latents)} latents → {out}/ (contexts.json, contexts.md, report.html)")
 
 

@@ -10,6 +10,7 @@ import torch
 from helpers import assert_user_error, chromium_probe, saeamort
 
 from saelens_amort import SaeAmortError
+from saelens_amort.runners.interpret import run_interpret
 from saelens_amort.runners.tpp import prepare
 from saelens_amort.runners.tpp_config import TppConfig
 from saelens_amort.views.contexts import latent_views, write_views
@@ -48,6 +49,19 @@ def test_views_outputs_render(world, tmp_path):
     assert probe["errors"] == [] and len([p for p in probe["plots"] if p["traces"]]) == 3  # density + 2 latents
     with pytest.raises(SaeAmortError, match="out of range"):
         latent_views(store, sae, model.tokenizer, latents=[5000])
+
+
+def test_run_interpret_writes_the_views_and_records_the_device_it_used(tmp_path):
+    """The runner behind `saeamort interpret`, with a λ-mode: the chosen latents' contexts, λ calibrated, and a run
+    record naming the resolved device (so rerunning with --device auto on the same machine resumes, not refuses)."""
+    out = tmp_path / "views"
+    views = run_interpret(TppConfig(tokens=6000, modes=("semi",), device="auto"), out, latents=[1, 2], top_n=3)
+    data = json.loads((out / "contexts.json").read_text())
+    assert set(data["latents"]) == {"1", "2"} and data["mode"] == "semi" and data["lam"] > 0
+    assert views.lam == data["lam"]
+    record = json.loads((out / "run.json").read_text())
+    assert record["command"] == "interpret" and record["config"]["device"] == "cpu"
+    assert record["config"]["latents"] == [1, 2]
 
 
 @pytest.mark.slow
