@@ -349,8 +349,8 @@ def _better(a: KSparseOutput, b: KSparseOutput) -> KSparseOutput:
 
 @torch.no_grad()
 def ksparse(x: Float[Tensor, "N d_in"], dictionary: Dictionary, options: ModeOptions) -> InferenceResult:
-    """Unamortized k-sparse codes: from non-negative OMP (to ⌈OMP_WIDTH · k_r⌉ atoms; init='zero': from 0) to
-    convergence."""
+    """Unamortized k-sparse codes: from non-negative OMP to ⌈OMP_WIDTH · k_r⌉ atoms and from OMP at k_r, each row's
+    better result (init='zero': from 0), to convergence."""
     return _run(x, dictionary, options, "ksparse", "omp")
 
 

@@ -118,7 +118,9 @@ def nn_omp(
     budget = torch.full((n,), k, dtype=torch.long, device=dev) if k_rows is None else k_rows.to(dev)
     live = (c_floor > 0) & (budget > 0)
     dropped = 0
-    snap = None if prefix is None else (torch.zeros_like(gamma), torch.zeros_like(act), prefix.to(dev) <= 0)
+    if prefix is not None:  # each row's coefficients and active slots when it made its prefix[r]-th selection
+        prefix = prefix.to(dev)
+        snap_gamma, snap_act, snapped = torch.zeros_like(gamma), torch.zeros_like(act), prefix <= 0
 
     for t in range(k):
         n_live = int(live.sum())
@@ -170,18 +172,16 @@ def nn_omp(
         dropped += n_drop
         gamma[:, :T] = torch.where(tk, new, gamma[:, :T])
         live = take & (n_iter < budget)
-        if snap is not None:
+        if prefix is not None:
             hit = take & (n_iter == prefix)
-            snap[0][hit], snap[1][hit] = gamma[hit], act[hit]
-            snap[2][hit] = True
+            snap_gamma[hit], snap_act[hit], snapped[hit] = gamma[hit], act[hit], True
 
     coef = torch.where(act, gamma, 0.0)
     u = torch.zeros(n, m, dtype=wd, device=dev).scatter_add_(1, idx, coef)
     u_prefix = None
-    if snap is not None:  # rows that stopped before their prefix: their final codes
-        early = ~snap[2]
-        snap[0][early], snap[1][early] = gamma[early], act[early]
-        u_prefix = torch.zeros_like(u).scatter_add_(1, idx, torch.where(snap[1], snap[0], 0.0))
+    if prefix is not None:  # rows that stopped before their prefix: their final codes
+        snap_gamma[~snapped], snap_act[~snapped] = gamma[~snapped], act[~snapped]
+        u_prefix = torch.zeros_like(u).scatter_add_(1, idx, torch.where(snap_act, snap_gamma, 0.0))
     flops.add(2.0 * k * A.shape[1])
     return PursuitOutput(u, X - _sparse_rows(idx, coef, m) @ A, n_iter, dropped, flops, u_prefix)
 

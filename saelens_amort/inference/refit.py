@@ -6,18 +6,18 @@
 of an L1 code, or the magnitude error of an encoder, is removed while the support stays the mode's. L0 never grows
 (NNLS may set coefficients to 0), and ½‖x' − uA‖² never rises (the mode's own code is feasible).
 
-Rows are first solved by a primal–dual active-set iteration (a semismooth Newton method; Hintermüller, Ito &
-Kunisch 2002): from the whole support, each round solves least squares on the passive set P and takes as the next P
-the atoms with γ_i − g_i > 0 (g = G γ − b, the gradient); a row is done when its γ is positive on P and g ≥ 0 off P —
-the KKT conditions, so γ is the NNLS optimum. Most rows settle in a few rounds (toy/standard's encoder supports,
-L0 ≈ 35 of d_in 128, NNLS dropping ~45 % of them: 4.7 rounds on average). The iteration can cycle, so rows still
-open after PDAS_ROUNDS go to Lawson–Hanson, which always terminates, batched over rows and warm-started: WARM_STEPS
-FISTA steps from the mode's code on its support (step 1/σ_max(A)², safe for every support since A_S is a subset of
-A's rows) give a feasible point; its positive set starts the passive set. Each round solves the least-squares problem on the passive set by a
-masked Cholesky factorisation (fp64) — if a coefficient is ≤ 0, it moves from the feasible point towards that
+Rows are first solved by a primal–dual active-set iteration (a semismooth Newton method; Hintermüller, Ito & Kunisch
+2002): from the whole support, each round solves least squares on the passive set P and takes as the next P the atoms
+with γ_i − g_i > 0 (g = G γ − b, the gradient); a row is done when its γ is positive on P and g ≥ 0 off P — the KKT
+conditions, so γ is the NNLS optimum. Most rows settle in a few rounds (toy/standard's encoder supports, L0 ≈ 35 of
+d_in 128, NNLS dropping ~45 % of them: 4.7 rounds on average). The iteration can cycle, so rows still open after
+PDAS_ROUNDS go to Lawson–Hanson, which always terminates, batched over rows and warm-started: WARM_STEPS FISTA steps
+from the mode's code on its support (step 1/σ_max(A)², safe for every support since A_S is a subset of A's rows) give
+a feasible point; its positive set starts the passive set. Each round solves the least-squares problem on the passive
+set by a masked Cholesky factorisation (fp64) — if a coefficient is ≤ 0, it moves from the feasible point towards that
 solution until the first coefficient reaches 0 and drops it; otherwise it adds back the support atom with the most
-positive gradient, until none is positive (the KKT conditions). Rows are sorted by support size and solved in
-blocks, so a block's Gram is only as wide as its largest support.
+positive gradient, until none is positive (the KKT conditions). Rows are sorted by support size and solved in blocks,
+so a block's Gram is only as wide as its largest support.
 """
 
 from __future__ import annotations
