@@ -11,12 +11,14 @@ run at their defaults (ksparse / semi_ksparse: the encoder's per-row L0; omp / m
 Every mode is timed as a user calls it, `infer(x, sae, mode, lam=λ)` (the encoder's start included, no
 calibration), best of `--repeats` warm runs, beside `sae.encode(x)` on the same rows and threads in the same run:
 `enc_eq` = mode seconds ÷ encoder seconds. `flops_per_token` is the mode's counted `info["flops"]` (null when the
-code does not count them), `flop_enc_eq` its ratio to the encoder's counted FLOPs. Objective and L0 are recorded
+code does not count them), `flop_enc_eq` its ratio to the encoder's counted FLOPs. Both are encoder-equivalents:
+counted FLOPs say what the method costs on any machine; wall time on the toy (d_in 128) also carries the elementwise
+passes over [rows, d_sae] tensors and per-row small factorisations, which a 128-wide GEMM does not hide. Objective and L0 are recorded
 so that two code versions can be checked for equal results.
 
 Lines: `run` (provenance, load), `lambda` per SAE, `encoder` and `mode` per SAE and thread count, `summary` per SAE
 with pass/fail: semi's default costs less wall time than unamortized, semi ≤ 15 encoder-equivalents, semi_ksparse
-≤ 10 (at every thread count).
+≤ 10, each in counted FLOPs (`flop_…`) and in wall time (`wall_…`, at every thread count).
 """
 
 from __future__ import annotations
@@ -108,6 +110,7 @@ def bench_sae(family: str, x: torch.Tensor, args: argparse.Namespace, known: dic
     k = max(1, round(float((infer(x, sae, "amortized").codes > 0).sum(dim=1).float().mean())))
     kwargs = {m: {"lam": lam[m]} for m in LAMBDA_MODES} | {"omp": {"k": k}, "mp": {"k": k}}
     enc_eq: dict[tuple[str, int], float] = {}
+    flop_eq: dict[str, float] = {}
     for threads in (int(t) for t in args.threads.split(",")):
         torch.set_num_threads(threads)
         load = os.getloadavg()
@@ -120,6 +123,8 @@ def bench_sae(family: str, x: torch.Tensor, args: argparse.Namespace, known: dic
             seconds, res = best_of(lambda: infer(x, sae, mode, **kwargs.get(mode, {})), args.repeats)
             flops = _flops_per_token(res)
             enc_eq[(mode, threads)] = seconds / enc_s
+            if flops is not None and enc_flops:
+                flop_eq[mode] = flops / enc_flops
             emit({
                 "kind": "mode", "sae": name, "mode": mode, "threads": threads, "rows": x.shape[0],
                 "lam": kwargs.get(mode, {}).get("lam"), "k": kwargs.get(mode, {}).get("k"),
@@ -131,7 +136,7 @@ def bench_sae(family: str, x: torch.Tensor, args: argparse.Namespace, known: dic
                 "n_iter_mean": float(res.n_iter.double().mean()),
                 "converged": float(res.converged.double().mean()), "load": load, "load_after": os.getloadavg(),
             })
-    _summary(name, enc_eq)
+    _summary(name, enc_eq, flop_eq)
 
 
 def _flops_per_token(res: Any) -> float | None:
@@ -146,13 +151,16 @@ def _sq_residual(x: torch.Tensor, sae: Any, codes: torch.Tensor) -> float:
     return float(0.5 * (d.target(x) - u @ d.atoms).double().square().sum(dim=1).mean())
 
 
-def _summary(name: str, enc_eq: dict[tuple[str, int], float]) -> None:
+def _summary(name: str, enc_eq: dict[tuple[str, int], float], flop_eq: dict[str, float]) -> None:
     threads = sorted({t for _, t in enc_eq})
     rec: dict[str, Any] = {"kind": "summary", "sae": name, "threads": threads}
     checks = {
         "semi_below_unamortized": lambda t: enc_eq[("semi", t)] < enc_eq[("unamortized", t)],
-        "semi_enc_eq_le_15": lambda t: enc_eq[("semi", t)] <= TARGET_SEMI_ENC_EQ,
-        "semi_ksparse_enc_eq_le_10": lambda t: enc_eq[("semi_ksparse", t)] <= TARGET_SEMI_KSPARSE_ENC_EQ,
+        "flop_semi_below_unamortized": lambda t: flop_eq["semi"] < flop_eq["unamortized"],
+        "flop_semi_enc_eq_le_15": lambda t: flop_eq["semi"] <= TARGET_SEMI_ENC_EQ,
+        "flop_semi_ksparse_enc_eq_le_10": lambda t: flop_eq["semi_ksparse"] <= TARGET_SEMI_KSPARSE_ENC_EQ,
+        "wall_semi_enc_eq_le_15": lambda t: enc_eq[("semi", t)] <= TARGET_SEMI_ENC_EQ,
+        "wall_semi_ksparse_enc_eq_le_10": lambda t: enc_eq[("semi_ksparse", t)] <= TARGET_SEMI_KSPARSE_ENC_EQ,
     }
     for check, ok in checks.items():
         try:
@@ -160,6 +168,7 @@ def _summary(name: str, enc_eq: dict[tuple[str, int], float]) -> None:
         except KeyError:
             rec[check] = None
     rec["enc_eq"] = {f"{m}@{t}": round(v, 2) for (m, t), v in enc_eq.items()}
+    rec["flop_enc_eq"] = {m: round(v, 2) for m, v in flop_eq.items()}
     emit(rec)
 
 

@@ -19,7 +19,7 @@ def dynamics_command(
                                                "depth); the step comes from trainer metadata or the name."),
     model: str = MODEL, layer: Optional[int] = LAYER, hook: Optional[str] = HOOK,
     modes: str = typer.Option("amortized,semi,unamortized", help="Comma-separated registered modes."),
-    semi_steps: int = SEMI_STEPS,
+    semi_steps: Optional[int] = SEMI_STEPS,
     tokens: int = TOKENS, calib_tokens: int = CALIB, source: Optional[str] = SOURCE, lambda_target: str = TARGET,
     batch_size: int = BATCH, splice_sequences: int = SPLICE, out: Optional[Path] = OUT, overwrite: bool = OVERWRITE,
     device: str = DEVICE, seed: int = SEED,

@@ -28,7 +28,7 @@ BATCH = count_option(1024, "Activation rows per inference batch.")
 SPLICE = count_option(16, "Sequences for spliced CE/KL (0 skips).", low=0)
 LLM_DTYPE = typer.Option(None, help="Language-model dtype: fp32, bf16 or fp16 (default: as loaded).")
 SAE_DTYPE = typer.Option(None, help="SAE dtype: fp32, bf16 or fp16 (default: as stored; objectives stay fp32).")
-SEMI_STEPS = count_option(30, "K for the semi-amortized mode.")
+SEMI_STEPS = count_option(None, "K for the semi-amortized mode (default: the protocol's, fair 10 / paper 30).")
 ACTIVATIONS = typer.Option(None, help="Evaluate on this activation store or world instead of the model (no spliced "
                                       "CE/KL; a world adds truth metrics).")
 
@@ -45,7 +45,7 @@ def eval_command(
     lambda_policy: Optional[str] = typer.Option(None, "--lambda", help="per-mode (each λ-mode calibrated as it runs) "
                                                                        "or shared (the unamortized λ for all); "
                                                                        "default: the protocol's."),
-    semi_steps: int = SEMI_STEPS,
+    semi_steps: Optional[int] = SEMI_STEPS,
     metrics: str = typer.Option("reconstruction,sparsity,probes,absorption,gap,cost,splice",
                                 help="Comma-separated registered metric families."),
     tokens: int = TOKENS, calib_tokens: int = CALIB, source: Optional[str] = SOURCE,

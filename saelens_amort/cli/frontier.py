@@ -32,7 +32,7 @@ def frontier_command(
     model: str = MODEL, layer: Optional[int] = LAYER, hook: Optional[str] = HOOK, sae: List[str] = SAE,
     sae_path: List[Path] = SAE_PATH,
     modes: str = typer.Option("amortized,semi,unamortized", help="Comma-separated registered modes."),
-    semi_steps: int = SEMI_STEPS,
+    semi_steps: Optional[int] = SEMI_STEPS,
     metrics: str = typer.Option("reconstruction,sparsity,splice", help="Add 'splice' for CE/KL along the frontiers."),
     tokens: int = TOKENS, calib_tokens: int = CALIB, source: Optional[str] = SOURCE, batch_size: int = BATCH,
     splice_sequences: int = SPLICE, out: Optional[Path] = OUT, overwrite: bool = OVERWRITE, device: str = DEVICE,

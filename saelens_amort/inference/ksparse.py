@@ -3,8 +3,9 @@
     min_u ½ ‖x' − u A‖²   s.t.  u ≥ 0,  ‖u‖₀ ≤ k_r          (k_r per row; default: the encoder's own L0 on row r)
 
 Modes: `ksparse` (unamortized: from non-negative OMP run to ⌈1.25 k_r⌉ atoms and from OMP at k_r, keeping each
-row's better code — never worse than OMP at k_r; or init='zero') and `semi_ksparse` (from the encoder's
-code). With the default k every row keeps exactly the encoder's per-row L0 (TopK: its k; BatchTopK / JumpReLU:
+row's better code — never worse than OMP at k_r; or init='zero'), to convergence, and `semi_ksparse`: from the
+encoder's code, first polished on its own support (step 2 below: the magnitudes refitted, the support kept), then
+`steps` iterations (default 5, `catalog.SEMI_KSPARSE_STEPS`: a semi-amortized budget, ≤ 10 encoder-equivalents). With the default k every row keeps exactly the encoder's per-row L0 (TopK: its k; BatchTopK / JumpReLU:
 whatever fired), unless fewer than k_r atoms can take a positive code on that row. `k` may also be one integer or a
 per-row tensor. `info["objective"]` says "l2 at fixed per-row L0" (the λ modes solve the L1 lasso); the reported
 objective is F at λ when one is given (NaN otherwise), like OMP's.
@@ -20,10 +21,13 @@ thresholding pursuit):
    numerically singular support Gram, skip the polish;
 3. monotone: a step that raises ½‖x' − uA‖² is rejected. μ starts at MAX_STEP / L, doubles after an accepted step
    (up to MAX_STEP / L) and halves after a rejected one, never below 1/L (L = σ_max(A)²), where no step can raise
-   it (P_k minimises the quadratic majoriser over the constraint set, on which u lies).
+   it (P_k minimises the quadratic majoriser over the constraint set, on which u lies). Rows whose k_r reaches d_in
+   (no polish; e.g. a JumpReLU firing 166 latents on the BOS-like rows of the toy) start at μ = 1/L: from
+   MAX_STEP / L their first four steps were all rejected (toy/jumprelu semi_ksparse, 2 048 rows, ‖r‖²/‖x'‖² after
+   5 steps 0.060 → 0.036).
 
 A row stops when its support is unchanged and ½‖x' − uA‖² fell by ≤ tol relative, when a 1/L step is rejected (a
-fixed point up to rounding), or after `steps` iterations (default 100). Rows are solved in blocks of similar k_r.
+fixed point up to rounding), or after `steps` iterations (default 100; semi_ksparse 5). Rows are solved in blocks of similar k_r.
 With `starts` > 1 the unamortized mode also starts from OMP with its first atom forced to be the 2nd, 3rd, … most
 correlated one and keeps each row's best code: on tiny coherent problems (d = 8, m = 16, k = 2) one start finds the
 best subset on ~75–89 % of rows (OMP alone: 73–89 %), four starts on ~90–98 %.
@@ -38,6 +42,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from saelens_amort.catalog import SEMI_KSPARSE_STEPS
 from saelens_amort.errors import SaeAmortError
 from saelens_amort.inference.amortized import encoder_flops
 from saelens_amort.inference.block_solver import size_groups
@@ -112,8 +117,10 @@ def ksparse_pg(
     u0: Float[Tensor, "N d_sae"] | None = None,
     max_iter: int = DEFAULT_MAX_ITER,
     tol: float = 1e-4,
+    polish_start: bool = False,
 ) -> KSparseOutput:
-    """Monotone non-negative k-sparse projected gradient (module docstring) for the rows of x' = `x_target`."""
+    """Monotone non-negative k-sparse projected gradient (module docstring) for the rows of x' = `x_target`;
+    `polish_start`: polish the start on its support first (its magnitudes; OMP's codes need none)."""
     wd = work_dtype(dictionary.atoms.dtype)
     A, X = dictionary.atoms.to(wd), x_target.to(wd)
     n, m = X.shape[0], A.shape[0]
@@ -125,11 +132,13 @@ def ksparse_pg(
     allowed = torch.arange(T, device=dev) < k_rows.to(dev).unsqueeze(1)
     start = torch.zeros(n, m, dtype=wd, device=dev) if u0 is None else u0.to(wd)
     idx, val = _project(start, allowed)
+    if polish_start and n:
+        val = _polish(systems, torch.arange(n, device=dev), idx, val, A.shape[1])
     residual = X - _times_atoms(idx, val, A)
     flops.add(2.0 * T * A.shape[1])
     F = _half_sq(residual)
     base = 1.0 / lipschitz if lipschitz > 0 else 1.0
-    mu = torch.full((n,), MAX_STEP * base, dtype=wd, device=dev)
+    mu = torch.where(k_rows.to(dev) >= A.shape[1], 1.0, MAX_STEP).to(wd) * base
     n_iter = torch.zeros(n, dtype=torch.long, device=dev)
     converged = torch.zeros(n, dtype=torch.bool, device=dev)
     live = torch.arange(n, device=dev)
@@ -230,7 +239,9 @@ def _encoder_codes(x: Tensor, dictionary: Dictionary, mode: str, why: str, flops
     return dictionary.from_sae_codes(z.to(dictionary.atoms.dtype)).clamp_min(0)
 
 
-def _run(x: Tensor, dictionary: Dictionary, options: ModeOptions, mode: str, default_init: str) -> InferenceResult:
+def _run(
+    x: Tensor, dictionary: Dictionary, options: ModeOptions, mode: str, default_init: str, default_steps: int
+) -> InferenceResult:
     n, m, d = x.shape[0], dictionary.d_sae, dictionary.d_in
     init = default_init if options.init is None else options.init
     if isinstance(init, str) and init not in INITS:
@@ -267,7 +278,7 @@ def _run(x: Tensor, dictionary: Dictionary, options: ModeOptions, mode: str, def
     residual = torch.zeros(n, d, dtype=wd, device=dev)
     n_iter = torch.zeros(n, dtype=torch.long, device=dev)
     converged = torch.zeros(n, dtype=torch.bool, device=dev)
-    max_iter = DEFAULT_MAX_ITER if options.steps is None else options.steps
+    max_iter = default_steps if options.steps is None else options.steps
     rejected = 0
     k_max = int(k_rows.max()) if n else 1
     gram = atom_gram(dictionary, wd) if init == "omp" and use_gram(dictionary, n, k_max) else None
@@ -280,7 +291,8 @@ def _run(x: Tensor, dictionary: Dictionary, options: ModeOptions, mode: str, def
             starts_b = [None if u0_all is None else u0_all[rows]]
         best = None
         for u0 in starts_b:
-            out = ksparse_pg(x_t, dictionary, k_rows[rows], u0=u0, max_iter=max_iter, tol=float(options.tol))
+            out = ksparse_pg(x_t, dictionary, k_rows[rows], u0=u0, max_iter=max_iter, tol=float(options.tol),
+                             polish_start=init != "omp" and u0 is not None)
             block.absorb(out.flops)
             best = out if best is None else _better(best, out)
         flops.absorb(block, rows)
@@ -351,13 +363,14 @@ def _better(a: KSparseOutput, b: KSparseOutput) -> KSparseOutput:
 def ksparse(x: Float[Tensor, "N d_in"], dictionary: Dictionary, options: ModeOptions) -> InferenceResult:
     """Unamortized k-sparse codes: from non-negative OMP to ⌈OMP_WIDTH · k_r⌉ atoms and from OMP at k_r, each row's
     better result (init='zero': from 0), to convergence."""
-    return _run(x, dictionary, options, "ksparse", "omp")
+    return _run(x, dictionary, options, "ksparse", "omp", DEFAULT_MAX_ITER)
 
 
 @torch.no_grad()
 def semi_ksparse(x: Float[Tensor, "N d_in"], dictionary: Dictionary, options: ModeOptions) -> InferenceResult:
-    """Semi-amortized k-sparse codes: from the encoder's code, never worse than it at the same per-row L0."""
-    return _run(x, dictionary, options, "semi_ksparse", "encoder")
+    """Semi-amortized k-sparse codes: the encoder's code polished on its support, then `steps` (default 5)
+    iterations; never worse than the encoder's code at the same per-row L0."""
+    return _run(x, dictionary, options, "semi_ksparse", "encoder", SEMI_KSPARSE_STEPS)
 
 
 register_mode("ksparse", ksparse, needs_lambda=False, options=OPTIONS)

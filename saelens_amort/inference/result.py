@@ -55,7 +55,7 @@ class ModeOptions:
     lam: float | None = None
     """L1 weight λ > 0 (already calibrated by `infer` when the mode needs one and none was given)."""
     steps: int | None = None
-    """Iteration budget (semi: K steps, default 30; unamortized: max_iter, default 200). None = the mode's default."""
+    """Iteration budget (semi: K steps, default 10; unamortized: max_iter, default 200). None = the mode's default."""
     tol: float = 1e-4
     """Per-row stopping tolerance on the relative objective change (0 = always run `steps`)."""
     k: int | None = None

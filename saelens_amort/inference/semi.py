@@ -1,7 +1,7 @@
 """Semi-amortized inference: warm-start the solver from the SAE's own code and take K steps (DESIGN §3).
 
     u0 = sae.encode(x) · norms      (or init='alista': u0 = max(x'Aᵀ/L − λ/L, 0), no encoder needed)
-    K = steps (default 30) FISTA steps with restart; a step that would raise F is rejected, so F never increases
+    K = steps (default 10; the paper protocol: 30) FISTA steps with restart; a step that would raise F is rejected, so F never increases
     with K, and F(semi) ≤ F(amortized) at the same λ.
 
 Rows also stop early when the relative objective change falls below tol; pass tol=0 for exactly K steps.
@@ -26,6 +26,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from saelens_amort.catalog import SEMI_STEPS
 from saelens_amort.errors import SaeAmortError
 from saelens_amort.inference.amortized import encoder_flops
 from saelens_amort.inference.fista import SOLVER_OPTIONS, run
@@ -34,8 +35,8 @@ from saelens_amort.inference.registry import register_mode
 from saelens_amort.inference.result import InferenceResult, ModeOptions, objective
 from saelens_amort.saes.dictionary import Dictionary
 
-DEFAULT_STEPS = 30
-"""K: proximal-gradient steps from the warm start (paper: 5–50)."""
+DEFAULT_STEPS = SEMI_STEPS
+"""K: proximal-gradient steps from the warm start (paper: 5–50; why 10: `catalog.SEMI_STEPS`)."""
 
 
 @torch.no_grad()

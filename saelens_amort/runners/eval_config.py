@@ -7,7 +7,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from saelens_amort.catalog import check_modes, known_metrics
+from saelens_amort.catalog import PAPER_SEMI_STEPS, SEMI_STEPS, check_modes, known_metrics
 from saelens_amort.devices import parse_device, parse_dtype
 from saelens_amort.errors import SaeAmortError
 from saelens_amort.runners.eval_protocol import (
@@ -43,8 +43,8 @@ class EvalConfig:
     """'per-mode' (each λ-mode its own λ) or 'shared' (the unamortized mode's λ for all); None: the protocol's."""
     metrics: tuple[str, ...] = (*BATCH_METRICS, "splice")
     """Registered metric families to compute ('splice' = spliced CE / KL, which runs the model)."""
-    semi_steps: int = 30
-    """K for the semi-amortized mode."""
+    semi_steps: int | None = None
+    """K for the semi-amortized mode; None: the protocol's (fair 10, paper 30)."""
     semi_sweep: tuple[int, ...] = ()
     """`sweep-semi`: evaluate the semi mode at each of these K instead of `semi_steps` (one row each)."""
     tokens: int = 20_000
@@ -84,7 +84,7 @@ class EvalConfig:
             raise SaeAmortError(f"unknown --lambda {self.lambda_policy!r}; use one of {', '.join(LAMBDA_POLICIES)}")
         if self.lambda_target is not None and self.lambda_target not in LAMBDA_TARGETS:
             raise SaeAmortError(f"unknown --lambda-target {self.lambda_target!r}; use one of {', '.join(LAMBDA_TARGETS)}")
-        if self.tokens <= 0 or self.calib_tokens <= 0 or self.batch_size <= 0 or self.semi_steps < 0:
+        if self.tokens <= 0 or self.calib_tokens <= 0 or self.batch_size <= 0 or (self.semi_steps or 0) < 0:
             raise SaeAmortError("--tokens, --calib-tokens and --batch-size must be positive, --semi-steps ≥ 0")
         if any(k <= 0 for k in self.semi_sweep) or len(set(self.semi_sweep)) != len(self.semi_sweep):
             raise SaeAmortError(f"--steps must be distinct positive integers, got {list(self.semi_sweep)}")
@@ -110,12 +110,18 @@ class EvalConfig:
         return self.lambda_target or (PAPER_TARGET if self.protocol == "paper" else "l0")
 
     @property
+    def resolved_semi_steps(self) -> int:
+        if self.semi_steps is not None:
+            return self.semi_steps
+        return PAPER_SEMI_STEPS if self.protocol == "paper" else SEMI_STEPS
+
+    @property
     def shared_lambda(self) -> bool:
         return (self.lambda_policy or ("shared" if self.protocol == "paper" else "per-mode")) == "shared"
 
     def variants(self) -> list[Variant]:
         """What is evaluated per SAE: each mode once, or the semi mode once per K of a sweep (`eval_protocol`)."""
-        return make_variants(self.resolved_modes, self.semi_steps, self.semi_sweep, self.protocol)
+        return make_variants(self.resolved_modes, self.resolved_semi_steps, self.semi_sweep, self.protocol)
 
     def resolved_source(self) -> str:
         if self.source:

@@ -5,7 +5,7 @@ the price decomposition at the encoder's operating point.
   solvers run to their tolerance. The default modes are the encoder, the encoder refitted on its own support, the
   paper's L1 semi / unamortized and the prior-matched semi_ksparse / ksparse.
 - protocol 'paper': the reference choices exactly — one λ shared by every mode, calibrated so the unamortized
-  codes' dense rate at 0.1 matches the encoder's, plain ISTA, exactly `semi_steps` (30) semi and 200 unamortized
+  codes' dense rate at 0.1 matches the encoder's, plain ISTA, exactly `semi_steps` (default 30) semi and 200 unamortized
   steps (tol 0), modes amortized / semi / unamortized.
 
 Price decomposition (per SAE, when the rows exist): magnitude = encoder − `amortized+refit` (NNLS on the encoder's

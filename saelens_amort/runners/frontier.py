@@ -101,7 +101,7 @@ def plan_curves(sae, dictionary: Dictionary, x_cal: Tensor, cfg: FrontierConfig)
                 native, values = None, (None,)
             curves.append(Curve(mode, knob, values, {}, native))
         elif MODE_KNOBS.get(mode) == "lam":
-            opts = {"steps": cfg.eval.semi_steps} if mode == "semi" else {}
+            opts = {"steps": cfg.eval.resolved_semi_steps} if mode == "semi" else {}
             curves.append(Curve(mode, "lam", tuple(sorted(lams, reverse=True)), opts))
         elif MODE_KNOBS.get(mode) == "k":
             curves.append(Curve(mode, "k", tuple(ks)))

@@ -88,6 +88,31 @@ def test_semi_keeps_the_encoder_l0_per_row_and_never_reconstructs_worse(family, 
     assert result.info["k"]["source"] == "encoder per-row L0" and result.info["objective"] == "l2 at fixed per-row L0"
 
 
+def test_semi_starts_from_the_encoder_code_refitted_on_its_support_and_takes_five_steps(toy_x):
+    """steps=0 gives the start: the encoder's support exactly, its magnitudes refitted (without the polish it would be
+    the encoder's code itself); the default budget is 5 steps."""
+    sae = saelens_amort.load_sae("toy/topk")
+    with torch.no_grad():
+        z_enc = sae.encode(toy_x)
+        err_enc = 0.5 * (toy_x - sae.decode(z_enc)).square().sum(dim=1)
+        start = infer(toy_x, sae, "semi_ksparse", steps=0)
+        err = 0.5 * (toy_x - sae.decode(start.codes)).square().sum(dim=1)
+        default = infer(toy_x, sae, "semi_ksparse")
+    assert torch.equal(start.codes > 0, z_enc > 0)
+    assert (err <= err_enc * (1 + 1e-5) + 1e-6).all() and err.sum() < 0.8 * err_enc.sum()
+    assert default.info["max_iter"] == 5 and 1 <= int(default.n_iter.max()) <= 5
+
+
+def test_rows_with_k_at_least_d_in_start_at_the_safe_step():
+    """k_r ≥ d_in (no polish): the first step is 1/L, which cannot raise the error, so none is rejected (from
+    MAX_STEP / L most first steps were)."""
+    d = random_dictionary(d_in=8, d_sae=32, seed=9)
+    x = sparse_signals(d, 64, l0=12, noise=0.1, seed=10)
+    init = torch.rand(64, 32, generator=torch.Generator().manual_seed(11))
+    result = infer(x, d, "ksparse", k=12, init=init, steps=1)
+    assert result.info["rejected_steps"] == 0 and (result.n_iter == 1).all()
+
+
 def test_unamortized_matches_the_encoder_l0_and_beats_omp_at_it(toy_x):
     sae = saelens_amort.load_sae("toy/topk")
     with torch.no_grad():

@@ -61,7 +61,7 @@ def test_semi_never_worse_than_amortized_and_monotone_in_k(family, solver):
 def test_semi_default_steps_and_tensor_init():
     sae, x, d, lam = _setup("standard")
     res = infer(x, d, "semi", lam=lam, tol=0)
-    assert res.info["max_iter"] == 30 and res.n_iter.max() == 30
+    assert res.info["max_iter"] == 10 and res.n_iter.max() == 10
     with torch.no_grad():
         z = sae.encode(x)
     same = infer(x, d, "semi", lam=lam, tol=0, init=z)

@@ -95,6 +95,15 @@ def test_paper_protocol_runs_the_reference_choices_exactly(toy):
     assert df.loc["semi", "n_iter_mean"] == 30 and df.loc["unamortized", "n_iter_mean"] == 200
 
 
+def test_semi_steps_default_to_the_protocols():
+    """fair: 10 (≤ 15 encoder-equivalents), paper: exactly 30; an explicit --semi-steps wins in both."""
+    fair, paper = EvalConfig(model="toy"), EvalConfig(model="toy", protocol="paper")
+    assert fair.resolved_semi_steps == 10 and paper.resolved_semi_steps == 30
+    assert [v.steps for v in paper.variants() if v.mode == "semi"] == [30]
+    assert [(v.steps, v.tol) for v in fair.variants() if v.mode == "semi"] == [(10, None)]
+    assert EvalConfig(model="toy", protocol="paper", semi_steps=7).resolved_semi_steps == 7
+
+
 def test_semi_sweep_runs_exactly_k_steps(toy):
     _, store = toy
     x, sae = store.load().acts, load_sae("toy/standard")
