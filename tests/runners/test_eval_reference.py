@@ -1,0 +1,20 @@
+"""z*, the gap's reference: the unamortized mode's own solve is kept for its row, and rows its budget left
+uncertified are continued to the certified optimum for z* only."""
+
+import torch
+from helpers import toy_activations
+
+from saelens_amort import infer, load_sae
+from saelens_amort.runners.eval import _reference
+
+
+def test_uncertified_rows_are_finished_for_z_star_only():
+    x, sae = toy_activations()[:96], load_sae("toy/standard")
+    solved, star = _reference(x, sae, 0.5, steps=3)
+    assert int(solved.n_iter.max()) <= 3 and not solved.converged.all()  # the mode as run, budget and all
+    assert star.converged.all()
+    assert (star.objective <= solved.objective * (1 + 1e-6)).all()
+    full = infer(x, sae, "unamortized", lam=0.5, steps=5000)  # from zero with a large budget: the same optimum
+    torch.testing.assert_close(star.objective, full.objective, rtol=1e-4, atol=1e-4)
+    again, same = _reference(x, sae, 0.5)
+    assert again.converged.all() and same is again  # nothing left to finish: one solve
