@@ -142,11 +142,13 @@ def nn_omp(
         j = torch.zeros(n, dtype=torch.long, device=dev)
         j[rows] = torch.where(ok, j_rows, 0)
 
-        if t:
-            g = inner.with_new(idx[:, :t], j) * act[:, :t]
-            w = torch.linalg.solve_triangular(L[:, :t, :t], g.unsqueeze(-1), upper=False).squeeze(-1)
-            flops.add(float(t * t), matmul=False)
-            ell2 = 1.0 - w.square().sum(dim=1)
+        if t:  # the triangular algebra runs on the rows that select, not on every row of the block
+            sel = take.nonzero().squeeze(1)
+            g = inner.with_new(idx[sel, :t], j[sel], sel) * act[sel, :t]
+            w_sel = torch.linalg.solve_triangular(L[sel, :t, :t], g.unsqueeze(-1), upper=False).squeeze(-1)
+            flops.add(float(t * t), sel, matmul=False)
+            w = torch.zeros(n, t, dtype=wd, device=dev).index_copy_(0, sel, w_sel)
+            ell2 = torch.zeros(n, dtype=wd, device=dev).index_copy_(0, sel, 1.0 - w_sel.square().sum(dim=1))
         else:
             w = torch.zeros(n, 0, dtype=wd, device=dev)
             ell2 = inner.norms_sq(j)
@@ -164,8 +166,10 @@ def nn_omp(
         n_iter += take
 
         T = t + 1
-        g_ls = torch.cholesky_solve(b[:, :T].unsqueeze(-1), L[:, :T, :T]).squeeze(-1)
-        flops.add(cholesky_solve(T), matmul=False)
+        sel = take.nonzero().squeeze(1)
+        g_ls = torch.zeros(n, T, dtype=wd, device=dev).index_copy_(
+            0, sel, torch.cholesky_solve(b[sel, :T].unsqueeze(-1), L[sel, :T, :T]).squeeze(-1))
+        flops.add(cholesky_solve(T), sel, matmul=False)
         new, n_drop = _nonnegative_refit(
             gamma[:, :T], g_ls, b[:, :T], idx[:, :T], L[:, :T, :T], act[:, :T], take, inner
         )
@@ -200,12 +204,13 @@ class _Atoms:
         if self.support is not None:
             self.support[:, t] = torch.where(take.unsqueeze(1), self.atoms[j], 0.0)
 
-    def with_new(self, idx: Tensor, j: Tensor) -> Tensor:
-        """[n, T] inner products ⟨a_{idx[r, s]}, a_{j[r]}⟩ of the T support slots with the candidate atoms."""
+    def with_new(self, idx: Tensor, j: Tensor, rows: Tensor) -> Tensor:
+        """[r, T] inner products ⟨a_{idx[i, s]}, a_{j[i]}⟩ of the T support slots of batch rows `rows` with their
+        candidate atoms."""
         if self.gram is not None:
             return self.gram[idx, j.unsqueeze(1)]
-        self.flops.add(2.0 * idx.shape[1] * self.atoms.shape[1])
-        return torch.bmm(self.support[:, : idx.shape[1]], self.atoms[j].unsqueeze(2)).squeeze(2)
+        self.flops.add(2.0 * idx.shape[1] * self.atoms.shape[1], rows)
+        return torch.bmm(self.support[rows, : idx.shape[1]], self.atoms[j].unsqueeze(2)).squeeze(2)
 
     def norms_sq(self, j: Tensor) -> Tensor:
         """[n] squared norms ‖a_{j[r]}‖² (1, or 0 for a zero atom)."""
