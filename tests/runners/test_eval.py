@@ -29,7 +29,13 @@ def test_rows_metrics_and_gap(evaluated):
     for sae, rows in df.groupby("sae"):
         rows = rows.set_index("mode")
         assert rows["lam"].nunique() == 1 and rows["lam"].iloc[0] > 0  # one λ per SAE
-        assert rows.loc["unamortized", "gap_mean"] == pytest.approx(0.0, abs=1e-6)
+        # the unamortized row is the mode as run; z* also finishes the rows its budget left uncertified
+        unam = rows.loc["unamortized"]
+        assert unam["ref_converged_frac"] >= unam["converged_frac"]
+        if unam["converged_frac"] == 1:
+            assert unam["gap_mean"] == pytest.approx(0.0, abs=1e-6)
+        else:
+            assert -1e-6 <= unam["gap_mean"] <= 1e-3 * rows.loc["amortized", "gap_mean"]
         assert rows.loc["semi", "gap_mean"] <= rows.loc["amortized", "gap_mean"] + 1e-6
         assert rows.loc["amortized", "ce_recovered_keep_error"] == pytest.approx(1.0, abs=1e-4)
         assert rows.loc["amortized", "flops_per_token"] < rows.loc["unamortized", "flops_per_token"]
