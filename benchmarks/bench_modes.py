@@ -8,13 +8,13 @@ Rows are the toy model's activations at blocks.2.hook_resid_post on generated to
 `--lambdas FILE` reuses the λ of an earlier run (its `lambda` lines), so two code versions compare at one λ. k-modes
 run at their defaults (ksparse / semi_ksparse: the encoder's per-row L0; omp / mp: its mean L0).
 
-Every mode is timed as a user calls it, `infer(x, sae, mode, lam=λ)` (the encoder's start included, no
-calibration), best of `--repeats` warm runs, beside `sae.encode(x)` on the same rows and threads in the same run:
-`enc_eq` = mode seconds ÷ encoder seconds. `flops_per_token` is the mode's counted `info["flops"]` (null when the
-code does not count them), `flop_enc_eq` its ratio to the encoder's counted FLOPs. Both are encoder-equivalents:
-counted FLOPs say what the method costs on any machine; wall time on the toy (d_in 128) also carries the elementwise
-passes over [rows, d_sae] tensors and per-row small factorisations, which a 128-wide GEMM does not hide. Objective and L0 are recorded
-so that two code versions can be checked for equal results.
+Every mode is timed as a user calls it, `infer(x, sae, mode, lam=λ)` (the encoder's start included, no calibration),
+best of `--repeats` warm runs, beside `sae.encode(x)` on the same rows and threads in the same run: `enc_eq` = mode
+seconds ÷ encoder seconds. `flops_per_token` is the mode's counted `info["flops"]` (null when the code does not count
+them), `flop_enc_eq` its ratio to the encoder's counted FLOPs. Both are encoder-equivalents: counted FLOPs say what
+the method costs on any machine; wall time on the toy (d_in 128) also carries the elementwise passes over [rows,
+d_sae] tensors and per-row small factorisations, which a 128-wide GEMM does not hide. Objective and L0 are recorded so
+that two code versions can be checked for equal results.
 
 Lines: `run` (provenance, load), `lambda` per SAE, `encoder` and `mode` per SAE and thread count, `summary` per SAE
 with pass/fail: semi's default costs less wall time than unamortized, semi ≤ 15 encoder-equivalents, semi_ksparse

@@ -120,8 +120,8 @@ def main(argv: list[str] | None = None) -> None:
                     "load_before": round(load, 2), **r,
                     "eval_wall_s": round(timings["wall_seconds"], 1), "stages": stages,
                     **summary(timings["stages"], timings["wall_seconds"]),
-                    "calibration_by_mode": {row["mode"]: round(row["calibration_seconds"], 2) for row in run["meta"]["rows"]
-                                            if row.get("calibration_seconds")}}
+                    "calibration_by_mode": {row["mode"]: round(row["calibration_seconds"], 2)
+                                            for row in run["meta"]["rows"] if row.get("calibration_seconds")}}
             if tokens == 4096 and width == 4096:
                 line |= {"target_peak_rss_mib": TARGET_PEAK_RSS_MIB, "rss_met": r["peak_rss_mib"] <= TARGET_PEAK_RSS_MIB}
             print(json.dumps(line), flush=True)

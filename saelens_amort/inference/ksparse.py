@@ -5,8 +5,9 @@
 Modes: `ksparse` (unamortized: from non-negative OMP run to ⌈1.25 k_r⌉ atoms and from OMP at k_r, keeping each
 row's better code — never worse than OMP at k_r; or init='zero'), to convergence, and `semi_ksparse`: from the
 encoder's code, first polished on its own support (step 2 below: the magnitudes refitted, the support kept), then
-`steps` iterations (default 5, `catalog.SEMI_KSPARSE_STEPS`: a semi-amortized budget, ≤ 10 encoder-equivalents). With the default k every row keeps exactly the encoder's per-row L0 (TopK: its k; BatchTopK / JumpReLU:
-whatever fired), unless fewer than k_r atoms can take a positive code on that row. `k` may also be one integer or a
+`steps` iterations (default 5, `catalog.SEMI_KSPARSE_STEPS`: a semi-amortized budget, ≤ 10 encoder-equivalents).
+With the default k every row keeps exactly the encoder's per-row L0 (TopK: its k; BatchTopK / JumpReLU: whatever
+fired), unless fewer than k_r atoms can take a positive code on that row. `k` may also be one integer or a
 per-row tensor. `info["objective"]` says "l2 at fixed per-row L0" (the λ modes solve the L1 lasso); the reported
 objective is F at λ when one is given (NaN otherwise), like OMP's.
 
@@ -27,10 +28,10 @@ thresholding pursuit):
    5 steps 0.060 → 0.036).
 
 A row stops when its support is unchanged and ½‖x' − uA‖² fell by ≤ tol relative, when a 1/L step is rejected (a
-fixed point up to rounding), or after `steps` iterations (default 100; semi_ksparse 5). Rows are solved in blocks of similar k_r.
-With `starts` > 1 the unamortized mode also starts from OMP with its first atom forced to be the 2nd, 3rd, … most
-correlated one and keeps each row's best code: on tiny coherent problems (d = 8, m = 16, k = 2) one start finds the
-best subset on ~75–89 % of rows (OMP alone: 73–89 %), four starts on ~90–98 %.
+fixed point up to rounding), or after `steps` iterations (default 100; semi_ksparse 5). Rows are solved in blocks
+of similar k_r. With `starts` > 1 the unamortized mode also starts from OMP with its first atom forced to be the
+2nd, 3rd, … most correlated one and keeps each row's best code: on tiny coherent problems (d = 8, m = 16, k = 2)
+one start finds the best subset on ~75–89 % of rows (OMP alone: 73–89 %), four starts on ~90–98 %.
 """
 
 from __future__ import annotations

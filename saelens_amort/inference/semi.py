@@ -1,8 +1,8 @@
 """Semi-amortized inference: warm-start the solver from the SAE's own code and take K steps (DESIGN §3).
 
     u0 = sae.encode(x) · norms      (or init='alista': u0 = max(x'Aᵀ/L − λ/L, 0), no encoder needed)
-    K = steps (default 10; the paper protocol: 30) FISTA steps with restart; a step that would raise F is rejected, so F never increases
-    with K, and F(semi) ≤ F(amortized) at the same λ.
+    K = steps (default 10; the paper protocol: 30) FISTA steps with restart; a step that would raise F is
+    rejected, so F never increases with K, and F(semi) ≤ F(amortized) at the same λ.
 
 Rows also stop early when the relative objective change falls below tol; pass tol=0 for exactly K steps.
 
