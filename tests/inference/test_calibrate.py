@@ -139,3 +139,27 @@ def _check_subset_then_all(x, sae, sizes, stride):
     sizes.clear()
     small = calibrate_lambda(x[:256], sae, "counted_unamortized")  # too few rows for a subset: all rows throughout
     assert set(sizes) == {256} and abs(small.achieved - small.target_value) <= 0.05 * small.target_value
+
+
+def test_a_mean_l0_search_starts_on_the_sparse_cheap_side():
+    """The first solve runs at or below the target density (the correlation guess) and none far above it, where
+    solves are slow; bracketing down from λ_max / 3 by factors of 3 overshoots this problem to 1.6× the target."""
+    from saelens_amort.inference.registry import _MODES, get_mode, register_mode
+
+    d = random_dictionary(d_in=64, d_sae=1024, seed=21)
+    x = sparse_signals(d, 1024, l0=24, noise=0.05, seed=22)
+    densities: list[float] = []
+    inner = get_mode("unamortized").fn
+
+    def counted(x, dictionary, options):
+        out = inner(x, dictionary, options)
+        densities.append(mean_l0(out.codes))
+        return out
+
+    register_mode("counted_unamortized", counted, needs_lambda=True)
+    try:
+        cal = calibrate_lambda(x, d, "counted_unamortized", target=24.0)
+    finally:
+        _MODES.pop("counted_unamortized")
+    assert abs(cal.achieved - 24.0) <= 0.05 * 24.0
+    assert densities[0] <= 24.0 * 1.05 and max(densities) <= 24.0 * 1.5
