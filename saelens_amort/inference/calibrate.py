@@ -58,6 +58,11 @@ COARSE_STRIDE = 8
 on all rows from the λ it found: the wide bracketing steps, whose small λs are the slowest solves, cost 1/8."""
 COARSE_MIN_ROWS = 64
 """…when that subset still has at least this many rows."""
+COARSE_TOL_FRACTION = 0.5
+"""The subset search aims within this fraction of the tolerance, so the confirmation on all rows lands near the
+middle of the band: a search from the sparse side that stops at the first λ within the tolerance ends near the
+band's lower edge, and the evaluated rows then fall outside it (toy/standard's semi: 0.964 of the target on the
+slice, 0.950 on 20 000 rows). Subset solves are cheap; toy, 12 calibrations: 5.1 s at 1, 4.7 s at 0.5."""
 
 
 class Calibration(NamedTuple):
@@ -191,7 +196,7 @@ def _coarse_guess(x: Tensor, dictionary: Dictionary, target: str | float, refere
         return None
     mean_l0_target = target == "l0" or not isinstance(target, str)
     guess = _correlation_guess(x[rows], dictionary, value, lam_max) if mean_l0_target else None
-    found = _search(lambda lam: density(lam, rows), value, tol, lam_max, max_evals, guess)
+    found = _search(lambda lam: density(lam, rows), value, tol * COARSE_TOL_FRACTION, lam_max, max_evals, guess)
     return found.lam, found.slope
 
 
