@@ -35,8 +35,8 @@ BUILTIN_MODES = (
 )
 SEMI_STEPS = 10
 """K, the `semi` mode's default number of FISTA steps from the encoder's code (DESIGN §3 allows the paper's 5–50).
-Chosen so semi costs ≤ 15 encoder-equivalents of counted FLOPs on every toy SAE (K = 10: 12.3–13.8; K = 30:
-33–39). Measured at matched L0 (λ calibrated as semi at each K), NMSE of x' at K = 5 / 10 / 30: on the L1-trained
+Chosen so semi costs ≤ 15 encoder-equivalents of counted FLOPs on every toy SAE (benchmarks/bench_modes.py:
+K = 10: 6.9–12.6; K = 30: 20–35). Measured at matched L0 (λ calibrated as semi at each K), NMSE of x' at K = 5 / 10 / 30: on the L1-trained
 SAEs more steps help (toy/standard 0.055 / 0.050 / 0.028, gated 0.046 / 0.036 / 0.016), on the TopK family they
 hurt, since the lasso's shrinkage grows with K (topk 0.049 / 0.067 / 0.060, batchtopk 0.042 / 0.058 / 0.093,
 jumprelu 0.066 / 0.061 / 0.100, matryoshka 0.035 / 0.041 / 0.097). `--protocol paper` runs PAPER_SEMI_STEPS."""
@@ -46,7 +46,7 @@ SEMI_KSPARSE_STEPS = 5
 """The `semi_ksparse` mode's default iteration budget from the (polished) encoder code: ≤ 10 encoder-equivalents
 of counted FLOPs on the toy SAEs (4.8–7.8), most of what convergence gives (toy, 2 048 rows, ‖x' − uA‖² / ‖x'‖²
 at 5 steps vs 100: standard 0.0237 vs 0.0154, topk 0.0160 vs 0.0160, batchtopk 0.0214 vs 0.0193, jumprelu 0.0364 vs
-0.0328; the encoder's: 0.086, 0.037, –, 0.29)."""
+0.0328; the encoder's: 0.086, 0.037, 0.034, 0.29)."""
 
 BUILTIN_METRICS = ("reconstruction", "sparsity", "probes", "absorption", "gap", "cost", "splice", "truth")
 
