@@ -29,7 +29,8 @@ thresholding pursuit):
 
 A row stops when its support is unchanged and ½‖x' − uA‖² fell by ≤ tol relative, when a 1/L step is rejected (a
 fixed point up to rounding), or after `steps` iterations (default 100; semi_ksparse 5). Rows are solved in blocks
-of similar k_r. With `starts` > 1 the unamortized mode also starts from OMP with its first atom forced to be the
+of similar k_r, each row's starting points side by side in one batched solve (one set of steps for all of them:
+toy/standard ksparse, 2 048 rows in batches of 1 024, 9.8 → 7.1 s, codes equal). With `starts` > 1 the unamortized mode also starts from OMP with its first atom forced to be the
 2nd, 3rd, … most correlated one and keeps each row's best code: on tiny coherent problems (d = 8, m = 16, k = 2)
 one start finds the best subset on ~75–89 % of rows (OMP alone: 73–89 %), four starts on ~90–98 %.
 """
@@ -283,19 +284,21 @@ def _run(
     rejected = 0
     k_max = int(k_rows.max()) if n else 1
     gram = atom_gram(dictionary, wd) if init == "omp" and use_gram(dictionary, n, k_max) else None
-    for rows, _ in size_blocks(k_rows, 3 * m + 2 * d, d + 4, BLOCK_ELEMENTS):
+    copies = min(starts, m) + 1 if init == "omp" else 1  # starting points solved side by side per row
+    for rows, _ in size_blocks(k_rows, copies * (3 * m + 2 * d), copies * (d + 4), BLOCK_ELEMENTS):
         x_t = dictionary.target(x[rows])
         block = Flops(rows.numel(), dev)
         if init == "omp":
-            starts_b = _omp_starts(x_t, dictionary.atoms, k_rows[rows], starts, gram, block)
+            u0 = torch.cat(list(_omp_starts(x_t, dictionary.atoms, k_rows[rows], starts, gram, block)))
         else:
-            starts_b = [None if u0_all is None else u0_all[rows]]
+            u0 = None if u0_all is None else u0_all[rows]
+        # every start in one solve: its per-step work is batched over all of them (rows are independent)
+        out = ksparse_pg(x_t.repeat(copies, 1), dictionary, k_rows[rows].repeat(copies), u0=u0, max_iter=max_iter,
+                         tol=float(options.tol), polish_start=init != "omp" and u0 is not None)
         best = None
-        for u0 in starts_b:
-            out = ksparse_pg(x_t, dictionary, k_rows[rows], u0=u0, max_iter=max_iter, tol=float(options.tol),
-                             polish_start=init != "omp" and u0 is not None)
-            block.absorb(out.flops)
-            best = out if best is None else _better(best, out)
+        for part in _split(out, copies):
+            block.absorb(part.flops)
+            best = part if best is None else _better(best, part)
         flops.absorb(block, rows)
         u[rows], residual[rows], n_iter[rows], converged[rows] = best.u, best.residual, best.n_iter, best.converged
         rejected += best.rejected
@@ -343,6 +346,19 @@ def _omp_starts(
         else:
             u0 = torch.zeros(X.shape[0], A.shape[0], dtype=wd, device=X.device)
         yield u0.scatter_add_(1, a, coef)
+
+
+def _split(out: KSparseOutput, copies: int) -> list[KSparseOutput]:
+    """The solve of `copies` stacked starts as one output per start (its rejected steps all go to the first)."""
+    n = out.u.shape[0] // copies
+    parts = []
+    for c in range(copies):
+        s = slice(c * n, (c + 1) * n)
+        flops = Flops(n, out.u.device)
+        flops.matmul, flops.other = out.flops.matmul[s], out.flops.other[s]
+        parts.append(KSparseOutput(out.u[s], out.residual[s], out.n_iter[s], out.converged[s],
+                                   out.rejected if c == 0 else 0, flops))
+    return parts
 
 
 def _better(a: KSparseOutput, b: KSparseOutput) -> KSparseOutput:
