@@ -30,9 +30,10 @@ thresholding pursuit):
 A row stops when its support is unchanged and ½‖x' − uA‖² fell by ≤ tol relative, when a 1/L step is rejected (a
 fixed point up to rounding), or after `steps` iterations (default 100; semi_ksparse 5). Rows are solved in blocks
 of similar k_r, each row's starting points side by side in one batched solve (one set of steps for all of them:
-toy/standard ksparse, 2 048 rows in batches of 1 024, 9.8 → 7.1 s, codes equal). With `starts` > 1 the unamortized mode also starts from OMP with its first atom forced to be the
-2nd, 3rd, … most correlated one and keeps each row's best code: on tiny coherent problems (d = 8, m = 16, k = 2)
-one start finds the best subset on ~75–89 % of rows (OMP alone: 73–89 %), four starts on ~90–98 %.
+toy/standard ksparse, 2 048 rows in batches of 1 024, 9.8 → 7.1 s, codes equal). With `starts` > 1 the
+unamortized mode also starts from OMP with its first atom forced to be the 2nd, 3rd, … most correlated one and keeps
+each row's best code: on tiny coherent problems (d = 8, m = 16, k = 2) one start finds the best subset on ~75–89 %
+of rows (OMP alone: 73–89 %), four starts on ~90–98 %.
 """
 
 from __future__ import annotations
