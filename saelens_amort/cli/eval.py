@@ -29,6 +29,8 @@ SPLICE = count_option(16, "Sequences for spliced CE/KL (0 skips).", low=0)
 LLM_DTYPE = typer.Option(None, help="Language-model dtype: fp32, bf16 or fp16 (default: as loaded).")
 SAE_DTYPE = typer.Option(None, help="SAE dtype: fp32, bf16 or fp16 (default: as stored; objectives stay fp32).")
 SEMI_STEPS = count_option(None, "K for the semi-amortized mode (default: the protocol's, fair 10 / paper 30).")
+WORKERS = count_option(1, "Local CPU processes that split the activation batches (e.g. one per core; the results "
+                           "equal one process's).", high=256)
 ACTIVATIONS = typer.Option(None, help="Evaluate on this activation store or world instead of the model (no spliced "
                                       "CE/KL; a world adds truth metrics).")
 
@@ -53,7 +55,7 @@ def eval_command(
                                                            "(default: the protocol's, l0 / paper dense@0.1)."),
     batch_size: int = BATCH, splice_sequences: int = SPLICE, out: Optional[Path] = OUT, overwrite: bool = OVERWRITE,
     device: str = DEVICE, seed: int = SEED, llm_dtype: Optional[str] = LLM_DTYPE, sae_dtype: Optional[str] = SAE_DTYPE,
-    activations: Optional[Path] = ACTIVATIONS,
+    activations: Optional[Path] = ACTIVATIONS, workers: int = WORKERS,
 ) -> None:
     """Compare encoder codes with sparse-coding codes on the same dictionary; write results.{parquet,csv,json} and
     report.html."""
@@ -63,7 +65,7 @@ def eval_command(
          semi_steps=semi_steps, tokens=tokens, calib_tokens=calib_tokens, source=source, lambda_target=lambda_target,
          batch_size=batch_size, splice_sequences=splice_sequences, seed=seed, device=device, llm_dtype=llm_dtype,
          sae_dtype=sae_dtype, metrics=tuple(m.strip() for m in metrics.split(",") if m.strip()),
-         activations=str(activations) if activations else None)
+         activations=str(activations) if activations else None, workers=workers)
 
 
 @app.command("sweep-semi")
@@ -72,7 +74,7 @@ def sweep_semi_command(
     model: str = MODEL, layer: Optional[int] = LAYER, hook: Optional[str] = HOOK, sae: List[str] = SAE,
     sae_path: List[Path] = SAE_PATH, tokens: int = TOKENS, calib_tokens: int = CALIB, source: Optional[str] = SOURCE,
     lambda_target: str = TARGET, batch_size: int = BATCH, splice_sequences: int = SPLICE, out: Optional[Path] = OUT,
-    overwrite: bool = OVERWRITE, device: str = DEVICE, seed: int = SEED,
+    overwrite: bool = OVERWRITE, device: str = DEVICE, seed: int = SEED, workers: int = WORKERS,
 ) -> None:
     """Metrics against the number of semi-amortized steps K (exactly K each; amortized = K 0, unamortized =
     converged), one λ per SAE; same outputs as eval, with the semi-steps curves in report.html."""
@@ -86,11 +88,11 @@ def sweep_semi_command(
          modes=("amortized", "semi", "unamortized"), lambda_policy="shared", semi_sweep=ks, tokens=tokens,
          calib_tokens=calib_tokens,
          source=source, lambda_target=lambda_target, batch_size=batch_size, splice_sequences=splice_sequences,
-         seed=seed, device=device)
+         seed=seed, device=device, workers=workers)
 
 
 def _run(command: str, out: Path | None, overwrite: bool, *, model: str, layer: int | None, hook: str | None,
-         sae: list[str], sae_path: list[Path], **options) -> None:
+         sae: list[str], sae_path: list[Path], workers: int = 1, **options) -> None:
     from saelens_amort.runners.eval_config import EvalConfig
 
     layer = resolve_layer(model, layer, hook)
@@ -99,7 +101,7 @@ def _run(command: str, out: Path | None, overwrite: bool, *, model: str, layer: 
     from saelens_amort.runners.eval import run_eval
 
     out = out or Path("runs") / f"{command}-{Path(options.get('activations') or model).name}"
-    df = run_eval(cfg, out, overwrite=overwrite)
+    df = run_eval(cfg, out, overwrite=overwrite, workers=workers)
     from saelens_amort import distributed
 
     if not distributed.is_main():

@@ -59,8 +59,10 @@ def evaluate_sae(spec: str, sae, model, store, hook: str, cfg: EvalConfig,
     activation-only evaluation; `world` (a ground-truth World) adds the truth metrics; `stages` times each stage and
     draws the SAE's progress bar."""
     stages = stages or Stages()
+    from saelens_amort import distributed as dist
+
     n_rows = min(store.n_tokens, cfg.tokens)  # a given store (--activations) may hold more rows than asked for
-    with stages.sae(spec, -(-n_rows // cfg.batch_size)):
+    with stages.sae(spec, len(dist.block(-(-n_rows // cfg.batch_size)))):  # this rank's batches
         return _evaluate_sae(spec, sae, model, store, hook, cfg, splice_toks, world, stages, n_rows)
 
 
@@ -244,19 +246,24 @@ class Evaluation:
     store: Any
 
 
-def run_eval(cfg: EvalConfig, out: Path, *, overwrite: bool = False, progress: bool = True) -> pd.DataFrame:
-    """`saeamort eval` / `sweep-semi`: evaluate, then write results.{parquet,csv,json} and report.html in `out`."""
+def run_eval(cfg: EvalConfig, out: Path, *, overwrite: bool = False, progress: bool = True,
+             workers: int = 1) -> pd.DataFrame:
+    """`saeamort eval` / `sweep-semi`: evaluate, then write results.{parquet,csv,json} and report.html in `out`;
+    `workers` > 1 splits the batches over that many local CPU processes (`eval_workers`)."""
     from saelens_amort import distributed as dist
+    from saelens_amort.runners.eval_workers import check_workers, local_workers
 
     cfg = on_device(cfg)
+    check_workers(workers, cfg.device)
     dist.init(cfg.device)
     out = Path(out)
     check_out_dir(out, cfg, overwrite)
-    stages = Stages(progress=progress)
-    ev = evaluate(cfg, cfg.saes or default_specs(cfg), out, progress=progress, stages=stages)
-    if dist.is_main():
-        write_outputs(out, ev, cfg, stages=stages)
-    dist.barrier()  # the other ranks return once the outputs exist
+    with local_workers(workers, cfg.as_json(), out, overwrite):
+        stages = Stages(progress=progress)
+        ev = evaluate(cfg, cfg.saes or default_specs(cfg), out, progress=progress, stages=stages)
+        if dist.is_main():
+            write_outputs(out, ev, cfg, stages=stages)
+        dist.barrier()  # the other ranks return once the outputs exist
     return ev.df
 
 

@@ -130,3 +130,8 @@ class EvalConfig:
 
     def as_json(self) -> dict:
         return json.loads(json.dumps(asdict(self), default=str))
+
+    @classmethod
+    def from_json(cls, data: dict) -> "EvalConfig":
+        """The config `as_json` wrote (its lists back to tuples)."""
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
