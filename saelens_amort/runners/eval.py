@@ -78,9 +78,9 @@ def _evaluate_sae(spec: str, sae, model, store, hook: str, cfg: EvalConfig, spli
     variants = cfg.variants()
     dictionary = Dictionary.of(sae)
     warm = {v.label for v in variants if get_mode(v.mode).encoder_start}  # start from the batch's encoder code
-    # on rank 0, broadcast: every rank solves at the same λs
+    # dealt out over the ranks, then broadcast: every rank solves at the same λs
     with stages.stage("calibrate λ"):
-        found = dist.broadcast(calibrate_variants(sae, store, cfg, variants) if dist.is_main() else None)
+        found = dist.broadcast(calibrate_variants(sae, store, cfg, variants))
     ref = found.get("z*")
     lam_of = {v.label: (found[v.label].calibration.lam if v.label in found else ref.calibration.lam if ref else None)
               for v in variants}

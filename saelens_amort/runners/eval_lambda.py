@@ -64,25 +64,38 @@ def calibration_rows_to_load(calib_rows: int, batch_size: int, n_tokens: int) ->
     return min(n_tokens, -(-calib_rows // batch_size) * batch_size)
 
 
-def calibrate_variants(sae, store, cfg, variants: list[Variant]) -> dict[str, Any]:
+def calibrate_variants(sae, store, cfg, variants: list[Variant]) -> dict[str, Any] | None:
     """The λs of one SAE's eval (`cfg` an EvalConfig): 'z*' → the unamortized mode's (the λ of the shared policy, of
     z* and of the modes without a λ), and with per-mode λ, label → the EvalLambda of each λ-variant, calibrated as
-    it runs (variants that solve alike share one); empty when no variant needs a λ."""
+    it runs (variants that solve alike share one); empty when no variant needs a λ. Under several ranks (torchrun,
+    --workers) every rank calls it: the calibrations are dealt out over the ranks and the result is rank 0's (None
+    on the others)."""
+    from saelens_amort import distributed as dist
+
     if all(v.mode == "amortized" for v in variants):
-        return {}
-    x = store.load(calibration_rows_to_load(cfg.calib_tokens, cfg.batch_size, store.n_tokens)).acts.to(cfg.device)
-    reference = amortized_in_batches(x, sae, cfg.batch_size)[: cfg.calib_tokens]
-    args = (x, sae, cfg.resolved_target, cfg.calib_tokens, cfg.batch_size)
+        return {} if dist.is_main() else None
     unamortized = next((v for v in variants if v.mode == "unamortized"), Variant("unamortized", "unamortized"))
-    found = {"z*": calibrate_eval_lambda(*args, reference=reference, **unamortized.calibration_options)}
-    if cfg.shared_lambda:
-        return found
-    by_solve: dict[tuple, Any] = {("unamortized", tuple(sorted(unamortized.solve_options.items()))): found["z*"]}
-    for v in variants:
-        if get_mode(v.mode).needs_lambda:
-            key = (v.mode, tuple(sorted(v.solve_options.items())))
-            if key not in by_solve:
-                by_solve[key] = calibrate_eval_lambda(*args, mode=v.mode, reference=reference,
-                                                      **v.calibration_options)
-            found[v.label] = by_solve[key]
+    z_key = ("unamortized", tuple(sorted(unamortized.solve_options.items())))
+    jobs = {z_key: unamortized}  # one calibration per distinct solve, run by the variant that first asks for it
+    if not cfg.shared_lambda:
+        for v in variants:
+            if get_mode(v.mode).needs_lambda:
+                jobs.setdefault((v.mode, tuple(sorted(v.solve_options.items()))), v)
+    mine = [key for i, key in enumerate(jobs) if i % dist.world() == dist.rank()]
+    done: dict[tuple, EvalLambda] = {}
+    if mine:
+        x = store.load(calibration_rows_to_load(cfg.calib_tokens, cfg.batch_size, store.n_tokens)).acts.to(cfg.device)
+        reference = amortized_in_batches(x, sae, cfg.batch_size)[: cfg.calib_tokens]
+        args = (x, sae, cfg.resolved_target, cfg.calib_tokens, cfg.batch_size)
+        done = {key: calibrate_eval_lambda(*args, mode=jobs[key].mode, reference=reference,
+                                           **jobs[key].calibration_options) for key in mine}
+    parts = dist.gather(done)
+    if parts is None:
+        return None
+    by_solve = {key: value for part in parts for key, value in part.items()}
+    found = {"z*": by_solve[z_key]}
+    if not cfg.shared_lambda:
+        for v in variants:
+            if get_mode(v.mode).needs_lambda:
+                found[v.label] = by_solve[(v.mode, tuple(sorted(v.solve_options.items())))]
     return found
