@@ -98,10 +98,16 @@ def _run(command: str, out: Path | None, overwrite: bool, *, model: str, layer: 
     layer = resolve_layer(model, layer, hook)
     specs = tuple(sae) + tuple(str(p) for p in sae_path)
     cfg = EvalConfig(model=model, layer=layer, hook=hook, saes=specs, **options)  # checked before torch loads
+    out = out or Path("runs") / f"{command}-{Path(options.get('activations') or model).name}"
+    pool = workers
+    if workers > 1:  # started before this process imports torch, so that their imports overlap
+        from saelens_amort.runners.eval_workers import Workers, check_workers
+
+        check_workers(workers, cfg.device)
+        pool = Workers(workers, cfg.as_json(), out, overwrite)
     from saelens_amort.runners.eval import run_eval
 
-    out = out or Path("runs") / f"{command}-{Path(options.get('activations') or model).name}"
-    df = run_eval(cfg, out, overwrite=overwrite, workers=workers)
+    df = run_eval(cfg, out, overwrite=overwrite, workers=pool)
     from saelens_amort import distributed
 
     if not distributed.is_main():

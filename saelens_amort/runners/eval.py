@@ -247,17 +247,23 @@ class Evaluation:
 
 
 def run_eval(cfg: EvalConfig, out: Path, *, overwrite: bool = False, progress: bool = True,
-             workers: int = 1) -> pd.DataFrame:
+             workers: "int | Workers" = 1) -> pd.DataFrame:
     """`saeamort eval` / `sweep-semi`: evaluate, then write results.{parquet,csv,json} and report.html in `out`;
-    `workers` > 1 splits the batches over that many local CPU processes (`eval_workers`)."""
+    `workers` > 1 splits the batches over that many local CPU processes (or the `Workers` already started for this
+    run; `eval_workers`)."""
     from saelens_amort import distributed as dist
-    from saelens_amort.runners.eval_workers import check_workers, local_workers
+    from saelens_amort.runners.eval_workers import Workers, check_workers, local_workers
 
-    cfg = on_device(cfg)
-    check_workers(workers, cfg.device)
-    dist.init(cfg.device)
     out = Path(out)
-    check_out_dir(out, cfg, overwrite)
+    try:
+        cfg = on_device(cfg)
+        check_workers(workers.n if isinstance(workers, Workers) else workers, cfg.device)
+        dist.init(cfg.device)
+        check_out_dir(out, cfg, overwrite)
+    except BaseException:
+        if isinstance(workers, Workers):  # started by the command line for this run: not needed after all
+            workers.stop(wait=False)
+        raise
     with local_workers(workers, cfg.as_json(), out, overwrite):
         stages = Stages(progress=progress)
         ev = evaluate(cfg, cfg.saes or default_specs(cfg), out, progress=progress, stages=stages)

@@ -42,20 +42,46 @@ def usable_cores() -> int:
 
 
 def check_workers(workers: int, device: str) -> None:
-    """--workers > 1 needs the CPU and no torchrun around it."""
+    """--workers > 1 needs the CPU ('auto' passes here; the runner checks what it resolved to) and no torchrun."""
     if workers <= 1:
         return
-    if device != "cpu":
+    if device not in ("cpu", "auto"):
         raise SaeAmortError(f"--workers {workers} splits the work over CPU processes; on {device} use one process "
                             "(or torchrun --nproc-per-node, one per GPU)")
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise SaeAmortError("--workers and torchrun both start processes; use one of them")
 
 
+class Workers:
+    """N − 1 worker processes started for a run of `config` (rank 0 is the calling process). Start them as early
+    as possible (the command line does, before this process imports torch): their imports then overlap its own."""
+
+    def __init__(self, workers: int, config: dict, out: Path, overwrite: bool) -> None:
+        self.n = workers
+        self.tmp = Path(tempfile.mkdtemp(prefix="saeamort-workers-"))
+        self.threads = max(1, usable_cores() // workers)
+        self.store = str(self.tmp / "store")
+        spec = {"config": config, "out": str(out), "overwrite": overwrite, "world": workers, "threads": self.threads,
+                "store": self.store}
+        (self.tmp / "spec.json").write_text(json.dumps(spec))
+        self.procs: dict[int, subprocess.Popen] = {}
+        for rank in range(1, workers):
+            with open(self.tmp / f"rank{rank}.err", "w") as err:
+                self.procs[rank] = subprocess.Popen(
+                    [sys.executable, "-m", __name__, str(self.tmp / "spec.json"), str(rank)],
+                    stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err)
+
+    def stop(self, *, wait: bool) -> None:
+        """Let the workers finish (after a successful run), else terminate them; then clean up."""
+        _stop(self.procs, wait=wait)
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+
 @contextmanager
-def local_workers(workers: int, config: dict, out: Path, overwrite: bool) -> Iterator[None]:
-    """Inside the block this process is rank 0 of `workers` local processes running `config` (no-op for 1)."""
-    if workers <= 1:
+def local_workers(workers: "int | Workers", config: dict, out: Path, overwrite: bool) -> Iterator[None]:
+    """Inside the block this process is rank 0 of the local processes (`workers`: a count, or workers already
+    started for this run); no-op for 1."""
+    if isinstance(workers, int) and workers <= 1:
         yield
         return
     import torch
@@ -63,28 +89,23 @@ def local_workers(workers: int, config: dict, out: Path, overwrite: bool) -> Ite
 
     from saelens_amort.distributed import TIMEOUT_MINUTES
 
-    tmp = Path(tempfile.mkdtemp(prefix="saeamort-workers-"))
-    threads = max(1, usable_cores() // workers)
-    spec = {"config": config, "out": str(out), "overwrite": overwrite, "world": workers, "threads": threads,
-            "store": str(tmp / "store")}
-    (tmp / "spec.json").write_text(json.dumps(spec))
-    procs: dict[int, subprocess.Popen] = {}
-    old_threads = torch.get_num_threads()
     ok = False
+    old_threads = torch.get_num_threads()
     try:
-        for rank in range(1, workers):
-            with open(tmp / f"rank{rank}.err", "w") as err:
-                procs[rank] = subprocess.Popen([sys.executable, "-m", __name__, str(tmp / "spec.json"), str(rank)],
-                                               stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err)
-        _wait_for_workers(procs, tmp)
-        torch.set_num_threads(threads)
-        store = tdist.FileStore(spec["store"], workers)
-        tdist.init_process_group("gloo", store=store, rank=0, world_size=workers,
+        pool = workers if isinstance(workers, Workers) else Workers(workers, config, out, overwrite)
+    except BaseException:
+        if isinstance(workers, Workers):
+            workers.stop(wait=False)
+        raise
+    try:
+        _wait_for_workers(pool.procs, pool.tmp)
+        torch.set_num_threads(pool.threads)
+        tdist.init_process_group("gloo", store=tdist.FileStore(pool.store, pool.n), rank=0, world_size=pool.n,
                                  timeout=datetime.timedelta(minutes=TIMEOUT_MINUTES))
         try:
             yield
         except Exception as e:
-            stopped = _first_stopped(procs, tmp)
+            stopped = _first_stopped(pool.procs, pool.tmp)
             if stopped is not None and not isinstance(e, SaeAmortError):
                 raise SaeAmortError(stopped) from None
             raise
@@ -93,8 +114,7 @@ def local_workers(workers: int, config: dict, out: Path, overwrite: bool) -> Ite
         if tdist.is_initialized():
             tdist.destroy_process_group()
         torch.set_num_threads(old_threads)
-        _stop(procs, wait=ok)
-        shutil.rmtree(tmp, ignore_errors=True)
+        pool.stop(wait=ok)
 
 
 def _wait_for_workers(procs: dict[int, subprocess.Popen], tmp: Path) -> None:
@@ -142,6 +162,7 @@ def _worker(spec_path: str, rank: int) -> None:
     from saelens_amort.runners.eval import run_eval
     from saelens_amort.runners.eval_config import EvalConfig
 
+    _die_with_parent()
     spec = json.loads(Path(spec_path).read_text())
     torch.set_num_threads(spec["threads"])
     (Path(spec_path).parent / f"ready{rank}").touch()
@@ -153,6 +174,20 @@ def _worker(spec_path: str, rank: int) -> None:
                  progress=False)
     finally:
         tdist.destroy_process_group()
+
+
+def _die_with_parent() -> None:
+    """On Linux, have the kernel end this worker when the process that started it ends (e.g. killed before it
+    joined the group, which would otherwise leave this one waiting for the group's timeout)."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+    import signal
+
+    PR_SET_PDEATHSIG = 1
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() == 1:  # the parent ended before the call above
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -84,3 +84,12 @@ def test_the_config_travels_to_the_workers_as_json():
     cfg = EvalConfig(model="toy", saes=("toy/topk",), modes=("amortized", "semi"), semi_sweep=(5, 10),
                      extra={"note": "x"})
     assert EvalConfig.from_json(cfg.as_json()) == cfg
+
+
+def test_workers_started_early_are_stopped_when_the_run_is_refused(tmp_path, capsys):
+    out = tmp_path / "taken"
+    out.mkdir()
+    (out / "notes.txt").write_text("someone else's")
+    assert _cli([*ARGS, "--workers", "2", "--out", str(out)]) == 2
+    assert "--out" in capsys.readouterr().err
+    assert not _children() and sorted(p.name for p in out.iterdir()) == ["notes.txt"]
