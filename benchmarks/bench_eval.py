@@ -82,10 +82,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--memory", action="store_true", help="Also peak RSS at N and 10·N tokens.")
     parser.add_argument("--n", type=int, default=4096, help="Smaller token count N of --memory.")
     parser.add_argument("--sae", default="toy/topk", help="SAE of --quick and --memory.")
+    parser.add_argument("--workers", type=int, default=1, help="eval --workers of the main-job runs (local CPU "
+                                                               "processes; peak RSS is then the largest process's).")
     args = parser.parse_args(argv)
     print(json.dumps({"kind": "run", "bench": "eval", **provenance(), "args": vars(args),
                       "load_avg": os.getloadavg(), "cpus": os.cpu_count()}), flush=True)
     main_args = ["--model", "toy"] + (["--sae", args.sae, "--tokens", "2048"] if args.quick else [])
+    main_args += ["--workers", str(args.workers)] if args.workers > 1 else []
     command = "saeamort eval " + " ".join(main_args)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
