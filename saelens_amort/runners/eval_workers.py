@@ -91,12 +91,7 @@ def local_workers(workers: "int | Workers", config: dict, out: Path, overwrite: 
 
     ok = False
     old_threads = torch.get_num_threads()
-    try:
-        pool = workers if isinstance(workers, Workers) else Workers(workers, config, out, overwrite)
-    except BaseException:
-        if isinstance(workers, Workers):
-            workers.stop(wait=False)
-        raise
+    pool = workers if isinstance(workers, Workers) else Workers(workers, config, out, overwrite)
     try:
         _wait_for_workers(pool.procs, pool.tmp)
         torch.set_num_threads(pool.threads)
@@ -105,6 +100,7 @@ def local_workers(workers: "int | Workers", config: dict, out: Path, overwrite: 
         try:
             yield
         except Exception as e:
+            time.sleep(0.2)  # a worker's exit follows its broken connection closely
             stopped = _first_stopped(pool.procs, pool.tmp)
             if stopped is not None and not isinstance(e, SaeAmortError):
                 raise SaeAmortError(stopped) from None
@@ -131,7 +127,6 @@ def _wait_for_workers(procs: dict[int, subprocess.Popen], tmp: Path) -> None:
 
 def _first_stopped(procs: dict[int, subprocess.Popen], tmp: Path) -> str | None:
     """'worker R stopped (exit C): <its last stderr line>' for the first worker that has exited non-zero."""
-    time.sleep(0.2)  # a worker's exit follows its broken connection closely
     for rank, proc in procs.items():
         code = proc.poll()
         if code is not None and code != 0:
