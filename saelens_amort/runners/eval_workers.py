@@ -84,32 +84,30 @@ def local_workers(workers: "int | Workers", config: dict, out: Path, overwrite: 
     if isinstance(workers, int) and workers <= 1:
         yield
         return
-    import torch
     import torch.distributed as tdist
 
     from saelens_amort.distributed import TIMEOUT_MINUTES
+    from saelens_amort.inference.threads import intra_op_threads
 
     ok = False
-    old_threads = torch.get_num_threads()
     pool = workers if isinstance(workers, Workers) else Workers(workers, config, out, overwrite)
     try:
         _wait_for_workers(pool.procs, pool.tmp)
-        torch.set_num_threads(pool.threads)
-        tdist.init_process_group("gloo", store=tdist.FileStore(pool.store, pool.n), rank=0, world_size=pool.n,
-                                 timeout=datetime.timedelta(minutes=TIMEOUT_MINUTES))
-        try:
-            yield
-        except Exception as e:
-            time.sleep(0.2)  # a worker's exit follows its broken connection closely
-            stopped = _first_stopped(pool.procs, pool.tmp)
-            if stopped is not None and not isinstance(e, SaeAmortError):
-                raise SaeAmortError(stopped) from None
-            raise
+        with intra_op_threads(pool.threads):
+            tdist.init_process_group("gloo", store=tdist.FileStore(pool.store, pool.n), rank=0, world_size=pool.n,
+                                     timeout=datetime.timedelta(minutes=TIMEOUT_MINUTES))
+            try:
+                yield
+            except Exception as e:
+                time.sleep(0.2)  # a worker's exit follows its broken connection closely
+                stopped = _first_stopped(pool.procs, pool.tmp)
+                if stopped is not None and not isinstance(e, SaeAmortError):
+                    raise SaeAmortError(stopped) from None
+                raise
         ok = True
     finally:
         if tdist.is_initialized():
             tdist.destroy_process_group()
-        torch.set_num_threads(old_threads)
         pool.stop(wait=ok)
 
 
