@@ -9,10 +9,12 @@ rank 0; only rank 0 writes outputs. Backend: gloo on CPU, nccl on CUDA. Without 
 
 from __future__ import annotations
 
+import copy
 import datetime
 import os
-from typing import Any
+from typing import Any, NamedTuple
 
+import torch
 import torch.distributed as dist
 
 from saelens_amort.errors import SaeAmortError
@@ -68,12 +70,97 @@ def broadcast(value: Any) -> Any:
 
 
 def gather(value: Any) -> list[Any] | None:
-    """Every rank's `value`, in rank order, on rank 0 (None elsewhere)."""
+    """Every rank's `value`, in rank order, on rank 0 (None elsewhere).
+
+    The tensors inside `value` (in dicts, lists, tuples and objects' attributes) travel out of band: `gather_object`
+    carries the value with each tensor replaced by a reference, and each tensor is sent as itself into a tensor rank 0
+    allocates for it. `gather_object` alone would serialise the tensors' bytes, pad every rank's buffer to the
+    largest and deserialise copies: about four times the data on rank 0 (the main job's metric samples on the L1
+    SAEs: 850 MB), where this holds it once."""
     if not active():
         return [value]
-    out = [None] * world() if is_main() else None
-    dist.gather_object(value, out, dst=0)
+    device = "cuda" if dist.get_backend() == "nccl" else "cpu"
+    tensors: list[torch.Tensor] = []
+    skeleton = _strip(value, tensors, {}, {})
+    parts = [None] * world() if is_main() else None
+    dist.gather_object(skeleton, parts, dst=0)
+    if not is_main():
+        for t in tensors:
+            if t.numel():
+                dist.send(t.detach().to(device).contiguous(), dst=0)
+        return None
+    out = [value]
+    for src in range(1, world()):
+        received: dict[int, torch.Tensor] = {}
+        out.append(_restore(parts[src], received, src, device, {}))
     return out
+
+
+class _Ref(NamedTuple):
+    """Where a tensor was: its index in the sender's list, dtype, shape and device type."""
+
+    index: int
+    dtype: str
+    shape: tuple[int, ...]
+    device: str
+
+
+def _strip(obj: Any, tensors: list[torch.Tensor], index: dict[int, int], memo: dict[int, Any]) -> Any:
+    """A copy of `obj` with every tensor replaced by a `_Ref` (one per distinct tensor, appended to `tensors`);
+    containers and objects with a __dict__ are copied shallowly, anything else is kept as it is."""
+    if isinstance(obj, torch.Tensor):
+        if id(obj) not in index:
+            index[id(obj)] = len(tensors)
+            tensors.append(obj)
+        return _Ref(index[id(obj)], str(obj.dtype).removeprefix("torch."), tuple(obj.shape), obj.device.type)
+    if id(obj) in memo:
+        return memo[id(obj)]
+    if isinstance(obj, dict):
+        new = memo[id(obj)] = copy.copy(obj)
+        for k, v in obj.items():
+            new[k] = _strip(v, tensors, index, memo)
+    elif isinstance(obj, list):
+        new = memo[id(obj)] = []
+        new.extend(_strip(v, tensors, index, memo) for v in obj)
+    elif isinstance(obj, tuple):
+        items = [_strip(v, tensors, index, memo) for v in obj]
+        new = memo[id(obj)] = type(obj)._make(items) if hasattr(obj, "_fields") else tuple(items)
+    elif hasattr(obj, "__dict__") and not isinstance(obj, type) and not callable(obj):
+        new = memo[id(obj)] = copy.copy(obj)
+        for k, v in vars(obj).items():
+            object.__setattr__(new, k, _strip(v, tensors, index, memo))
+    else:
+        return obj
+    return new
+
+
+def _restore(obj: Any, received: dict[int, torch.Tensor], src: int, device: str, memo: dict[int, Any]) -> Any:
+    """`_strip` undone on rank 0 (in place; tuples rebuilt): each `_Ref` becomes the tensor rank `src` sends for it,
+    received when first met; both walks visit the value in the same order, so tensors arrive in the order sent."""
+    if isinstance(obj, _Ref):
+        if obj.index not in received:
+            t = torch.empty(obj.shape, dtype=getattr(torch, obj.dtype), device=device)
+            if t.numel():
+                dist.recv(t, src=src)
+            received[obj.index] = t.cpu() if obj.device == "cpu" else t
+        return received[obj.index]
+    if id(obj) in memo:
+        return memo[id(obj)]
+    if isinstance(obj, dict):
+        memo[id(obj)] = obj
+        for k, v in obj.items():
+            obj[k] = _restore(v, received, src, device, memo)
+    elif isinstance(obj, list):
+        memo[id(obj)] = obj
+        obj[:] = [_restore(v, received, src, device, memo) for v in obj]
+    elif isinstance(obj, tuple):
+        items = [_restore(v, received, src, device, memo) for v in obj]
+        obj = memo[id(obj)] = type(obj)._make(items) if hasattr(obj, "_fields") else tuple(items)
+    elif hasattr(obj, "__dict__") and not isinstance(obj, type) and not callable(obj):
+        memo[id(obj)] = obj
+        for k, v in vars(obj).items():
+            object.__setattr__(obj, k, _restore(v, received, src, device, memo))
+    return obj
 
 
 def merge_metrics(metrics: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]] | None:

@@ -26,6 +26,7 @@ import pandas as pd
 from saelens_amort.provenance import provenance
 from saelens_amort.atomic import write_atomic
 from saelens_amort.devices import on_device
+from saelens_amort.memory import release_memory
 from saelens_amort.run_folder import check_run_folder
 from saelens_amort.runners.eval_inputs import SpliceTokens, default_specs, load_eval_sae, load_inputs
 from saelens_amort.runners.eval_partials import COMMAND, PARTIAL_DIR, load_partials, save_partial
@@ -295,6 +296,8 @@ def evaluate(cfg: EvalConfig, specs: tuple[str, ...], out: Path, *, progress: bo
             r, art = evaluate_sae(spec, sae, model, store, hook, cfg, splice_toks, world, stages)
             if dist.is_main():
                 save_partial(out, cfg.as_json(), i, r, art)
+            del sae
+            release_memory()  # what this SAE's solves freed goes back to the OS before the next SAE
         rows += r
         freqs.update(art["freqs"])
         if art["gap"].size:
