@@ -134,3 +134,18 @@ def test_probe_is_class_balanced_standardised_and_scored_held_out(seed):
     assert expected != pytest.approx(f1(), abs=0.01)  # balancing matters on this task
     assert probe_f1(task, torch.tensor([0, 1])) == pytest.approx(expected, abs=1e-9)
     assert probe_f1(task, torch.tensor([0])) > 0.2
+
+
+@pytest.mark.parametrize("rate", [0.0, 0.05, 0.5])
+def test_binary_f1_equals_sklearns(rate):
+    """The package's F1 (no scikit-learn import at run time) equals sklearn.metrics.f1_score, zero_division=0
+    included (no positives anywhere)."""
+    from sklearn.metrics import f1_score
+
+    from saelens_amort.metrics.probes import binary_f1
+
+    gen = torch.Generator().manual_seed(int(rate * 100))
+    for _ in range(20):
+        truth = torch.rand(200, generator=gen) < rate
+        pred = torch.rand(200, generator=gen) < rate * 1.5
+        assert binary_f1(truth, pred) == pytest.approx(f1_score(truth.numpy(), pred.numpy(), zero_division=0.0))
