@@ -9,6 +9,7 @@ modes build it only when it fits `max_bytes` and the rows at hand (or an existin
 from __future__ import annotations
 
 import weakref
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -18,10 +19,10 @@ from saelens_amort.saes.dictionary import Dictionary
 DEFAULT_MAX_BYTES = 1 << 30
 """Largest Gram built by default (1 GiB: d_sae = 16384 in fp32)."""
 
-_GRAM_CACHE: "weakref.WeakKeyDictionary[Dictionary, dict[torch.dtype, tuple[tuple, Tensor]]]" = (
+_GRAM_CACHE: "weakref.WeakKeyDictionary[Dictionary, dict[Any, tuple[tuple, Tensor]]]" = (
     weakref.WeakKeyDictionary())
 """Per dictionary, one Gram per dtype (a mode may use the work-dtype Gram and the fp64 one in one call: OMP's start
-and the k-sparse polish, the working-set solver and refit)."""
+and the k-sparse polish, the working-set solver and refit); `padded_gram`'s entries are keyed ("padded", dtype)."""
 
 
 def work_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -46,6 +47,27 @@ def atom_gram(dictionary: Dictionary, dtype: torch.dtype) -> Tensor:
     gram = A @ A.T
     per_dtype[dtype] = (key, gram)
     return gram
+
+
+def padded_gram(dictionary: Dictionary, dtype: torch.dtype, slots: int) -> Tensor:
+    """[[AAᵀ, 0], [0, I_P]] in `dtype` with P ≥ `slots` (a power of two, at least 64): reading "atom" d_sae + s gives
+    an identity row, so one gather builds a support system with the identity on its inactive slots (refit's
+    `SupportSystems`). Cached per dictionary and dtype beside `atom_gram`'s entry, grown when more slots are asked
+    for; the unpadded Gram in this dtype is not kept (refit and the k-sparse polish use only this one)."""
+    atoms = dictionary.atoms
+    key = (atoms._version, atoms.data_ptr())
+    per_dtype = _GRAM_CACHE.setdefault(dictionary, {})
+    hit = per_dtype.get(("padded", dtype))
+    m = atoms.shape[0]
+    if hit is not None and hit[0] == key and hit[1].shape[0] - m >= slots:
+        return hit[1]
+    pad = max(64, 1 << max(slots - 1, 0).bit_length())
+    out = torch.zeros(m + pad, m + pad, dtype=dtype, device=atoms.device)
+    A = atoms.to(dtype)
+    out[:m, :m] = A @ A.T
+    out[m:, m:].diagonal().fill_(1)
+    per_dtype[("padded", dtype)] = (key, out)
+    return out
 
 
 def sub_gram(gram: Tensor, idx: Tensor) -> Tensor:

@@ -29,7 +29,7 @@ from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
 from saelens_amort.inference.flops import Flops, add_info, cholesky, cholesky_solve
-from saelens_amort.inference.gram import atom_gram, gram_bytes, sub_gram
+from saelens_amort.inference.gram import gram_bytes, padded_gram, sub_gram
 from saelens_amort.inference.result import InferenceResult, objective_from_residual
 from saelens_amort.inference.sparse_codes import to_csr
 from saelens_amort.saes.dictionary import Dictionary
@@ -70,32 +70,30 @@ class SupportSystems:
     """Normal equations of least squares on per-row supports, in fp64: G_S = A_S A_Sᵀ and b_S = A_S x'.
 
     Inactive slots get the identity in G_S and 0 in b_S, so a solve on the active slots needs no further masking.
-    Looked up in the dictionary's cached fp64 Gram (padded with an identity block: inactive slot s reads "atom"
-    d_sae + s, so one gather builds the masked system) and in x'Aᵀ when the Gram is at most GRAM_BYTES, else computed
+    Looked up in the dictionary's cached fp64 Gram padded with an identity block (`padded_gram`: inactive slot s
+    reads "atom" d_sae + s, so one gather builds the masked system) and in x'Aᵀ when the Gram is at most GRAM_BYTES, else computed
     from the support atoms. Products are charged to `flops` (rows of x').
     """
 
     def __init__(self, x_target: Float[Tensor, "n d_in"], dictionary: Dictionary, flops: Flops) -> None:
         m = dictionary.d_sae
-        self.x, self.flops, self.m = x_target.double(), flops, m
-        self.padded: Tensor | None = None
-        if gram_bytes(m, torch.float64) <= GRAM_BYTES:
-            self.gram = atom_gram(dictionary, torch.float64)
+        self.x, self.flops, self.m, self.dictionary = x_target.double(), flops, m, dictionary
+        self.use_gram = gram_bytes(m, torch.float64) <= GRAM_BYTES
+        if self.use_gram:
             self.c = self.x @ dictionary.atoms.double().T
             flops.add(2.0 * dictionary.d_in * m)
         else:
-            self.gram, self.atoms = None, dictionary.atoms.double()
+            self.atoms = dictionary.atoms.double()
 
     def __call__(self, rows: Tensor, idx: Int[Tensor, "r T"], active: Bool[Tensor, "r T"]) -> tuple[Tensor, Tensor]:
         """(G_S [r, T, T], b_S [r, T]) for rows `rows` of x' and their support slots (identity / 0 on inactive
         slots)."""
         T = idx.shape[1]
-        if self.gram is not None:
+        if self.use_gram:
             m = self.m
-            if self.padded is None or self.padded.shape[0] < m + T:
-                self.padded = torch.block_diag(self.gram, torch.eye(T, dtype=self.gram.dtype, device=idx.device))
             slot = torch.where(active, idx, m + torch.arange(T, device=idx.device))
-            return sub_gram(self.padded, slot), torch.where(active, self.c[rows.unsqueeze(1), idx], 0.0)
+            return (sub_gram(padded_gram(self.dictionary, torch.float64, T), slot),
+                    torch.where(active, self.c[rows.unsqueeze(1), idx], 0.0))
         A_S = self.atoms[idx] * active.unsqueeze(2).to(self.atoms.dtype)
         d = A_S.shape[2]
         self.flops.add(2.0 * T * T * d + 2.0 * T * d, rows)

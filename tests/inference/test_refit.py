@@ -67,3 +67,23 @@ def test_refit_of_a_lasso_mode_is_nnls_on_its_support_and_never_worse():
     lam_l1 = 0.2 * u_refit.sum(dim=1)
     torch.testing.assert_close(refit.objective.double(), err(u_refit) + lam_l1, rtol=1e-5, atol=1e-6)
     assert refit.codes.shape == plain.codes.shape and refit.mode == "unamortized" and refit.lam == 0.2
+
+
+def test_padded_gram_is_the_fp64_gram_beside_an_identity_and_follows_the_atoms():
+    """gram.padded_gram: [[AAᵀ, 0], [0, I]] in fp64 (checked against numpy), at least as many identity slots as asked,
+    grown on demand, and rebuilt after the atoms change in place (a stale Gram would refit on old atoms)."""
+    from saelens_amort.inference.gram import padded_gram
+
+    d = random_dictionary(12, 40, seed=3)
+    A = d.atoms.double().numpy()
+    p = padded_gram(d, torch.float64, 5)
+    m, P = 40, p.shape[0] - 40
+    assert p.dtype == torch.float64 and P >= 5
+    np.testing.assert_allclose(p[:m, :m].numpy(), A @ A.T, rtol=1e-12, atol=1e-12)
+    assert torch.equal(p[m:, m:], torch.eye(P, dtype=torch.float64)) and not p[:m, m:].any() and not p[m:, :m].any()
+    assert padded_gram(d, torch.float64, P) is p  # cached
+    wider = padded_gram(d, torch.float64, P + 1)
+    assert wider.shape[0] - m > P and torch.equal(wider[:m, :m], p[:m, :m])
+    with torch.no_grad():
+        d.atoms.mul_(2)
+    np.testing.assert_allclose(padded_gram(d, torch.float64, 5)[:m, :m].numpy(), 4 * A @ A.T, rtol=1e-12)
