@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import datetime
 import os
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import torch
@@ -81,9 +82,16 @@ def gather(value: Any) -> list[Any] | None:
         return [value]
     device = "cuda" if dist.get_backend() == "nccl" else "cpu"
     tensors: list[torch.Tensor] = []
-    skeleton = _strip(value, tensors, {}, {})
+    index: dict[int, int] = {}
+
+    def reference(t: torch.Tensor) -> _Ref:
+        if id(t) not in index:  # a tensor named twice is sent once
+            index[id(t)] = len(tensors)
+            tensors.append(t)
+        return _Ref(index[id(t)], str(t.dtype).removeprefix("torch."), tuple(t.shape), t.device.type)
+
     parts = [None] * world() if is_main() else None
-    dist.gather_object(skeleton, parts, dst=0)
+    dist.gather_object(_replace(value, torch.Tensor, reference, {}), parts, dst=0)
     if not is_main():
         for t in tensors:
             if t.numel():
@@ -92,12 +100,22 @@ def gather(value: Any) -> list[Any] | None:
     out = [value]
     for src in range(1, world()):
         received: dict[int, torch.Tensor] = {}
-        out.append(_restore(parts[src], received, src, device, {}))
+
+        def receive(ref: _Ref, src: int = src, received: dict = received) -> torch.Tensor:
+            if ref.index not in received:  # first met in the order it was sent: both walks visit in one order
+                t = torch.empty(ref.shape, dtype=getattr(torch, ref.dtype), device=device)
+                if t.numel():
+                    dist.recv(t, src=src)
+                received[ref.index] = t.cpu() if ref.device == "cpu" else t
+            return received[ref.index]
+
+        out.append(_replace(parts[src], _Ref, receive, {}))
     return out
 
 
 class _Ref(NamedTuple):
-    """Where a tensor was: its index in the sender's list, dtype, shape and device type."""
+    """Where a tensor was: its index in the sender's list, dtype, shape and device type (CPU tensors come back on
+    rank 0's CPU, CUDA ones on its current device)."""
 
     index: int
     dtype: str
@@ -105,62 +123,31 @@ class _Ref(NamedTuple):
     device: str
 
 
-def _strip(obj: Any, tensors: list[torch.Tensor], index: dict[int, int], memo: dict[int, Any]) -> Any:
-    """A copy of `obj` with every tensor replaced by a `_Ref` (one per distinct tensor, appended to `tensors`);
-    containers and objects with a __dict__ are copied shallowly, anything else is kept as it is."""
-    if isinstance(obj, torch.Tensor):
-        if id(obj) not in index:
-            index[id(obj)] = len(tensors)
-            tensors.append(obj)
-        return _Ref(index[id(obj)], str(obj.dtype).removeprefix("torch."), tuple(obj.shape), obj.device.type)
+def _replace(obj: Any, leaf: type, fn: Callable[[Any], Any], memo: dict[int, Any]) -> Any:
+    """A copy of `obj` with every instance of `leaf` replaced by fn(it), looked for in dicts, lists, tuples (named
+    ones kept as their type) and objects' attributes, each copied shallowly once (memo: shared parts and cycles stay
+    shared); anything else is kept as it is."""
+    if isinstance(obj, leaf):
+        return fn(obj)
     if id(obj) in memo:
         return memo[id(obj)]
     if isinstance(obj, dict):
         new = memo[id(obj)] = copy.copy(obj)
         for k, v in obj.items():
-            new[k] = _strip(v, tensors, index, memo)
+            new[k] = _replace(v, leaf, fn, memo)
     elif isinstance(obj, list):
         new = memo[id(obj)] = []
-        new.extend(_strip(v, tensors, index, memo) for v in obj)
+        new.extend(_replace(v, leaf, fn, memo) for v in obj)
     elif isinstance(obj, tuple):
-        items = [_strip(v, tensors, index, memo) for v in obj]
-        new = memo[id(obj)] = type(obj)._make(items) if hasattr(obj, "_fields") else tuple(items)
+        items = [_replace(v, leaf, fn, memo) for v in obj]
+        new = memo[id(obj)] = type(obj)._make(items) if hasattr(obj, "_fields") else type(obj)(items)
     elif hasattr(obj, "__dict__") and not isinstance(obj, type) and not callable(obj):
         new = memo[id(obj)] = copy.copy(obj)
         for k, v in vars(obj).items():
-            object.__setattr__(new, k, _strip(v, tensors, index, memo))
+            object.__setattr__(new, k, _replace(v, leaf, fn, memo))
     else:
         return obj
     return new
-
-
-def _restore(obj: Any, received: dict[int, torch.Tensor], src: int, device: str, memo: dict[int, Any]) -> Any:
-    """`_strip` undone on rank 0 (in place; tuples rebuilt): each `_Ref` becomes the tensor rank `src` sends for it,
-    received when first met; both walks visit the value in the same order, so tensors arrive in the order sent."""
-    if isinstance(obj, _Ref):
-        if obj.index not in received:
-            t = torch.empty(obj.shape, dtype=getattr(torch, obj.dtype), device=device)
-            if t.numel():
-                dist.recv(t, src=src)
-            received[obj.index] = t.cpu() if obj.device == "cpu" else t
-        return received[obj.index]
-    if id(obj) in memo:
-        return memo[id(obj)]
-    if isinstance(obj, dict):
-        memo[id(obj)] = obj
-        for k, v in obj.items():
-            obj[k] = _restore(v, received, src, device, memo)
-    elif isinstance(obj, list):
-        memo[id(obj)] = obj
-        obj[:] = [_restore(v, received, src, device, memo) for v in obj]
-    elif isinstance(obj, tuple):
-        items = [_restore(v, received, src, device, memo) for v in obj]
-        obj = memo[id(obj)] = type(obj)._make(items) if hasattr(obj, "_fields") else tuple(items)
-    elif hasattr(obj, "__dict__") and not isinstance(obj, type) and not callable(obj):
-        memo[id(obj)] = obj
-        for k, v in vars(obj).items():
-            object.__setattr__(obj, k, _restore(v, received, src, device, memo))
-    return obj
 
 
 def merge_metrics(metrics: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]] | None:

@@ -22,7 +22,8 @@ DEFAULT_MAX_BYTES = 1 << 30
 _GRAM_CACHE: "weakref.WeakKeyDictionary[Dictionary, dict[Any, tuple[tuple, Tensor]]]" = (
     weakref.WeakKeyDictionary())
 """Per dictionary, one Gram per dtype (a mode may use the work-dtype Gram and the fp64 one in one call: OMP's start
-and the k-sparse polish, the working-set solver and refit); `padded_gram`'s entries are keyed ("padded", dtype)."""
+and the k-sparse polish, the working-set solver and refit); `padded_gram`'s entries are keyed ("padded",
+dtype)."""
 
 
 def work_dtype(dtype: torch.dtype) -> torch.dtype:

@@ -71,8 +71,8 @@ class SupportSystems:
 
     Inactive slots get the identity in G_S and 0 in b_S, so a solve on the active slots needs no further masking.
     Looked up in the dictionary's cached fp64 Gram padded with an identity block (`padded_gram`: inactive slot s
-    reads "atom" d_sae + s, so one gather builds the masked system) and in x'Aᵀ when the Gram is at most GRAM_BYTES, else computed
-    from the support atoms. Products are charged to `flops` (rows of x').
+    reads "atom" d_sae + s, so one gather builds the masked system) and in x'Aᵀ when the Gram is at most GRAM_BYTES,
+    else computed from the support atoms. Products are charged to `flops` (rows of x').
     """
 
     def __init__(self, x_target: Float[Tensor, "n d_in"], dictionary: Dictionary, flops: Flops) -> None:
