@@ -24,6 +24,7 @@ from torch import Tensor
 from saelens_amort.atomic import write_atomic
 from saelens_amort.devices import on_device
 from saelens_amort.inference import infer
+from saelens_amort.memory import release_memory
 from saelens_amort.metrics import make_metric, metric_batch, splice_reference, spliced_metrics
 from saelens_amort.metrics.frontier import k_grid, lambda_grid, lambda_max, price
 from saelens_amort.provenance import provenance
@@ -206,6 +207,8 @@ def run_frontier(cfg: FrontierConfig, out: Path, *, overwrite: bool = False,
             for p, sp in zip(points, splice_rows(inputs.model, sae, inputs.hook, inputs.splice_toks, curves)):
                 p.update(sp)
         rows += [{"sae": spec, "architecture": sae.cfg.architecture(), **p} for p in points]
+        del sae, x_cal
+        release_memory()  # as eval does: what this SAE's solves freed goes back to the OS before the next SAE
     points_df = pd.DataFrame(rows)
     price_df = prices(points_df)
     meta = {"config": cfg.as_json(), "hook_name": inputs.hook, "provenance": provenance(), "skipped": skipped,
