@@ -36,18 +36,28 @@ def gram_bytes(d_sae: int, dtype: torch.dtype) -> int:
     return d_sae * d_sae * torch.finfo(dtype).bits // 8
 
 
+def _cached(dictionary: Dictionary, entry: Any) -> Tensor | None:
+    """The cache's `entry` for `dictionary` if it was built from the atoms as they are now (not modified since)."""
+    hit = _GRAM_CACHE.get(dictionary, {}).get(entry)
+    return hit[1] if hit is not None and hit[0] == _atoms_version(dictionary) else None
+
+
+def _store(dictionary: Dictionary, entry: Any, value: Tensor) -> Tensor:
+    _GRAM_CACHE.setdefault(dictionary, {})[entry] = (_atoms_version(dictionary), value)
+    return value
+
+
+def _atoms_version(dictionary: Dictionary) -> tuple[int, int]:
+    return dictionary.atoms._version, dictionary.atoms.data_ptr()
+
+
 def atom_gram(dictionary: Dictionary, dtype: torch.dtype) -> Tensor:
     """AAᵀ in `dtype`, cached per dictionary and dtype (rebuilt when its atoms are modified in place)."""
-    atoms = dictionary.atoms
-    key = (atoms._version, atoms.data_ptr())
-    per_dtype = _GRAM_CACHE.setdefault(dictionary, {})
-    hit = per_dtype.get(dtype)
-    if hit is not None and hit[0] == key:
-        return hit[1]
-    A = atoms.to(dtype)
-    gram = A @ A.T
-    per_dtype[dtype] = (key, gram)
-    return gram
+    hit = _cached(dictionary, dtype)
+    if hit is not None:
+        return hit
+    A = dictionary.atoms.to(dtype)
+    return _store(dictionary, dtype, A @ A.T)
 
 
 def padded_gram(dictionary: Dictionary, dtype: torch.dtype, slots: int) -> Tensor:
@@ -55,20 +65,16 @@ def padded_gram(dictionary: Dictionary, dtype: torch.dtype, slots: int) -> Tenso
     an identity row, so one gather builds a support system with the identity on its inactive slots (refit's
     `SupportSystems`). Cached per dictionary and dtype beside `atom_gram`'s entry, grown when more slots are asked
     for; the unpadded Gram in this dtype is not kept (refit and the k-sparse polish use only this one)."""
-    atoms = dictionary.atoms
-    key = (atoms._version, atoms.data_ptr())
-    per_dtype = _GRAM_CACHE.setdefault(dictionary, {})
-    hit = per_dtype.get(("padded", dtype))
-    m = atoms.shape[0]
-    if hit is not None and hit[0] == key and hit[1].shape[0] - m >= slots:
-        return hit[1]
+    m = dictionary.atoms.shape[0]
+    hit = _cached(dictionary, ("padded", dtype))
+    if hit is not None and hit.shape[0] - m >= slots:
+        return hit
     pad = max(64, 1 << max(slots - 1, 0).bit_length())
-    out = torch.zeros(m + pad, m + pad, dtype=dtype, device=atoms.device)
-    A = atoms.to(dtype)
+    out = torch.zeros(m + pad, m + pad, dtype=dtype, device=dictionary.atoms.device)
+    A = dictionary.atoms.to(dtype)
     out[:m, :m] = A @ A.T
     out[m:, m:].diagonal().fill_(1)
-    per_dtype[("padded", dtype)] = (key, out)
-    return out
+    return _store(dictionary, ("padded", dtype), out)
 
 
 def sub_gram(gram: Tensor, idx: Tensor) -> Tensor:
@@ -87,9 +93,7 @@ def flat_gather(t: Tensor, rows: Tensor, idx: Tensor) -> Tensor:
 
 def has_gram(dictionary: Dictionary, dtype: torch.dtype) -> bool:
     """A current Gram of `dictionary` in `dtype` is cached."""
-    hit = _GRAM_CACHE.get(dictionary, {}).get(dtype)
-    atoms = dictionary.atoms
-    return hit is not None and hit[0] == (atoms._version, atoms.data_ptr())
+    return _cached(dictionary, dtype) is not None
 
 
 def drop_gram(dictionary: Dictionary) -> None:
