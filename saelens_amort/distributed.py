@@ -2,8 +2,9 @@
 
 `torchrun --nproc-per-node N -m saelens_amort eval …` (or several nodes with the usual rendezvous flags) starts N
 processes; each takes a contiguous block of the activation batches, and the metric accumulators — sums, counts,
-histograms and first-N samples, all mergeable — are gathered to rank 0 and merged in rank order, which equals one pass
-over all batches in order (float summation order aside). λ is calibrated on rank 0 and broadcast; spliced CE/KL runs on
+histograms and first-N samples, all mergeable — are merged in rank order, which equals one pass over all batches in
+order (float summation order aside): each variant's on one rank (dealt out round-robin), which computes its metrics,
+and the computed values are gathered to rank 0. λ is calibrated on rank 0 and broadcast; spliced CE/KL runs on
 rank 0; only rank 0 writes outputs. Backend: gloo on CPU, nccl on CUDA. Without torchrun everything is a no-op.
 """
 
@@ -70,12 +71,12 @@ def broadcast(value: Any) -> Any:
     return box[0]
 
 
-def gather(value: Any) -> list[Any] | None:
-    """Every rank's `value`, in rank order, on rank 0 (None elsewhere).
+def gather(value: Any, dst: int = 0) -> list[Any] | None:
+    """Every rank's `value`, in rank order, on rank `dst` (None elsewhere).
 
     The tensors inside `value` (in dicts, lists, tuples and objects' attributes) travel out of band: `gather_object`
-    carries the value with each tensor replaced by a reference, and each tensor is sent as itself into a tensor rank 0
-    allocates for it. `gather_object` alone would serialise the tensors' bytes, pad every rank's buffer to the
+    carries the value with each tensor replaced by a reference, and each tensor is sent as itself into a tensor rank
+    `dst` allocates for it. `gather_object` alone would serialise the tensors' bytes, pad every rank's buffer to the
     largest and deserialise copies: about four times the data on rank 0 (the main job's metric samples on the L1
     SAEs: 850 MB), where this holds it once."""
     if not active():
@@ -90,15 +91,19 @@ def gather(value: Any) -> list[Any] | None:
             tensors.append(t)
         return _Ref(index[id(t)], str(t.dtype).removeprefix("torch."), tuple(t.shape), t.device.type)
 
-    parts = [None] * world() if is_main() else None
-    dist.gather_object(_replace(value, torch.Tensor, reference, {}), parts, dst=0)
-    if not is_main():
+    here = rank() == dst
+    parts = [None] * world() if here else None
+    dist.gather_object(_replace(value, torch.Tensor, reference, {}), parts, dst=dst)
+    if not here:
         for t in tensors:
             if t.numel():
-                dist.send(t.detach().to(device).contiguous(), dst=0)
+                dist.send(t.detach().to(device).contiguous(), dst=dst)
         return None
-    out = [value]
-    for src in range(1, world()):
+    out = []
+    for src in range(world()):
+        if src == dst:
+            out.append(value)
+            continue
         received: dict[int, torch.Tensor] = {}
 
         def receive(ref: _Ref, src: int = src, received: dict = received) -> torch.Tensor:
@@ -115,7 +120,7 @@ def gather(value: Any) -> list[Any] | None:
 
 class _Ref(NamedTuple):
     """Where a tensor was: its index in the sender's list, dtype, shape and device type (CPU tensors come back on
-    rank 0's CPU, CUDA ones on its current device)."""
+    the receiver's CPU, CUDA ones on its current device)."""
 
     index: int
     dtype: str
@@ -150,14 +155,23 @@ def _replace(obj: Any, leaf: type, fn: Callable[[Any], Any], memo: dict[int, Any
     return new
 
 
-def merge_metrics(metrics: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]] | None:
-    """{variant: {family: Metric}} merged over ranks in rank order on rank 0 (None on the other ranks)."""
-    parts = gather(metrics)
-    if parts is None:
-        return None
-    merged = parts[0]
-    for other in parts[1:]:
-        for variant, families in other.items():
-            for name, metric in families.items():
-                merged[variant][name].merge(metric)
-    return merged
+def owner(i: int) -> int:
+    """The rank that finishes the i-th of a list of items dealt out round-robin (`deal_metrics`)."""
+    return i % world()
+
+
+def deal_metrics(metrics: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """{variant: {family: Metric}} merged over ranks in rank order, each variant on its `owner` (by its place in
+    `metrics`): this rank's variants only, so the ranks compute the metrics of different variants at once."""
+    labels = list(metrics)
+    mine: dict[str, dict[str, Any]] = {}
+    for dst in range(world()):
+        parts = gather({v: metrics[v] for i, v in enumerate(labels) if owner(i) == dst}, dst=dst)
+        if parts is None:
+            continue
+        mine = parts[0]
+        for other in parts[1:]:
+            for variant, families in other.items():
+                for name, metric in families.items():
+                    mine[variant][name].merge(metric)
+    return mine

@@ -126,3 +126,41 @@ def test_gather_sends_tensors_out_of_band_and_keeps_every_value(tmp_path):
     outs = [p.communicate(timeout=300) for p in procs]
     assert [p.returncode for p in procs] == [0, 0, 0], [err[-2000:] for _, err in outs]
     assert outs[0][0].strip() == "gathered 3"
+
+
+DEAL_SCRIPT = """
+import sys, torch, torch.distributed as tdist
+from saelens_amort import distributed
+rank, world, store = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+tdist.init_process_group("gloo", store=tdist.FileStore(store, world), rank=rank, world_size=world)
+class Acc:  # a mergeable metric accumulator: merged in rank order it lists the ranks 0, 1, 2
+    def __init__(self, ranks, rows):
+        self.ranks, self.rows = ranks, rows
+    def merge(self, other):
+        self.ranks = self.ranks + other.ranks
+        self.rows = torch.cat([self.rows, other.rows])
+labels = ["amortized", "semi", "unamortized", "ksparse", "semi_ksparse"]
+metrics = {v: {"a": Acc([rank], torch.full((rank + 1,), float(i))), "b": Acc([10 * rank], torch.zeros(0))}
+           for i, v in enumerate(labels)}
+mine = distributed.deal_metrics(metrics)
+assert list(mine) == [v for i, v in enumerate(labels) if i % world == rank], (rank, list(mine))
+for v, families in mine.items():
+    i = labels.index(v)
+    assert families["a"].ranks == list(range(world)) and families["b"].ranks == [10 * r for r in range(world)]
+    assert families["a"].rows.tolist() == [float(i)] * sum(r + 1 for r in range(world))
+print("dealt", rank, len(mine))
+tdist.destroy_process_group()
+"""
+
+
+def test_deal_metrics_merges_each_variant_on_its_owner_in_rank_order(tmp_path):
+    """distributed.deal_metrics over 3 gloo processes: each rank ends up with exactly its round-robin share of the
+    variants, each merged from every rank's accumulator in rank order (tensors sent to ranks other than 0 too)."""
+    script = tmp_path / "deal.py"
+    script.write_text(DEAL_SCRIPT)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    procs = [subprocess.Popen([sys.executable, str(script), str(r), "3", str(tmp_path / "store")], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for r in range(3)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0], [err[-2000:] for _, err in outs]
+    assert [out.strip() for out, _ in outs] == ["dealt 0 2", "dealt 1 2", "dealt 2 1"]

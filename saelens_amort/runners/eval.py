@@ -156,11 +156,14 @@ def _evaluate_sae(spec: str, sae, model, store, hook: str, cfg: EvalConfig, spli
             gaps.append((results["amortized"].objective - star[ref_lam].objective).cpu().numpy())
         stages.advance()
 
-    merged, all_gaps, all_converged = dist.merge_metrics(metrics), dist.gather(gaps), dist.gather(converged)
+    # each rank merges and computes the metrics of its share of the variants (dealt out round-robin)
+    owned = {label: _compute(families, stages) for label, families in dist.deal_metrics(metrics).items()}
+    all_computed, all_gaps, all_converged = dist.gather(owned), dist.gather(gaps), dist.gather(converged)
     all_objectives = dist.gather(objectives)
     if not dist.is_main():
         return [], {"freqs": {}, "gap": np.zeros(0)}
-    metrics, gaps = merged, [g for part in all_gaps for g in part]
+    computed = {label: c for part in all_computed for label, c in part.items()}
+    gaps = [g for part in all_gaps for g in part]
     objectives = {k: v for part in all_objectives for k, v in part.items()}
     counts = {key: np.sum([part[key] for part in all_converged], axis=0) for key in converged}
     converged_frac = {key: float(c / n) if n else None for key, (c, n) in counts.items()}
@@ -188,13 +191,12 @@ def _evaluate_sae(spec: str, sae, model, store, hook: str, cfg: EvalConfig, spli
         skipped: dict[str, str] = {}
         if own is not None and own.note:
             skipped[f"{cfg.resolved_target} target"] = own.note
-        for name, m in metrics[v.label].items():
-            with stages.stage(f"metric {name}"):
-                computed = m.compute()
-            row.update({f"{name}/{k}" if k in COUNT_KEYS else k: val for k, val in computed.items()})
-            skipped.update(m.skipped)
+        for name, (values, why) in computed[v.label].items():
             if name == "sparsity":
-                freqs[(spec, v.label)] = np.asarray(m.artifacts()["firing_frequency"])
+                values = dict(values)
+                freqs[(spec, v.label)] = values.pop("firing_frequency")
+            row.update({f"{name}/{k}" if k in COUNT_KEYS else k: val for k, val in values.items()})
+            skipped.update(why)
         columns, why = splice.get(v.label, ({}, {}))
         row.update(columns)
         skipped.update(why)
@@ -212,6 +214,19 @@ def _evaluate_sae(spec: str, sae, model, store, hook: str, cfg: EvalConfig, spli
         row.update(price)
     gap = np.concatenate(gaps)[:GAP_SAMPLE] if gaps else np.zeros(0)
     return rows, {"freqs": freqs, "gap": gap}
+
+
+def _compute(families: dict[str, Any], stages: Stages) -> dict[str, tuple[dict, dict]]:
+    """family → (its values, its skipped notes) of one variant's merged metrics; the sparsity family also carries
+    the firing frequency per latent (for the report) under 'firing_frequency'."""
+    out = {}
+    for name, m in families.items():
+        with stages.stage(f"metric {name}"):
+            values = m.compute()
+        if name == "sparsity":
+            values = {**values, "firing_frequency": np.asarray(m.artifacts()["firing_frequency"])}
+        out[name] = (values, dict(m.skipped))
+    return out
 
 
 def _reference(x, sae, lam: float, steps: int | None = None):
