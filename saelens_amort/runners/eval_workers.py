@@ -87,13 +87,13 @@ def local_workers(workers: "int | Workers", config: dict, out: Path, overwrite: 
     import torch.distributed as tdist
 
     from saelens_amort.distributed import TIMEOUT_MINUTES
-    from saelens_amort.inference.threads import intra_op_threads
+    from saelens_amort.inference.threads import process_threads
 
     ok = False
     pool = workers if isinstance(workers, Workers) else Workers(workers, config, out, overwrite)
     try:
         _wait_for_workers(pool.procs, pool.tmp)
-        with intra_op_threads(pool.threads):
+        with process_threads(pool.threads):
             tdist.init_process_group("gloo", store=tdist.FileStore(pool.store, pool.n), rank=0, world_size=pool.n,
                                      timeout=datetime.timedelta(minutes=TIMEOUT_MINUTES))
             try:
@@ -148,23 +148,23 @@ def _stop(procs: dict[int, subprocess.Popen], *, wait: bool) -> None:
 
 def _worker(spec_path: str, rank: int) -> None:
     """A worker process: join the group as `rank`, then run the same eval (rank 0 writes the outputs)."""
-    import torch
     import torch.distributed as tdist
 
     from saelens_amort.distributed import TIMEOUT_MINUTES
+    from saelens_amort.inference.threads import process_threads
     from saelens_amort.runners.eval import run_eval
     from saelens_amort.runners.eval_config import EvalConfig
 
     _die_with_parent()
     spec = json.loads(Path(spec_path).read_text())
-    torch.set_num_threads(spec["threads"])
     (Path(spec_path).parent / f"ready{rank}").touch()
     store = tdist.FileStore(spec["store"], spec["world"])
     tdist.init_process_group("gloo", store=store, rank=rank, world_size=spec["world"],
                              timeout=datetime.timedelta(minutes=TIMEOUT_MINUTES))
     try:
-        run_eval(EvalConfig.from_json(spec["config"]), Path(spec["out"]), overwrite=spec["overwrite"],
-                 progress=False)
+        with process_threads(spec["threads"]):
+            run_eval(EvalConfig.from_json(spec["config"]), Path(spec["out"]), overwrite=spec["overwrite"],
+                     progress=False)
     finally:
         tdist.destroy_process_group()
 
