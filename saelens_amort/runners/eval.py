@@ -42,9 +42,12 @@ CALIBRATION_TOL = 0.05
 GAP_SAMPLE = 4096
 """Per-token gaps kept per SAE for the report's distribution plot."""
 REFERENCE_FINISH_ITER = 200
-"""z*: rows the unamortized budget left uncertified continue for up to this many more iterations (`_reference`).
-On toy/standard at its unamortized λ (4 096 rows) 5 rows are left; 4 finish within 11–34 more, the last needs 1 863:
-one more budget of 200 takes z* from 99.88 % to 99.98 % certified for 0.1 s, 5 000 to 100 % for 0.7 s."""
+"""z*: rows the unamortized budget left uncertified are solved again (fp64, from zero) with this budget
+(`_reference`)."""
+REFERENCE_WS_FACTOR = 4
+"""… and a working set this many times the mode's (toy/standard, 8 192 rows: 22 left at its semi λ and 12 at its
+unamortized λ; from zero in fp64 with 2× the working set 21 and 12 of them certified, with 4× all; their fp32 codes
+continued with the mode's own, as before, 8 and 9 — z* 99.83 / 99.96 % → 100 / 100 % of rows, in the same time)."""
 COUNT_KEYS = ("n_tokens", "n_train", "n_test")
 """Counts that several metric families report: each family's goes in its own column, '<family>/<count>'."""
 
@@ -231,21 +234,27 @@ def _compute(families: dict[str, Any], stages: Stages) -> dict[str, tuple[dict, 
 
 def _reference(x, sae, lam: float, steps: int | None = None):
     """(the unamortized mode at λ, z* at λ): the mode solved from zero (`steps`: its budget, None its default), and
-    z*, the same codes with the rows that budget left uncertified continued from where they stopped for up to
-    REFERENCE_FINISH_ITER more iterations (toy/standard at 20 000 tokens: certified on 99.84–99.88 % of rows before,
-    ≥ 99.9 % after). Warm starts from an L1 row's codes at λ reach the same optimum but cost 3–17× more on the
-    L1-trained toy SAEs (their dense starts make wide working sets: toy/standard, 1024 rows, 9.6 s vs 2.9 s from
-    zero at the semi λ); starting a small λ from a larger λ's optimum is 20–30 % cheaper, but then the unamortized
-    row would no longer be the mode as a user runs it."""
-    from saelens_amort.inference import infer
+    z*, the same codes with the rows that budget left uncertified solved again, in fp64 from zero, for up to
+    REFERENCE_FINISH_ITER iterations (the mode's tolerance and working-set size). Those rows are the hard ones of
+    near-parallel atoms, where an fp32 pass stalls and its codes are a poor start: toy/standard at its semi λ, six
+    such rows of 1 024 certified in 20–108 iterations from zero in fp64, but only 2–3 of them in 200 more from their
+    codes (the earlier continuation, 0.3 s a batch). Warm starts from an L1 row's codes at λ reach the same optimum
+    but cost 3–17× more on the L1-trained toy SAEs (their dense starts make wide working sets: toy/standard, 1024
+    rows, 9.6 s vs 2.9 s from zero at the semi λ); starting a small λ from a larger λ's optimum is 20–30 % cheaper,
+    but then the unamortized row would no longer be the mode as a user runs it."""
+    from saelens_amort.inference import infer, resolve_dictionary
+    from saelens_amort.inference.working_set import solve_working_set
 
     solved = infer(x, sae, "unamortized", lam=lam, steps=steps)
     left = (~solved.converged).nonzero().squeeze(1)
     if left.numel() == 0:
         return solved, solved
-    more = infer(x[left], sae, "unamortized", lam=lam, init=solved.codes[left], steps=REFERENCE_FINISH_ITER)
+    d = resolve_dictionary(sae)
+    more = solve_working_set(d.target(x[left]).double(), d.atoms.double(), lam, max_iter=REFERENCE_FINISH_ITER,
+                             tol=float(solved.info["tol"]), ws_size=REFERENCE_WS_FACTOR * int(solved.info["ws_size"]))
     codes, objective, converged = solved.codes.clone(), solved.objective.clone(), solved.converged.clone()
-    codes[left], objective[left], converged[left] = more.codes.to(codes), more.objective.to(objective), more.converged
+    codes[left] = d.to_sae_codes(more.u).to(codes)
+    objective[left], converged[left] = more.objective.to(objective), more.converged
     return solved, solved._replace(codes=codes, objective=objective, converged=converged)
 
 
