@@ -118,14 +118,20 @@ def test_gather_sends_tensors_out_of_band_and_keeps_every_value(tmp_path):
     """distributed.gather over 3 gloo processes: every rank's object arrives whole on rank 0, tensors of every kind
     (shared, empty, bf16, strided views, bool; in dicts, lists, NamedTuples and objects' attributes, with a cycle)
     equal to what was sent, in the right places, and shared ones still shared."""
-    script = tmp_path / "gather.py"
-    script.write_text(GATHER_SCRIPT)
+    outs = _gloo_processes(GATHER_SCRIPT, 3, tmp_path)
+    assert outs[0].strip() == "gathered 3"
+
+
+def _gloo_processes(script_text: str, world: int, tmp_path) -> list[str]:
+    """Run `script_text` as `world` processes (argv: rank, world, a FileStore path); each must exit 0; their stdouts."""
+    script = tmp_path / "script.py"
+    script.write_text(script_text)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    procs = [subprocess.Popen([sys.executable, str(script), str(r), "3", str(tmp_path / "store")], env=env,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for r in range(3)]
+    procs = [subprocess.Popen([sys.executable, str(script), str(r), str(world), str(tmp_path / "store")], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for r in range(world)]
     outs = [p.communicate(timeout=300) for p in procs]
-    assert [p.returncode for p in procs] == [0, 0, 0], [err[-2000:] for _, err in outs]
-    assert outs[0][0].strip() == "gathered 3"
+    assert [p.returncode for p in procs] == [0] * world, [err[-2000:] for _, err in outs]
+    return [out for out, _ in outs]
 
 
 DEAL_SCRIPT = """
@@ -156,11 +162,5 @@ tdist.destroy_process_group()
 def test_deal_metrics_merges_each_variant_on_its_owner_in_rank_order(tmp_path):
     """distributed.deal_metrics over 3 gloo processes: each rank ends up with exactly its round-robin share of the
     variants, each merged from every rank's accumulator in rank order (tensors sent to ranks other than 0 too)."""
-    script = tmp_path / "deal.py"
-    script.write_text(DEAL_SCRIPT)
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    procs = [subprocess.Popen([sys.executable, str(script), str(r), "3", str(tmp_path / "store")], env=env,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for r in range(3)]
-    outs = [p.communicate(timeout=300) for p in procs]
-    assert [p.returncode for p in procs] == [0, 0, 0], [err[-2000:] for _, err in outs]
-    assert [out.strip() for out, _ in outs] == ["dealt 0 2", "dealt 1 2", "dealt 2 1"]
+    outs = _gloo_processes(DEAL_SCRIPT, 3, tmp_path)
+    assert [out.strip() for out in outs] == ["dealt 0 2", "dealt 1 2", "dealt 2 1"]
