@@ -23,13 +23,12 @@ def intra_op_threads(n: int | None) -> Iterator[None]:
         torch.set_num_threads(old)
 
 
-
 @contextlib.contextmanager
 def process_threads(n: int) -> Iterator[None]:
     """Run torch, and the BLAS libraries numpy and scipy load (threadpoolctl), on at most `n` threads inside the
     block: one of several processes sharing the cores. A BLAS pool left at every core spins its idle threads after
-    each call and starves the other processes (the main job with --workers 2: two ranks fitting probes at once took
-    5.7 s, 1.2 s with one BLAS thread each)."""
+    each call and starves the other processes (--workers 2, toy/topk and toy/jumprelu at 20 000 tokens: rank 0's
+    probe stage 2.5–6.1 s while both ranks fitted probes, 1.2–1.4 s with one BLAS thread each)."""
     from threadpoolctl import threadpool_limits
 
     with intra_op_threads(n), threadpool_limits(limits=n, user_api="blas"):

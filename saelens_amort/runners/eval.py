@@ -235,10 +235,10 @@ def _compute(families: dict[str, Any], stages: Stages) -> dict[str, tuple[dict, 
 def _reference(x, sae, lam: float, steps: int | None = None):
     """(the unamortized mode at λ, z* at λ): the mode solved from zero (`steps`: its budget, None its default), and
     z*, the same codes with the rows that budget left uncertified solved again, in fp64 from zero, for up to
-    REFERENCE_FINISH_ITER iterations (the mode's tolerance and working-set size). Those rows are the hard ones of
-    near-parallel atoms, where an fp32 pass stalls and its codes are a poor start: toy/standard at its semi λ, six
-    such rows of 1 024 certified in 20–108 iterations from zero in fp64, but only 2–3 of them in 200 more from their
-    codes (the earlier continuation, 0.3 s a batch). Warm starts from an L1 row's codes at λ reach the same optimum
+    REFERENCE_FINISH_ITER iterations at the mode's tolerance on a working set REFERENCE_WS_FACTOR times the mode's.
+    Those rows are the hard ones of near-parallel atoms, where the mode's narrow working set cycles: toy/standard at
+    its semi λ, six such rows of 1 024 certify in 20–108 iterations on a 64-atom set, 225–2 475 on the mode's 16,
+    and 2 of 6 in 200 more from their fp32 codes (the earlier continuation). Warm starts from an L1 row's codes at λ reach the same optimum
     but cost 3–17× more on the L1-trained toy SAEs (their dense starts make wide working sets: toy/standard, 1024
     rows, 9.6 s vs 2.9 s from zero at the semi λ); starting a small λ from a larger λ's optimum is 20–30 % cheaper,
     but then the unamortized row would no longer be the mode as a user runs it."""
