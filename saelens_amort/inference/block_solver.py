@@ -26,6 +26,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from saelens_amort.inference.flops import Flops, cholesky, cholesky_solve
+from saelens_amort.inference.triangular import solve_factored
 
 FISTA_WARMUP = 6
 """FISTA steps before the first Newton step of a cold block solve (they find most of the support)."""
@@ -245,7 +246,7 @@ def _face_minimiser(G: Tensor, b: Tensor, S: Tensor) -> tuple[Tensor, Tensor, Te
         M.diagonal(dim1=1, dim2=2).add_((~valid).to(G.dtype))
         chol, info = torch.linalg.cholesky_ex(M)
         rhs = torch.where(valid, b[rows].gather(1, order), 0.0)
-        z_S = torch.cholesky_solve(rhs.unsqueeze(2), chol).squeeze(2)
+        z_S = solve_factored(rhs.unsqueeze(2), chol).squeeze(2)
         z[rows] = torch.zeros_like(b[rows]).scatter_(1, order, torch.where(valid, z_S, 0.0))
         ok[rows] = info == 0
         widths[rows] = float(width)

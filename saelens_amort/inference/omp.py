@@ -36,6 +36,7 @@ from saelens_amort.inference.gram import atom_gram, has_gram, sub_gram, work_dty
 from saelens_amort.inference.sparse_codes import csr_tensor
 from saelens_amort.inference.registry import register_mode
 from saelens_amort.inference.result import InferenceResult, ModeOptions, make_result, objective_from_residual
+from saelens_amort.inference.triangular import solve_factored
 from saelens_amort.saes.dictionary import Dictionary
 
 BATCH_ELEMENTS = 2**26
@@ -168,7 +169,7 @@ def nn_omp(
         T = t + 1
         sel = take.nonzero().squeeze(1)
         g_ls = torch.zeros(n, T, dtype=wd, device=dev).index_copy_(
-            0, sel, torch.cholesky_solve(b[sel, :T].unsqueeze(-1), L[sel, :T, :T]).squeeze(-1))
+            0, sel, solve_factored(b[sel, :T].unsqueeze(-1), L[sel, :T, :T]).squeeze(-1))
         flops.add(cholesky_solve(T), sel, matmul=False)
         new, n_drop = _nonnegative_refit(
             gamma[:, :T], g_ls, b[:, :T], idx[:, :T], L[:, :T, :T], act[:, :T], take, inner
@@ -291,7 +292,7 @@ def _nonnegative_refit(
         inner.flops.add(cholesky(w) + cholesky_solve(w), bad, matmul=False)
         L[bad] = L_bad
         prev[bad] = step
-        cur[bad] = torch.cholesky_solve(b[bad].unsqueeze(-1), L_bad).squeeze(-1)
+        cur[bad] = solve_factored(b[bad].unsqueeze(-1), L_bad).squeeze(-1)
     return torch.where(act & (cur < 0), 0.0, cur), dropped
 
 

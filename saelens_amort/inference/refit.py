@@ -32,6 +32,7 @@ from saelens_amort.inference.flops import Flops, add_info, cholesky, cholesky_so
 from saelens_amort.inference.gram import gram_bytes, padded_gram, sub_gram
 from saelens_amort.inference.result import InferenceResult, objective_from_residual
 from saelens_amort.inference.sparse_codes import to_csr
+from saelens_amort.inference.triangular import solve_factored
 from saelens_amort.saes.dictionary import Dictionary
 
 GRAM_BYTES = 1 << 28
@@ -121,7 +122,7 @@ def masked_cholesky_solve(
         scale = gm[bad].diagonal(dim1=1, dim2=2).amax(dim=1).clamp_min(1.0)
         chol[bad] = torch.linalg.cholesky(gm[bad] + RIDGE * scale[:, None, None] * eye)
         flops.add(cholesky(gram.shape[1]), rows[bad], matmul=False)
-    gamma = torch.cholesky_solve((b * active).unsqueeze(-1), chol).squeeze(-1)
+    gamma = solve_factored((b * active).unsqueeze(-1), chol).squeeze(-1)
     flops.add(cholesky(gram.shape[1]) + cholesky_solve(gram.shape[1]), rows, matmul=False)
     return torch.where(active, gamma, 0.0), singular
 
