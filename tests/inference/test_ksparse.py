@@ -113,6 +113,24 @@ def test_rows_with_k_at_least_d_in_start_at_the_safe_step():
     assert result.info["rejected_steps"] == 0 and (result.n_iter == 1).all()
 
 
+def test_rows_whose_residual_is_explained_stop_converged(toy_x):
+    """x' in the cone of k_r ≥ d_in atoms: OMP's start explains it to rounding, so the row takes no step and counts as
+    converged (before, such rows ran all 100 iterations with supports flickering in the last digits and were
+    reported unconverged: toy/gated's BOS-like rows at k_r 160 of d_in 128)."""
+    d = random_dictionary(d_in=8, d_sae=32, seed=9)
+    x = sparse_signals(d, 64, l0=12, noise=0.0, seed=10)
+    result = infer(x, d, "ksparse", k=12)
+    err = half_sq_error(d.target(x), d.from_sae_codes(result.codes), d.atoms)
+    assert result.converged.all() and (result.n_iter == 0).all()
+    assert (err <= 16 * torch.finfo(torch.float32).eps * d.target(x).square().sum(dim=1)).all()
+    sae = saelens_amort.load_sae("toy/gated")
+    with torch.no_grad():
+        wide = ((sae.encode(toy_x) > 0).sum(dim=1) >= sae.cfg.d_in).nonzero().squeeze(1)
+        assert wide.numel() > 0
+        gated = infer(toy_x[wide], sae, "ksparse")
+    assert gated.converged.all() and (gated.n_iter < 10).all()
+
+
 def test_unamortized_matches_the_encoder_l0_and_beats_omp_at_it(toy_x):
     sae = saelens_amort.load_sae("toy/topk")
     with torch.no_grad():
