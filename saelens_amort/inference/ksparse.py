@@ -7,7 +7,8 @@ row's better code — never worse than OMP at k_r; or init='zero'), to convergen
 encoder's code, first polished on its own support (step 2 below: the magnitudes refitted, the support kept), then
 `steps` iterations (default 5, `catalog.SEMI_KSPARSE_STEPS`: a semi-amortized budget, ≤ 10 encoder-equivalents).
 With the default k every row keeps exactly the encoder's per-row L0 (TopK: its k; BatchTopK / JumpReLU: whatever
-fired), unless fewer than k_r atoms can take a positive code on that row. `k` may also be one integer or a
+fired), unless fewer than k_r atoms can take a positive code on that row, or fewer already explain it to rounding
+(rows with k_r ≥ d_in: on toy/gated's BOS-like rows OMP explains x' with 116 atoms where the encoder fires 160). `k` may also be one integer or a
 per-row tensor. `info["objective"]` says "l2 at fixed per-row L0" (the λ modes solve the L1 lasso); the reported
 objective is F at λ when one is given (NaN otherwise), like OMP's.
 
