@@ -8,7 +8,8 @@ Per row, starting from u = 0, k times:
 2. extend the Cholesky factor L of the support's Gram G_SS = A_S A_Sᵀ by one row (w = L⁻¹ A_S a_j,
    ℓ = √(1 − ‖w‖²)); a row whose new atom is numerically in the span of its support stops;
 3. refit the coefficients on the support as a non-negative least-squares problem: the unconstrained solution
-   G_SS γ = A_S x' (two triangular solves with L) is kept when it is ≥ 0; otherwise Lawson–Hanson steps run from
+   G_SS γ = A_S x' (y = L⁻¹ A_S x' is extended by one entry per step, so one triangular solve Lᵀγ = y) is kept
+   when it is ≥ 0; otherwise Lawson–Hanson steps run from
    the previous (feasible) coefficients towards it — move to where the first coefficient hits 0, drop that atom
    from the active support, refactor the masked Gram, re-solve, repeat until the solution is ≥ 0.
 
@@ -19,8 +20,11 @@ selections, so L0 ≤ n_iter ≤ k.
 Cost. With the d_sae² Gram G = AAᵀ (built once per dictionary and cached, when d_sae ≤ MAX_GRAM_ATOMS and the
 batch pays for it) the correlations are c = x'Aᵀ − γ G_S, one sparse [N, d_sae] × [d_sae, d_sae] product with
 N·|S| non-zeros per step (Batch-OMP, Rubinstein et al. 2008), while the support is small (GRAM_SUPPORT_RATIO);
-otherwise r = x' − γA_S and c = rAᵀ, one dense matmul per step. The rest is O(N k²) triangular algebra, in fp32 (fp64 for fp64 dictionaries).
-"""
+otherwise r = x' − γA_S and c = rAᵀ, one dense matmul per step. The rest is O(N k²) triangular algebra, in fp32
+(fp64 for fp64 dictionaries). Copying the selecting rows' factors out of the [N, k, k] batch is most of that: each
+step copies them once and solves both triangular systems on the copy, and the refits read the support's Gram from
+an [N, k, k] table filled as atoms are selected (toy/gated, the 309 rows of 1 024 with L0 55–106, one thread: 0.94
+→ 0.61 s; the same codes but for a few rows per 1 024 where rounding tips a near-tie to another atom)."""
 
 from __future__ import annotations
 
@@ -36,7 +40,6 @@ from saelens_amort.inference.gram import atom_gram, has_gram, sub_gram, work_dty
 from saelens_amort.inference.sparse_codes import csr_tensor
 from saelens_amort.inference.registry import register_mode
 from saelens_amort.inference.result import InferenceResult, ModeOptions, make_result, objective_from_residual
-from saelens_amort.inference.triangular import solve_factored
 from saelens_amort.saes.dictionary import Dictionary
 
 BATCH_ELEMENTS = 2**26
@@ -113,7 +116,9 @@ def nn_omp(
     idx = torch.zeros(n, k, dtype=torch.long, device=dev)
     act = torch.zeros(n, k, dtype=torch.bool, device=dev)
     b = torch.zeros(n, k, dtype=wd, device=dev)
+    y = torch.zeros(n, k, dtype=wd, device=dev)  # L⁻¹ b, extended a slot per step (only a refit solves it again)
     L = torch.eye(k, dtype=wd, device=dev).expand(n, k, k).clone()
+    G_S = torch.zeros(n, k, k, dtype=wd, device=dev)  # ⟨a_idx[s], a_idx[t]⟩ of the filled slots, for the refits
     gamma = torch.zeros(n, k, dtype=wd, device=dev)
     n_iter = torch.zeros(n, dtype=torch.long, device=dev)
     budget = torch.full((n,), k, dtype=torch.long, device=dev) if k_rows is None else k_rows.to(dev)
@@ -143,36 +148,48 @@ def nn_omp(
         j = torch.zeros(n, dtype=torch.long, device=dev)
         j[rows] = torch.where(ok, j_rows, 0)
 
-        if t:  # the triangular algebra runs on the rows that select, not on every row of the block
-            sel = take.nonzero().squeeze(1)
-            g = inner.with_new(idx[sel, :t], j[sel], sel) * act[sel, :t]
-            w_sel = torch.linalg.solve_triangular(L[sel, :t, :t], g.unsqueeze(-1), upper=False).squeeze(-1)
+        # The triangular algebra runs on the rows that select, on one copy of their factor per step (gathering it is
+        # most of the cost): its row t is still the identity row, so the forward solve of [g, 0] gives w and 0.
+        eps = torch.finfo(wd).eps
+        T = t + 1
+        sel = take.nonzero().squeeze(1)
+        j_sel = j[sel]
+        L_sel = L[sel, :T, :T]
+        if t:
+            g_all = inner.with_new(idx[sel, :t], j_sel, sel)
+            G_S[sel, t, :t] = g_all  # a row that does not take slot t now stops: its slot t is never read
+            G_S[sel, :t, t] = g_all
+            g = torch.cat([g_all * act[sel, :t], g_all.new_zeros(len(sel), 1)], dim=1)
+            w_sel = torch.linalg.solve_triangular(L_sel, g.unsqueeze(-1), upper=False).squeeze(-1)[:, :t]
             flops.add(float(t * t), sel, matmul=False)
-            w = torch.zeros(n, t, dtype=wd, device=dev).index_copy_(0, sel, w_sel)
-            ell2 = torch.zeros(n, dtype=wd, device=dev).index_copy_(0, sel, 1.0 - w_sel.square().sum(dim=1))
+            ell2 = 1.0 - w_sel.square().sum(dim=1)
         else:
-            w = torch.zeros(n, 0, dtype=wd, device=dev)
-            ell2 = inner.norms_sq(j)
-        take &= ell2 > INDEPENDENCE * torch.finfo(wd).eps
-        if not bool(take.any()):
+            w_sel = L_sel.new_zeros(len(sel), 0)
+            ell2 = inner.norms_sq(j_sel)
+        ok = ell2 > INDEPENDENCE * eps
+        take[sel] = ok
+        if not bool(ok.any()):
             break
 
         tk = take.unsqueeze(1)
         idx[:, t] = torch.where(take, j, 0)
         act[:, t] = take
         b[:, t] = torch.where(take, c0.gather(1, j.unsqueeze(1)).squeeze(1), 0.0)
-        L[:, t, :t] = torch.where(tk, w, 0.0)
-        L[:, t, t] = torch.where(take, ell2.clamp_min(0).sqrt(), 1.0)
+        w_sel = torch.where(ok.unsqueeze(1), w_sel, 0.0)
+        ell = torch.where(ok, ell2.clamp_min(0).sqrt(), 1.0)
+        L_sel[:, t, :t], L_sel[:, t, t] = w_sel, ell  # rows outside sel keep the identity row t they start with
+        L[sel, t, :t], L[sel, t, t] = w_sel, ell
+        G_S[sel, t, t] = inner.norms_sq(j_sel)
+        y[sel, t] = (b[sel, t] - (w_sel * y[sel, :t]).sum(dim=1)) / ell
+        flops.add(2.0 * t, sel, matmul=False)
         inner.add(t, j, take)
         n_iter += take
 
-        T = t + 1
-        sel = take.nonzero().squeeze(1)
         g_ls = torch.zeros(n, T, dtype=wd, device=dev).index_copy_(
-            0, sel, solve_factored(b[sel, :T].unsqueeze(-1), L[sel, :T, :T]).squeeze(-1))
-        flops.add(cholesky_solve(T), sel, matmul=False)
+            0, sel, torch.linalg.solve_triangular(L_sel.mT, y[sel, :T].unsqueeze(-1), upper=True).squeeze(-1))
+        flops.add(float(T * T), sel, matmul=False)
         new, n_drop = _nonnegative_refit(
-            gamma[:, :T], g_ls, b[:, :T], idx[:, :T], L[:, :T, :T], act[:, :T], take, inner
+            gamma[:, :T], g_ls, b[:, :T], y[:, :T], G_S[:, :T, :T], L[:, :T, :T], act[:, :T], take, inner.flops
         )
         dropped += n_drop
         gamma[:, :T] = torch.where(tk, new, gamma[:, :T])
@@ -217,14 +234,6 @@ class _Atoms:
         """[n] squared norms ‖a_{j[r]}‖² (1, or 0 for a zero atom)."""
         return self.atoms[j].square().sum(dim=1)
 
-    def support_gram(self, rows: Tensor, idx: Tensor) -> Tensor:
-        """[len(rows), T, T] Gram of the support atoms idx[rows] [.., T]."""
-        if self.gram is not None:
-            return sub_gram(self.gram, idx[rows])
-        a = self.support[rows, : idx.shape[1]]
-        self.flops.add(2.0 * a.shape[1] * a.shape[1] * a.shape[2], rows)
-        return a @ a.transpose(1, 2)
-
     def correlations(self, x: Tensor, c0: Tensor, idx: Tensor, coef: Tensor, rows: Tensor) -> Tensor:
         """(x − Σ coef_s a_{idx_s}) Aᵀ per row (rows `rows` of the batch): x'Aᵀ − coef G_S with a Gram, else the
         residual times Aᵀ."""
@@ -256,16 +265,18 @@ def _nonnegative_refit(
     prev: Tensor,
     cur: Tensor,
     b: Tensor,
-    idx: Tensor,
+    y: Tensor,
+    G_S: Tensor,
     L: Tensor,
     act: Tensor,
     rows_mask: Tensor,
-    inner: _Atoms,
+    flops: Flops,
 ) -> tuple[Tensor, int]:
     """Lawson–Hanson inner loop from the feasible `prev` towards the least-squares `cur`, for rows in `rows_mask`.
 
-    Updates `L`, `act` and `b` (zeroed on dropped slots) in place for rows whose support shrinks; returns the
-    non-negative coefficients and the number of atoms dropped.
+    Updates `L` (refactored from the slots' Gram `G_S` on the remaining active slots), `y` = L⁻¹ b, `act` and `b`
+    (zeroed on dropped slots) in place for rows whose support shrinks; returns the non-negative coefficients and the
+    number of atoms dropped.
     """
     cur = cur.clone()
     prev = prev.clone()
@@ -286,13 +297,15 @@ def _nonnegative_refit(
         act[bad] = ab
         b[bad] = b[bad] * ab
         both = ab.unsqueeze(2) & ab.unsqueeze(1)
-        gram = torch.where(both, inner.support_gram(bad, idx), 0.0) + torch.diag_embed((~ab).to(b.dtype))
+        gram = torch.where(both, G_S[bad], 0.0) + torch.diag_embed((~ab).to(b.dtype))
         L_bad = torch.linalg.cholesky(gram)
         w = gram.shape[1]
-        inner.flops.add(cholesky(w) + cholesky_solve(w), bad, matmul=False)
+        flops.add(cholesky(w) + cholesky_solve(w), bad, matmul=False)
         L[bad] = L_bad
         prev[bad] = step
-        cur[bad] = solve_factored(b[bad].unsqueeze(-1), L_bad).squeeze(-1)
+        y_bad = torch.linalg.solve_triangular(L_bad, b[bad].unsqueeze(-1), upper=False)
+        y[bad] = y_bad.squeeze(-1)
+        cur[bad] = torch.linalg.solve_triangular(L_bad.mT, y_bad, upper=True).squeeze(-1)
     return torch.where(act & (cur < 0), 0.0, cur), dropped
 
 
@@ -313,7 +326,7 @@ def omp_mode(x: Float[Tensor, "N d_in"], dictionary: Dictionary, options: ModeOp
     if options.init is not None and not (isinstance(options.init, str) and options.init == "zero"):
         raise SaeAmortError("mode 'omp' always starts from u = 0; drop init=")
     gram = atom_gram(dictionary, work_dtype(dictionary.atoms.dtype)) if use_gram(dictionary, x.shape[0], k) else None
-    rows = batch_rows(options, 3 * dictionary.d_sae + 2 * k * k + (0 if gram is not None else k * dictionary.d_in))
+    rows = batch_rows(options, 3 * dictionary.d_sae + 3 * k * k + (0 if gram is not None else k * dictionary.d_in))
     outs = [nn_omp(dictionary.target(xb), dictionary.atoms, k, gram=gram) for xb in x.split(rows)]
     return pursuit_result(outs, dictionary, options, k)
 
