@@ -30,7 +30,10 @@ thresholding pursuit):
 
 A row stops when its support is unchanged and ½‖x' − uA‖² fell by ≤ tol relative, when a 1/L step is rejected (a
 fixed point up to rounding), when its residual is explained to rounding (½‖x' − uA‖² ≤ EXPLAINED · eps · ‖x'‖²; no
-code can do better by more than that), or after `steps` iterations (default 100; semi_ksparse 5). Rows are solved in blocks
+code can do better by more than that), when its code is least squares on its support and the step keeps that
+support (a fixed point: the step's polish would return the same code, so it is skipped; toy/gated `ksparse`, 2 048
+rows: 3.6–4.2 → 2.9 s, rounds spent on rounding-level rejections at the fixed point gone, the same objective), or
+after `steps` iterations (default 100; semi_ksparse 5). Rows are solved in blocks
 of similar k_r, each row's starting points side by side in one batched solve (one set of steps for all of them:
 toy/standard ksparse, 2 048 rows in batches of 1 024, 9.8 → 7.1 s, codes equal). With `starts` > 1 the
 unamortized mode also starts from OMP with its first atom forced to be the 2nd, 3rd, … most correlated one and keeps
@@ -145,8 +148,9 @@ def ksparse_pg(
     allowed = torch.arange(T, device=dev) < k_rows.to(dev).unsqueeze(1)
     start = torch.zeros(n, m, dtype=wd, device=dev) if u0 is None else u0.to(wd)
     idx, val = _project(start, allowed)
+    exact = torch.zeros(n, dtype=torch.bool, device=dev)  # val is the least-squares solution on its support
     if polish_start and n:
-        val = _polish(systems, torch.arange(n, device=dev), idx, val, A.shape[1])
+        val, exact = _polish(systems, torch.arange(n, device=dev), idx, val, A.shape[1])
     residual = X - _times_atoms(idx, val, A)
     flops.add(2.0 * T * A.shape[1])
     F = _half_sq(residual)
@@ -163,9 +167,20 @@ def ksparse_pg(
         i_l, v_l, F_l, mu_l = idx[live], val[live], F[live], mu[live]
         v = (residual[live] @ A.T).mul_(mu_l.unsqueeze(1)).scatter_add_(1, i_l, v_l)
         i_new, v_new = _project(v, allowed[live])
-        v_new = _polish(systems, live, i_new, v_new, A.shape[1])
+        flops.add(2.0 * A.shape[1] * m, live)
+        # A step that keeps the support of a code that is least squares on it would return that very code: the row
+        # is at a fixed point, and the polish and residual of that step are skipped.
+        fixed = exact[live] & _same_support(i_l, v_l, i_new, v_new)
+        if bool(fixed.any()):
+            n_iter[live[fixed]] += 1
+            converged[live[fixed]] = True
+            keep = ~fixed
+            live, i_l, v_l, F_l, mu_l, i_new, v_new = (t[keep] for t in (live, i_l, v_l, F_l, mu_l, i_new, v_new))
+            if live.numel() == 0:
+                break
+        v_new, reached = _polish(systems, live, i_new, v_new, A.shape[1])
         r_new = X[live] - _times_atoms(i_new, v_new, A)
-        flops.add(2.0 * A.shape[1] * m + 2.0 * T * A.shape[1], live)
+        flops.add(2.0 * T * A.shape[1], live)
         F_new = _half_sq(r_new)
         accept = F_new <= F_l
         n_iter[live] += 1
@@ -175,6 +190,7 @@ def ksparse_pg(
         done = settled | stalled | (accept & (F_new <= explained[live]))
         take = live[accept]
         idx[take], val[take], residual[take], F[take] = i_new[accept], v_new[accept], r_new[accept], F_new[accept]
+        exact[take] = reached[accept]
         mu[live] = torch.where(accept, (2 * mu_l).clamp_max(MAX_STEP * base), (mu_l / 2).clamp_min(base))
         converged[live[done]] = True
         live = live[~done]
@@ -207,15 +223,17 @@ def _same_support(i_old: Tensor, v_old: Tensor, i_new: Tensor, v_new: Tensor) ->
     return (a == b).all(dim=1)
 
 
-def _polish(systems: SupportSystems, rows: Tensor, idx: Tensor, val: Tensor, d_in: int) -> Tensor:
-    """Move each row's support coefficients towards the least-squares solution on its support (module docstring).
-    Rows with more than d_in atoms, or a numerically singular support Gram, keep their coefficients.
+def _polish(systems: SupportSystems, rows: Tensor, idx: Tensor, val: Tensor, d_in: int) -> tuple[Tensor, Tensor]:
+    """Move each row's support coefficients towards the least-squares solution on its support (module docstring),
+    and say per row whether they reached it. Rows with more than d_in atoms, or a numerically singular support Gram,
+    keep their coefficients (and did not).
 
     Rows are solved in groups of similar support size (`size_groups`), each with its active slots moved to the
     front, so a factorisation is as wide as its group's largest support, not the block's k_max."""
     active = val > 0
     count = active.sum(dim=1)
     out = val.clone()
+    reached = torch.zeros(val.shape[0], dtype=torch.bool, device=val.device)
     for sel, width in size_groups(count, GROUP_RATIO, d_in):
         order = torch.argsort((~active[sel]).to(torch.int8), dim=1, stable=True)[:, :width]  # active slots first
         act, v = active[sel].gather(1, order), val[sel].gather(1, order).double()
@@ -227,7 +245,8 @@ def _polish(systems: SupportSystems, rows: Tensor, idx: Tensor, val: Tensor, d_i
         alpha = torch.where(singular.unsqueeze(1), 0.0, alpha)
         moved = torch.where(act, v + alpha * (gamma - v), 0.0).to(val.dtype)
         out[sel] = torch.zeros_like(val[sel]).scatter_(1, order, moved)
-    return out
+        reached[sel] = torch.isinf(ratio).squeeze(1) & ~singular
+    return out, reached
 
 
 def check_k_rows(k_rows: Tensor, n: int, d_sae: int, mode: str) -> Tensor:

@@ -131,6 +131,24 @@ def test_rows_whose_residual_is_explained_stop_converged(toy_x):
     assert gated.converged.all() and (gated.n_iter < 10).all()
 
 
+def test_a_code_least_squares_on_a_support_the_step_keeps_is_not_polished_again(toy_x, monkeypatch):
+    """From converged codes, polished on their supports at the start, the first step keeps every support: those rows
+    are at a fixed point and stop without polishing again (the step's polish and residual would return the same
+    code). The codes stay the converged ones."""
+    import saelens_amort.inference.ksparse as ks
+
+    sae = saelens_amort.load_sae("toy/gated")
+    with torch.no_grad():
+        done = infer(toy_x, sae, "ksparse")
+        polished = []
+        real = ks._polish
+        monkeypatch.setattr(ks, "_polish", lambda systems, rows, *a: polished.append(len(rows)) or real(systems, rows, *a))
+        again = infer(toy_x, sae, "ksparse", init=done.codes, k_rows=(done.codes > 0).sum(dim=1))
+    assert sum(polished) == len(toy_x)  # the start's polish only (per block of similar k)
+    assert again.converged.all() and (again.n_iter <= 1).all()
+    assert torch.allclose(again.codes, done.codes, atol=1e-3)
+
+
 def test_unamortized_matches_the_encoder_l0_and_beats_omp_at_it(toy_x):
     sae = saelens_amort.load_sae("toy/topk")
     with torch.no_grad():
