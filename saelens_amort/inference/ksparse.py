@@ -2,91 +2,49 @@
 
     min_u ½ ‖x' − u A‖²   s.t.  u ≥ 0,  ‖u‖₀ ≤ k_r          (k_r per row; default: the encoder's own L0 on row r)
 
-Modes: `ksparse` (unamortized: from non-negative OMP run to ⌈1.25 k_r⌉ atoms and from OMP at k_r, keeping each
-row's better code — never worse than OMP at k_r; or init='zero'), to convergence, and `semi_ksparse`: from the
-encoder's code, first polished on its own support (step 2 below: the magnitudes refitted, the support kept), then
-`steps` iterations (default 5, `catalog.SEMI_KSPARSE_STEPS`: a semi-amortized budget, ≤ 10 encoder-equivalents).
+Modes: `ksparse` (unamortized: from non-negative OMP run to ⌈1.25 k_r⌉ atoms and from OMP at k_r, keeping each row's
+better code — never worse than OMP at k_r; or init='zero'), to convergence, and `semi_ksparse`: from the encoder's
+code, first polished on its own support (step 2 of `ksparse_solver.py`: the magnitudes refitted, the support kept),
+then `steps` iterations (default 5, `catalog.SEMI_KSPARSE_STEPS`: a semi-amortized budget, ≤ 10 encoder-equivalents).
 With the default k every row keeps exactly the encoder's per-row L0 (TopK: its k; BatchTopK / JumpReLU: whatever
 fired), unless fewer than k_r atoms can take a positive code on that row, or fewer already explain it to rounding
-(rows with k_r ≥ d_in: on toy/gated's BOS-like rows OMP explains x' with 116 atoms where the encoder fires 160). `k` may also be one integer or a
-per-row tensor. `info["objective"]` says "l2 at fixed per-row L0" (the λ modes solve the L1 lasso); the reported
-objective is F at λ when one is given (NaN otherwise), like OMP's.
+(rows with k_r ≥ d_in: on toy/gated's BOS-like rows OMP explains x' with 116 atoms where the encoder fires 160). `k`
+may also be one integer or a per-row tensor. `info["objective"]` says "l2 at fixed per-row L0" (the λ modes solve the
+L1 lasso); the reported objective is F at λ when one is given (NaN otherwise), like OMP's.
 
-Solver, per row (batched): projected gradient with a top-k projection, polished on the support (non-negative hard
-thresholding pursuit):
-
-1. v = u + μ (x' − uA) Aᵀ;  u⁺ = P_k(v) = the k_r largest positive entries of v (the exact projection onto
-   {u ≥ 0, ‖u‖₀ ≤ k_r});
-2. polish on the support S of u⁺: the least-squares solution γ on S (fp64 Cholesky); u⁺ moves towards γ, all the
-   way when γ > 0, else POLISH_FRACTION of the way to where the first coefficient reaches 0 (½‖x' − uA‖² is convex
-   on that segment and smallest at γ, so it falls, and |S| is kept). Rows with more atoms than dimensions, or a
-   numerically singular support Gram, skip the polish;
-3. monotone: a step that raises ½‖x' − uA‖² is rejected. μ starts at MAX_STEP / L, doubles after an accepted step
-   (up to MAX_STEP / L) and halves after a rejected one, never below 1/L (L = σ_max(A)²), where no step can raise
-   it (P_k minimises the quadratic majoriser over the constraint set, on which u lies). Rows whose k_r reaches d_in
-   (no polish; e.g. a JumpReLU firing 166 latents on the BOS-like rows of the toy) start at μ = 1/L: from
-   MAX_STEP / L their first four steps were all rejected (toy/jumprelu semi_ksparse, 2 048 rows, ‖r‖²/‖x'‖² after
-   5 steps 0.060 → 0.036).
-
-A row stops when its support is unchanged and ½‖x' − uA‖² fell by ≤ tol relative, when a 1/L step is rejected (a
-fixed point up to rounding), when its residual is explained to rounding (½‖x' − uA‖² ≤ EXPLAINED · eps · ‖x'‖²; no
-code can do better by more than that), when its code is least squares on its support and the step keeps that
-support (a fixed point: the step's polish would return the same code, so it is skipped; toy/gated `ksparse`, 2 048
-rows: 3.6–4.2 → 2.9 s, rounds spent on rounding-level rejections at the fixed point gone, the same objective), or
-after `steps` iterations (default 100; semi_ksparse 5). Rows are solved in blocks
-of similar k_r, each row's starting points side by side in one batched solve (one set of steps for all of them:
-toy/standard ksparse, 2 048 rows in batches of 1 024, 9.8 → 7.1 s, codes equal). With `starts` > 1 the
+The solver (`ksparse_solver.py`): projected gradient with a top-k projection, polished on the support, from each
+start to a fixed point, to the residual's rounding, or for `steps` iterations (default 100; semi_ksparse 5). Rows are
+solved in blocks of similar k_r, each row's starting points side by side in one batched solve (one set of steps for
+all of them: toy/standard ksparse, 2 048 rows in batches of 1 024, 9.8 → 7.1 s, codes equal). With `starts` > 1 the
 unamortized mode also starts from OMP with its first atom forced to be the 2nd, 3rd, … most correlated one and keeps
-each row's best code: on tiny coherent problems (d = 8, m = 16, k = 2) one start finds the best subset on ~75–89 %
-of rows (OMP alone: 73–89 %), four starts on ~90–98 %.
+each row's best code: on tiny coherent problems (d = 8, m = 16, k = 2) one start finds the best subset on ~75–89 % of
+rows (OMP alone: 73–89 %), four starts on ~90–98 %.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import NamedTuple
 
 import torch
-from jaxtyping import Float, Int
+from jaxtyping import Float
 from torch import Tensor
 
 from saelens_amort.catalog import SEMI_KSPARSE_STEPS
 from saelens_amort.errors import SaeAmortError
 from saelens_amort.inference.amortized import encoder_flops
-from saelens_amort.inference.block_solver import size_groups
 from saelens_amort.inference.flops import Flops
 from saelens_amort.inference.gram import atom_gram, work_dtype
+from saelens_amort.inference.ksparse_solver import DEFAULT_MAX_ITER, KSparseOutput, half_sq, ksparse_pg
 from saelens_amort.inference.omp import nn_omp, use_gram
-from saelens_amort.inference.refit import SupportSystems, masked_cholesky_solve, size_blocks
+from saelens_amort.inference.refit import size_blocks
 from saelens_amort.inference.registry import register_mode
 from saelens_amort.inference.result import InferenceResult, ModeOptions, make_result, objective_from_residual
-from saelens_amort.inference.sparse_codes import csr_tensor
 from saelens_amort.saes.dictionary import Dictionary
-
-DEFAULT_MAX_ITER = 100
-"""Iteration cap (`steps`); rows usually stop far earlier, once their support settles."""
-
-MAX_STEP = 16.0
-"""μ starts at MAX_STEP / L and never exceeds it: long steps let the support change by more than one atom."""
-
-POLISH_FRACTION = 0.9
-"""When the least-squares solution on the support has a coefficient ≤ 0, the polish goes this fraction of the way
-to the first zero crossing (keeping every coefficient > 0)."""
-
-GROUP_RATIO = 1.25
-"""The polish factorises rows in groups whose support sizes lie within this factor (a block's k_r span up to 2×: one
-factorisation at the block's k_max cost up to 8× the FLOPs of the row's own)."""
 
 BLOCK_ELEMENTS = 2**25
 """Rows per block are chosen so one block's working set stays near this many numbers (2**23 saves 50–80 MB on the
 toy SAEs at equal speed, but is 5–20 % slower at d_sae 4 096, d_in 768, k = 64: 1 024 rows, one thread, 9.2–11.8 s
 against 8.8–9.8 s)."""
-
-EXPLAINED = 16
-"""A row whose ½‖x' − uA‖² is at most EXPLAINED · eps · ‖x'‖² has converged: its residual is rounding (the working-set
-solver's FLOOR). Rows with k_r ≥ d_in reach it from their OMP start; before this rule they ran all 100 iterations
-with supports flickering in the last digits (toy/gated, 16 BOS-like rows of 1 024 at k_r 160: ½‖x' − uA‖² / ½‖x'‖²
-6.4e-7 → 1.4e-7, 0.09 s of the batch's 1.8 s)."""
 
 OBJECTIVE = "l2 at fixed per-row L0"
 """What `info["objective"]` says these modes solved (the λ modes: "l1 lasso")."""
@@ -108,145 +66,6 @@ OPTIONS = ("k_rows", "starts")
 with its first atom forced to be the 2nd, 3rd, … most correlated one) and keep each row's best code."""
 
 INITS = ("omp", "zero", "encoder")
-
-
-class KSparseOutput(NamedTuple):
-    u: Float[Tensor, "N d_sae"]
-    """Unit-atom codes (≥ 0, at most k_r non-zeros per row)."""
-    residual: Float[Tensor, "N d_in"]
-    """x' − uA."""
-    n_iter: Int[Tensor, " N"]
-    converged: Tensor
-    """Per row: stopped by the support/tolerance rule or at a fixed point (not by the iteration cap)."""
-    rejected: int
-    """Steps rejected because they would have raised ½‖x' − uA‖²."""
-    flops: Flops
-    """FLOPs run per row (`flops.py`)."""
-
-
-@torch.no_grad()
-def ksparse_pg(
-    x_target: Float[Tensor, "N d_in"],
-    dictionary: Dictionary,
-    k_rows: Int[Tensor, " N"],
-    *,
-    u0: Float[Tensor, "N d_sae"] | None = None,
-    max_iter: int = DEFAULT_MAX_ITER,
-    tol: float = 1e-4,
-    polish_start: bool = False,
-) -> KSparseOutput:
-    """Monotone non-negative k-sparse projected gradient (module docstring) for the rows of x' = `x_target`;
-    `polish_start`: polish the start on its support first (its magnitudes; OMP's codes need none)."""
-    wd = work_dtype(dictionary.atoms.dtype)
-    A, X = dictionary.atoms.to(wd), x_target.to(wd)
-    n, m = X.shape[0], A.shape[0]
-    dev = X.device
-    flops = Flops(n, dev)
-    systems = SupportSystems(x_target, dictionary, flops)
-    lipschitz = dictionary.lipschitz
-    T = max(1, int(k_rows.max())) if n else 1
-    allowed = torch.arange(T, device=dev) < k_rows.to(dev).unsqueeze(1)
-    start = torch.zeros(n, m, dtype=wd, device=dev) if u0 is None else u0.to(wd)
-    idx, val = _project(start, allowed)
-    exact = torch.zeros(n, dtype=torch.bool, device=dev)  # val is the least-squares solution on its support
-    if polish_start and n:
-        val, exact = _polish(systems, torch.arange(n, device=dev), idx, val, A.shape[1])
-    residual = X - _times_atoms(idx, val, A)
-    flops.add(2.0 * T * A.shape[1])
-    F = _half_sq(residual)
-    explained = EXPLAINED * torch.finfo(wd).eps * X.double().square().sum(dim=1)
-    base = 1.0 / lipschitz if lipschitz > 0 else 1.0
-    mu = torch.where(k_rows.to(dev) >= A.shape[1], 1.0, MAX_STEP).to(wd) * base
-    n_iter = torch.zeros(n, dtype=torch.long, device=dev)
-    converged = F <= explained
-    live = (~converged).nonzero().squeeze(1)
-    rejected = 0
-    for _ in range(max_iter):
-        if live.numel() == 0:
-            break
-        i_l, v_l, F_l, mu_l = idx[live], val[live], F[live], mu[live]
-        v = (residual[live] @ A.T).mul_(mu_l.unsqueeze(1)).scatter_add_(1, i_l, v_l)
-        i_new, v_new = _project(v, allowed[live])
-        flops.add(2.0 * A.shape[1] * m, live)
-        # A step that keeps the support of a code that is least squares on it would return that very code: the row
-        # is at a fixed point, and the polish and residual of that step are skipped.
-        fixed = exact[live] & _same_support(i_l, v_l, i_new, v_new)
-        if bool(fixed.any()):
-            n_iter[live[fixed]] += 1
-            converged[live[fixed]] = True
-            keep = ~fixed
-            live, i_l, v_l, F_l, mu_l, i_new, v_new = (t[keep] for t in (live, i_l, v_l, F_l, mu_l, i_new, v_new))
-            if live.numel() == 0:
-                break
-        v_new, reached = _polish(systems, live, i_new, v_new, A.shape[1])
-        r_new = X[live] - _times_atoms(i_new, v_new, A)
-        flops.add(2.0 * T * A.shape[1], live)
-        F_new = _half_sq(r_new)
-        accept = F_new <= F_l
-        n_iter[live] += 1
-        rejected += int((~accept).sum())
-        settled = accept & _same_support(i_l, v_l, i_new, v_new) & (F_l - F_new <= tol * F_new)
-        stalled = ~accept & (mu_l <= base * (1 + 1e-6))
-        done = settled | stalled | (accept & (F_new <= explained[live]))
-        take = live[accept]
-        idx[take], val[take], residual[take], F[take] = i_new[accept], v_new[accept], r_new[accept], F_new[accept]
-        exact[take] = reached[accept]
-        mu[live] = torch.where(accept, (2 * mu_l).clamp_max(MAX_STEP * base), (mu_l / 2).clamp_min(base))
-        converged[live[done]] = True
-        live = live[~done]
-    u = torch.zeros(n, m, dtype=wd, device=dev).scatter_(1, idx, val)
-    return KSparseOutput(u, residual, n_iter, converged, rejected, flops)
-
-
-def _project(v: Tensor, allowed: Tensor) -> tuple[Tensor, Tensor]:
-    """P_k: the k_r largest positive entries of each row (slots past k_r, and non-positive entries, hold 0)."""
-    top = v.topk(allowed.shape[1], dim=1)
-    return top.indices, torch.where(allowed & (top.values > 0), top.values, 0.0)
-
-
-def _times_atoms(idx: Tensor, val: Tensor, A: Tensor) -> Tensor:
-    """Σ_s val[r, s] · A[idx[r, s]] per row (a CSR product)."""
-    n, T = idx.shape
-    crow = torch.arange(0, n * T + 1, T, device=idx.device)
-    return csr_tensor(crow, idx.reshape(-1), val.reshape(-1), (n, A.shape[0])) @ A
-
-
-def _half_sq(residual: Tensor) -> Tensor:
-    return 0.5 * residual.double().square().sum(dim=1)
-
-
-def _same_support(i_old: Tensor, v_old: Tensor, i_new: Tensor, v_new: Tensor) -> Tensor:
-    """Per row: the active atoms of the two slot lists are the same set."""
-    m = torch.iinfo(i_old.dtype).max
-    a = torch.where(v_old > 0, i_old, m).sort(dim=1).values
-    b = torch.where(v_new > 0, i_new, m).sort(dim=1).values
-    return (a == b).all(dim=1)
-
-
-def _polish(systems: SupportSystems, rows: Tensor, idx: Tensor, val: Tensor, d_in: int) -> tuple[Tensor, Tensor]:
-    """Move each row's support coefficients towards the least-squares solution on its support (module docstring),
-    and say per row whether they reached it. Rows with more than d_in atoms, or a numerically singular support Gram,
-    keep their coefficients (and did not).
-
-    Rows are solved in groups of similar support size (`size_groups`), each with its active slots moved to the
-    front, so a factorisation is as wide as its group's largest support, not the block's k_max."""
-    active = val > 0
-    count = active.sum(dim=1)
-    out = val.clone()
-    reached = torch.zeros(val.shape[0], dtype=torch.bool, device=val.device)
-    for sel, width in size_groups(count, GROUP_RATIO, d_in):
-        order = torch.argsort((~active[sel]).to(torch.int8), dim=1, stable=True)[:, :width]  # active slots first
-        act, v = active[sel].gather(1, order), val[sel].gather(1, order).double()
-        gamma, singular = masked_cholesky_solve(*systems(rows[sel], idx[sel].gather(1, order), act), act,
-                                                systems.flops, rows[sel], masked=True)
-        neg = act & (gamma <= 0)
-        ratio = torch.where(neg, v / (v - gamma), torch.inf).amin(dim=1, keepdim=True)
-        alpha = torch.where(torch.isinf(ratio), 1.0, POLISH_FRACTION * ratio)
-        alpha = torch.where(singular.unsqueeze(1), 0.0, alpha)
-        moved = torch.where(act, v + alpha * (gamma - v), 0.0).to(val.dtype)
-        out[sel] = torch.zeros_like(val[sel]).scatter_(1, order, moved)
-        reached[sel] = torch.isinf(ratio).squeeze(1) & ~singular
-    return out, reached
 
 
 def check_k_rows(k_rows: Tensor, n: int, d_sae: int, mode: str) -> Tensor:
@@ -395,7 +214,7 @@ def _split(out: KSparseOutput, copies: int) -> list[KSparseOutput]:
 def _better(a: KSparseOutput, b: KSparseOutput) -> KSparseOutput:
     """Per row, the output with the smaller ½‖x' − uA‖² (a on ties); iterations add up (FLOPs are tallied by the
     caller: a's are kept)."""
-    pick = _half_sq(b.residual) < _half_sq(a.residual)
+    pick = half_sq(b.residual) < half_sq(a.residual)
     col = pick.unsqueeze(1)
     return KSparseOutput(
         torch.where(col, b.u, a.u),

@@ -36,7 +36,7 @@ from torch import Tensor
 
 from saelens_amort.errors import SaeAmortError
 from saelens_amort.inference.flops import Flops, cholesky, cholesky_solve, combine
-from saelens_amort.inference.gram import atom_gram, has_gram, sub_gram, work_dtype  # noqa: F401  (re-exported for mp)
+from saelens_amort.inference.gram import atom_gram, has_gram, work_dtype  # noqa: F401  (re-exported for mp)
 from saelens_amort.inference.sparse_codes import csr_tensor
 from saelens_amort.inference.registry import register_mode
 from saelens_amort.inference.result import InferenceResult, ModeOptions, make_result, objective_from_residual

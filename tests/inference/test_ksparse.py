@@ -135,7 +135,7 @@ def test_a_code_least_squares_on_a_support_the_step_keeps_is_not_polished_again(
     """From converged codes, polished on their supports at the start, the first step keeps every support: those rows
     are at a fixed point and stop without polishing again (the step's polish and residual would return the same
     code). The codes stay the converged ones."""
-    import saelens_amort.inference.ksparse as ks
+    import saelens_amort.inference.ksparse_solver as ks
 
     sae = saelens_amort.load_sae("toy/gated")
     with torch.no_grad():

@@ -1,7 +1,7 @@
 """Counting FLOPs and the cost work changed no result: every mode's codes and objectives on toy SAEs equal the values
 the code gave before (`data/modes_before_counted_flops.json`, written by that code on the same rows), within fp32
 tolerance (the objective's residual is now a sparse product: rounding only). ½‖x' − uA‖² is compared within
-1e-4 and within rounding of ‖x'‖² (ksparse.EXPLAINED: on the BOS-like rows ½‖x'‖² ≈ 8 500, and the k ≥ d_in
+1e-4 and within rounding of ‖x'‖² (ksparse_solver.EXPLAINED: on the BOS-like rows ½‖x'‖² ≈ 8 500, and the k ≥ d_in
 ksparse row of jumprelu ends at 0.0013, 0.0007 or, since it stops once explained, 0.0067: ~1e-7 of it)."""
 
 import json
@@ -28,7 +28,7 @@ def test_codes_and_objectives_equal_the_previous_code(key):
     res = infer(x, sae, mode, **ref["kwargs"])
     u = d.from_sae_codes(res.codes)
     half_sq = 0.5 * (d.target(x) - u @ d.atoms).double().square().sum(1)
-    rounding = 16 * torch.finfo(torch.float32).eps * d.target(x).double().square().sum(1)  # ksparse.EXPLAINED
+    rounding = 16 * torch.finfo(torch.float32).eps * d.target(x).double().square().sum(1)  # ksparse_solver.EXPLAINED
     diff = (half_sq - torch.tensor(ref["half_sq_residual"], dtype=torch.float64)).abs()
     assert bool((diff <= 1e-4 + 1e-4 * half_sq.abs() + rounding).all()), diff.max()
     # a code with at least d_in atoms and a residual at rounding level is one of many optima: its L1 and L0 are not
