@@ -107,6 +107,7 @@ def nn_omp(
     flops = Flops(n, dev)
     inner = _Atoms(A, gram, n, k, flops)
     c_floor = STOP_CORRELATION * torch.finfo(wd).eps * X.norm(dim=1)
+    independent = INDEPENDENCE * torch.finfo(wd).eps  # a new atom's least squared distance to the support's span
     c0 = X @ A.T
     flops.add(2.0 * A.shape[1] * m)
 
@@ -150,7 +151,6 @@ def nn_omp(
 
         # The triangular algebra runs on the rows that select, on one copy of their factor per step (gathering it is
         # most of the cost): its row t is still the identity row, so the forward solve of [g, 0] gives w and 0.
-        eps = torch.finfo(wd).eps
         T = t + 1
         sel = take.nonzero().squeeze(1)
         j_sel = j[sel]
@@ -166,7 +166,7 @@ def nn_omp(
         else:
             w_sel = L_sel.new_zeros(len(sel), 0)
             ell2 = inner.norms_sq(j_sel)
-        ok = ell2 > INDEPENDENCE * eps
+        ok = ell2 > independent
         take[sel] = ok
         if not bool(ok.any()):
             break
