@@ -20,13 +20,15 @@ def test_uncertified_rows_are_finished_for_z_star_only():
     assert again.converged.all() and same is again  # nothing left to finish: one solve
 
 
-def test_the_hard_rows_of_near_parallel_atoms_are_certified_for_z_star():
-    """At a large λ on toy/standard the mode's own budget leaves a few rows uncertified (an fp32 pass on a narrow
-    working set stalls among near-parallel atoms); z* solves them again in fp64 from zero on a wider working set and
-    certifies every one (continuing their fp32 codes as the mode would certified 1 of 4)."""
-    x, sae = toy_activations(), load_sae("toy/standard")
-    solved, star = _reference(x, sae, 7.0)
+def test_rows_the_mode_leaves_uncertified_are_certified_for_z_star():
+    """Rows the mode's budget leaves uncertified are solved again for z*, in fp64 from zero on a wider working set,
+    and every one certifies. At the default budget every toy row now certifies within the mode itself (Newton steps
+    shed a too-wide support in bulk); before, at λ = 7 on toy/standard a few did not (an fp32 pass on a narrow
+    working set stalled among near-parallel atoms, and continuing their fp32 codes certified 1 of 4). Here a budget
+    of 20 iterations leaves about a quarter of the rows uncertified."""
+    x, sae = toy_activations()[:384], load_sae("toy/standard")
+    solved, star = _reference(x, sae, 7.0, steps=20)
     left = ~solved.converged
-    assert int(left.sum()) >= 2 and star.converged.all()
+    assert int(left.sum()) >= 20 and star.converged.all()
     assert (star.objective[left] <= solved.objective[left] * (1 + 1e-6)).all()
     assert torch.equal(star.codes[~left], solved.codes[~left])  # certified rows keep the mode's codes
