@@ -221,13 +221,14 @@ def _newton_step(st: dict[str, Tensor], rows: Tensor, lam: float) -> tuple[Tenso
         factor_flops = factor_flops + cholesky(width) + cholesky_solve(width)
         points.append(torch.where((drop & ok_face).unsqueeze(1), z_face.clamp(min=0), v))
         drop = drop & ok_face & (face & (z_face < 0)).any(dim=1)
-    best_v, best_Gv, best_F = v, Gv, torch.full_like(F, torch.inf)
-    for cand in points:
-        Gc = _bmv(G, cand)
-        Fc = _f(cand, Gc, b)
-        better = Fc < best_F
-        m = better.unsqueeze(1)
-        best_v, best_Gv, best_F = torch.where(m, cand, best_v), torch.where(m, Gc, best_Gv), torch.minimum(Fc, best_F)
+    # every candidate's G v in one product: the blocks are read from memory once, not once per candidate
+    P = torch.stack(points, dim=1)
+    GP = torch.bmm(P, G)  # G is symmetric
+    FP = ((0.5 * GP - b.unsqueeze(1)) * P).sum(dim=2, dtype=torch.float64).nan_to_num_(nan=torch.inf)
+    pick = FP.argmin(dim=1, keepdim=True)  # the first of equal ones
+    best_v = P.gather(1, pick.unsqueeze(2).expand(-1, 1, P.shape[2])).squeeze(1)
+    best_Gv = GP.gather(1, pick.unsqueeze(2).expand(-1, 1, P.shape[2])).squeeze(1)
+    best_F = FP.gather(1, pick).squeeze(1)
     best_gap = block_gap(best_v, best_Gv, b, lam, xx)
     accept = ok & (best_F <= F + noise) & ((best_F < F - noise) | (best_gap < gap))
     full = torch.zeros_like(rows)
