@@ -40,8 +40,10 @@ def run_eval(args: list[str], cache: Path, out: Path) -> dict:
     env = {**os.environ, "SAEAMORT_CACHE": str(cache), "HF_HUB_OFFLINE": "1"}
     launched = time.time()
     t0 = time.perf_counter()
+    # run from the output's parent: `python -m` puts its working directory first on sys.path, so a run started from
+    # another checkout would import that checkout's package instead of the one this script imported
     proc = subprocess.Popen([sys.executable, "-m", "saelens_amort", "eval", *args, "--out", str(out)], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                            cwd=out.parent, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     _, status, usage = os.wait4(proc.pid, 0)
     seconds = time.perf_counter() - t0
     stderr = proc.stderr.read() if proc.stderr else ""
