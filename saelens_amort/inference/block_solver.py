@@ -224,7 +224,7 @@ def _newton_step(st: dict[str, Tensor], rows: Tensor, lam: float) -> tuple[Tenso
     # every candidate's G v in one product: the blocks are read from memory once, not once per candidate
     P = torch.stack(points, dim=1)
     GP = torch.bmm(P, G)  # G is symmetric
-    FP = ((0.5 * GP - b.unsqueeze(1)) * P).sum(dim=2, dtype=torch.float64).nan_to_num_(nan=torch.inf)
+    FP = _f(P, GP, b.unsqueeze(1)).nan_to_num_(nan=torch.inf)
     pick = FP.argmin(dim=1, keepdim=True)  # the first of equal ones
     best_v = P.gather(1, pick.unsqueeze(2).expand(-1, 1, P.shape[2])).squeeze(1)
     best_Gv = GP.gather(1, pick.unsqueeze(2).expand(-1, 1, P.shape[2])).squeeze(1)
@@ -289,8 +289,8 @@ def _bmv(G: Tensor, v: Tensor) -> Tensor:
 
 
 def _f(v: Tensor, Gv: Tensor, b: Tensor) -> Tensor:
-    """½ vGv − b·v = F(v) − ½‖x'‖² on the block."""
-    return ((0.5 * Gv - b) * v).sum(dim=1, dtype=torch.float64)
+    """½ vGv − b·v = F(v) − ½‖x'‖² on the block (over the last dimension: also for stacked candidate points)."""
+    return ((0.5 * Gv - b) * v).sum(dim=-1, dtype=torch.float64)
 
 
 def block_gap(v: Tensor, Gv: Tensor, b: Tensor, lam: float, xx: Tensor) -> Tensor:
