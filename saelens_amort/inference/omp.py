@@ -118,8 +118,11 @@ def nn_omp(
     act = torch.zeros(n, k, dtype=torch.bool, device=dev)
     b = torch.zeros(n, k, dtype=wd, device=dev)
     y = torch.zeros(n, k, dtype=wd, device=dev)  # L⁻¹ b, extended a slot per step (only a refit solves it again)
-    L = torch.eye(k, dtype=wd, device=dev).expand(n, k, k).clone()
-    G_S = torch.zeros(n, k, k, dtype=wd, device=dev)  # ⟨a_idx[s], a_idx[t]⟩ of the filled slots, for the refits
+    # L and G_S are read only where they were written (the lower triangles of filled slots; a refit masks G_S to
+    # the active slots): left uninitialised, a block pays for the pages its rows reach, not n·k² numbers of zeros
+    # (toy/gated, k = 200 on its BOS-like rows: the two fills were 15 % of OMP)
+    L = torch.empty(n, k, k, dtype=wd, device=dev)
+    G_S = torch.empty(n, k, k, dtype=wd, device=dev)  # ⟨a_idx[s], a_idx[t]⟩ of the filled slots, for the refits
     gamma = torch.zeros(n, k, dtype=wd, device=dev)
     n_iter = torch.zeros(n, dtype=torch.long, device=dev)
     budget = torch.full((n,), k, dtype=torch.long, device=dev) if k_rows is None else k_rows.to(dev)
@@ -150,7 +153,7 @@ def nn_omp(
         j[rows] = torch.where(ok, j_rows, 0)
 
         # The triangular algebra runs on the rows that select, on one copy of their factor per step (gathering it is
-        # most of the cost): its row t is still the identity row, so the forward solve of [g, 0] gives w and 0.
+        # most of the cost): its row t is not set yet, and the forward solve's first t entries (w) do not read it.
         T = t + 1
         sel = take.nonzero().squeeze(1)
         j_sel = j[sel]
@@ -177,7 +180,7 @@ def nn_omp(
         b[:, t] = torch.where(take, c0.gather(1, j.unsqueeze(1)).squeeze(1), 0.0)
         w_sel = torch.where(ok.unsqueeze(1), w_sel, 0.0)
         ell = torch.where(ok, ell2.clamp_min(0).sqrt(), 1.0)
-        L_sel[:, t, :t], L_sel[:, t, t] = w_sel, ell  # rows outside sel keep the identity row t they start with
+        L_sel[:, t, :t], L_sel[:, t, t] = w_sel, ell
         L[sel, t, :t], L[sel, t, t] = w_sel, ell
         G_S[sel, t, t] = inner.norms_sq(j_sel)
         y[sel, t] = (b[sel, t] - (w_sel * y[sel, :t]).sum(dim=1)) / ell

@@ -86,6 +86,22 @@ def test_codes_non_negative_and_refit_is_least_squares_on_the_support(noisy):
     assert corr[u > 0].abs().max() < 1e-9
 
 
+def test_storage_left_uninitialised_is_never_read(noisy, monkeypatch):
+    """The factor and Gram tables start uninitialised (torch.empty): filled with NaN instead, nothing changes."""
+    A, x = noisy.dictionary.atoms, noisy.x
+    clean = nn_omp(x, A, 48, prefix=torch.full((x.shape[0],), 20))
+    empty = torch.empty
+
+    def nan_empty(*args, **kwargs):
+        out = empty(*args, **kwargs)
+        return out.fill_(math.nan) if out.is_floating_point() else out
+
+    monkeypatch.setattr(torch, "empty", nan_empty)
+    poisoned = nn_omp(x, A, 48, prefix=torch.full((x.shape[0],), 20))
+    assert clean.atoms_dropped > 0  # the refits (which refactor from the Gram table) ran
+    assert torch.equal(clean.u, poisoned.u) and torch.equal(clean.u_prefix, poisoned.u_prefix)
+
+
 def test_matches_sklearn_omp_where_its_solution_is_non_negative(noisy):
     from sklearn.linear_model import orthogonal_mp
 
