@@ -6,15 +6,15 @@ Per row r of a batch, with the Gram block G_r = A_W A_Wᵀ of its working set W 
 
 On a cold block, FISTA_WARMUP steps of FISTA with function restart (step 1/L_W from a power iteration, halved if a
 plain step fails to descend) find most of the support, and more than it: FISTA's iterates spread over near-parallel
-atoms. Then projected Newton steps: the exact minimiser z of the quadratic on the face S = support ∪ {the largest KKT
-violator} (batched Cholesky of G_SS); where z is negative somewhere, the minimiser again on the face without every
-atom where it is ≤ 0 (up to DROP_ROUNDS times); the best of these points (projected onto v ≥ 0) and of the
-ratio-test point towards z is the step. Newton converges in a few steps however ill-conditioned the block (trained
-SAE decoders put near-parallel atoms in one working set: σ(G_W) spans 10³–10⁵ on the toy SAEs), and it makes the
-gradient exact, which is what the duality-gap certificate needs; FISTA alone stalls at the rounding floor of F long
-before. A Newton step is kept where it lowers F (or, within rounding of F, the gap); where it does not, the row takes
-a FISTA step next. A row stops when its block gap ≤ its target, its iteration budget is spent, or it stalls
-MAX_STALLS times. Finished rows leave the batch in bulk.
+atoms. Then projected Newton steps: the exact minimiser z of the quadratic on the face S = support ∪ {the largest
+KKT violator} (batched Cholesky of G_SS); where z is negative somewhere, the minimiser again on the face without
+every atom where it is ≤ 0 (up to DROP_ROUNDS times, from the face's own factor: `_minimiser_without`); the best of
+these points (projected onto v ≥ 0) and of the ratio-test point towards z is the step. Newton converges in a few
+steps however ill-conditioned the block (trained SAE decoders put near-parallel atoms in one working set: σ(G_W)
+spans 10³–10⁵ on the toy SAEs), and it makes the gradient exact, which is what the duality-gap certificate needs;
+FISTA alone stalls at the rounding floor of F long before. A Newton step is kept where it lowers F (or, within
+rounding of F, the gap); where it does not, the row takes a FISTA step next. A row stops when its block gap ≤ its
+target, its iteration budget is spent, or it stalls MAX_STALLS times. Finished rows leave the batch in bulk.
 """
 
 from __future__ import annotations
@@ -146,8 +146,8 @@ def solve_blocks(
             flops.add(mv, st["at"])  # the step's product runs on every row of the batch
         if bool(newton.any()):
             at = st["at"][newton]
-            factor_flops, points = _newton_step(st, newton, lam)
-            flops.add(points * mv, at)  # each candidate point's product G v
+            factor_flops, products = _newton_step(st, newton, lam)
+            flops.add(products, at)  # each candidate point's product G v, and the dropped faces' products
             flops.add(factor_flops, at, matmul=False)
         st["iters"] += live
         if on_step is not None:
@@ -190,13 +190,14 @@ def _fista_step(st: dict[str, Tensor], rows: Tensor, lam: float) -> None:
     st["Gy"] = torch.where(r, torch.addcmul(Gv, bt, diff_G), Gy)
 
 
-def _newton_step(st: dict[str, Tensor], rows: Tensor, lam: float) -> tuple[Tensor, int]:
+def _newton_step(st: dict[str, Tensor], rows: Tensor, lam: float) -> tuple[Tensor, Tensor]:
     """One projected Newton step for the rows marked in `rows`: the minimiser z of F on the face S = the support plus
     the largest KKT violator (one entrant at a time, as in Lawson–Hanson, keeps z feasible near the optimum); where z
     is negative somewhere, the minimiser on S without the atoms where z ≤ 0 (DROP_ROUNDS). The step is the best of
     max(z, 0), the ratio-test point (as far towards z as stays feasible; F falls along that segment) and the dropped
     faces' minimisers (max(·, 0)). Kept where it lowers F, or the gap within rounding of F; elsewhere the next step
-    is FISTA's. Returns the factorisations' FLOPs per row and the number of candidate points (a G v product each)."""
+    is FISTA's. Returns per row the FLOPs of the factorisations and solves, and of the products (a G v for each
+    candidate point, and the dropped faces' own)."""
     sel = rows.nonzero().squeeze(1)
     G, b, v, Gv = st["G"][sel], st["b"][sel], st["v"][sel], st["Gv"][sel]
     xx, F, gap, noise = st["xx"][sel], st["F"][sel], st["gap"][sel], st["noise"][sel]
@@ -204,21 +205,21 @@ def _newton_step(st: dict[str, Tensor], rows: Tensor, lam: float) -> tuple[Tenso
     m = min(NEWTON_ENTRANTS, viol.shape[1])
     top = viol.topk(m, dim=1).indices if m > 1 else viol.argmax(dim=1, keepdim=True)
     S = (v > 0) | torch.zeros_like(v, dtype=torch.bool).scatter_(1, top, viol.gather(1, top) > 0)
-    z, ok, width = _face_minimiser(G, b, S)
+    z, ok, width, factors = _face_minimiser(G, b, S)
     factor_flops = cholesky(width) + cholesky_solve(width)
     d = torch.where(S & ok.unsqueeze(1), z - v, 0.0)
     tiny = torch.finfo(v.dtype).tiny
     leave = (d < 0) & (v > 0)
     ratio = torch.where(leave, v / (-d).clamp_min(tiny), torch.inf).amin(dim=1).clamp(max=1.0)
     points = [(v + d).clamp_(min=0), (v + ratio.unsqueeze(1) * d).clamp_(min=0)]
-    face, z_face = S, z
+    face, z_face, drop_products = S, z, torch.zeros_like(factor_flops)
     drop = ok & (S & (z < 0)).any(dim=1)
     for _ in range(DROP_ROUNDS):
         if not bool(drop.any()):
             break
-        face = face & (z_face > 0) & drop.unsqueeze(1)  # empty (nothing factorised) on the other rows
-        z_face, ok_face, width = _face_minimiser(G, b, face)
-        factor_flops = factor_flops + cholesky(width) + cholesky_solve(width)
+        face = face & (z_face > 0)
+        z_face, ok_face, solves, products = _minimiser_without(factors, z, S & ~face & drop.unsqueeze(1))
+        factor_flops, drop_products = factor_flops + solves, drop_products + products
         points.append(torch.where((drop & ok_face).unsqueeze(1), z_face.clamp(min=0), v))
         drop = drop & ok_face & (face & (z_face < 0)).any(dim=1)
     # every candidate's G v in one product: the blocks are read from memory once, not once per candidate
@@ -243,18 +244,21 @@ def _newton_step(st: dict[str, Tensor], rows: Tensor, lam: float) -> tuple[Tenso
     st["plain"] = st["plain"] | full
     st["stalls"] = torch.where(full, 0, st["stalls"] + fail.long())
     st["fista_next"] = (st["fista_next"] & ~rows) | fail
-    return factor_flops, len(points)
+    return factor_flops, drop_products + len(points) * 2.0 * G.shape[1] * G.shape[2]
 
 
-def _face_minimiser(G: Tensor, b: Tensor, S: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """Per row, z with G_SS z_S = b_S on the slots S and 0 elsewhere, whether the factorisation succeeded, and the
-    width its face was factorised at (0 where S is empty: nothing to factorise, z = 0). Rows are factorised in groups
-    of similar face size (within FACE_GROUP_RATIO), each at its group's largest face rather than the batch's."""
+def _face_minimiser(G: Tensor, b: Tensor, S: Tensor) -> tuple[Tensor, Tensor, Tensor, list[tuple[Tensor, ...]]]:
+    """Per row, z with G_SS z_S = b_S on the slots S and 0 elsewhere, whether the factorisation succeeded, the width
+    its face was factorised at (0 where S is empty: nothing to factorise, z = 0), and the factorisations (per group:
+    rows, slot order, valid slots, Cholesky factors, z in slot order) for `_minimiser_without`. Rows are factorised
+    in groups of similar face size (within FACE_GROUP_RATIO), each at its group's largest face rather than the
+    batch's."""
     k, w = S.shape
     size = S.sum(dim=1)
     z = torch.zeros_like(b)
     ok = torch.ones(k, dtype=torch.bool, device=b.device)
     widths = torch.zeros(k, dtype=torch.float64, device=b.device)
+    factors = []
     for rows, width in size_groups(size, FACE_GROUP_RATIO):
         order = torch.argsort((~S[rows]).to(torch.int8), dim=1, stable=True)[:, :width]  # S slots first
         valid = S[rows].gather(1, order)
@@ -265,11 +269,52 @@ def _face_minimiser(G: Tensor, b: Tensor, S: Tensor) -> tuple[Tensor, Tensor, Te
         M.diagonal(dim1=1, dim2=2).add_((~valid).to(G.dtype))
         chol, info = torch.linalg.cholesky_ex(M)
         rhs = torch.where(valid, b[rows].gather(1, order), 0.0)
-        z_S = solve_factored(rhs.unsqueeze(2), chol).squeeze(2)
-        z[rows] = torch.zeros_like(b[rows]).scatter_(1, order, torch.where(valid, z_S, 0.0))
+        z_S = torch.where(valid, solve_factored(rhs.unsqueeze(2), chol).squeeze(2), 0.0)
+        z[rows] = torch.zeros_like(b[rows]).scatter_(1, order, z_S)
         ok[rows] = info == 0
         widths[rows] = float(width)
-    return z, ok, widths
+        factors.append((rows, order, valid, chol, z_S))
+    return z, ok, widths, factors
+
+
+def _minimiser_without(
+    factors: list[tuple[Tensor, ...]], z: Tensor, out: Tensor
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Per row, the minimiser on its face S without the slots `out` (⊂ S), from the face's factor G_SS = LLᵀ instead
+    of a new factorisation: with E the identity's columns at `out` and W = L⁻¹E, z' = z − L⁻ᵀW (WᵀW)⁻¹ Eᵀz holds z'
+    at 0 on `out` (Lagrange multipliers on those slots; WᵀW = (G_SS⁻¹)_out,out) and solves G z' = b on the rest.
+    Costs a forward solve with |out| right-hand sides, a backward one and a |out|-wide Cholesky. Returns z' (z on
+    rows with nothing out), whether the small factorisation succeeded, and the FLOPs per row of the solves and of
+    the products."""
+    z_new = z.clone()
+    ok = torch.ones(z.shape[0], dtype=torch.bool, device=z.device)
+    solves = torch.zeros(z.shape[0], dtype=torch.float64, device=z.device)
+    products = torch.zeros_like(solves)
+    for rows, order, valid, chol, z_S in factors:
+        D = out[rows].gather(1, order) & valid
+        count = D.sum(dim=1)
+        sub = (count > 0).nonzero().squeeze(1)
+        if sub.numel() == 0:
+            continue
+        D, count, width = D[sub], count[sub], order.shape[1]
+        p = int(count.max())
+        pos = torch.argsort((~D).to(torch.int8), dim=1, stable=True)[:, :p]  # the slots of `out` first
+        real = torch.arange(p, device=z.device) < count.unsqueeze(1)
+        E = torch.zeros(len(sub), width, p, dtype=z.dtype, device=z.device)
+        E.scatter_(1, pos.unsqueeze(1), real.unsqueeze(1).to(z.dtype))
+        L = chol[sub]
+        W = torch.linalg.solve_triangular(L, E, upper=False)  # L⁻¹E: (G⁻¹)_DD = WᵀW, and G⁻¹E = L⁻ᵀW
+        both = real.unsqueeze(2) & real.unsqueeze(1)
+        Y_D = torch.where(both, W.mT @ W, torch.eye(p, dtype=z.dtype, device=z.device))
+        small, info = torch.linalg.cholesky_ex(Y_D)  # positive definite
+        mu = solve_factored(torch.where(real, z_S[sub].gather(1, pos), 0.0).unsqueeze(2), small)
+        shift = torch.linalg.solve_triangular(L.mT, torch.bmm(W, mu), upper=True).squeeze(2)  # G⁻¹E μ
+        moved = torch.where(valid[sub] & ~D, z_S[sub] - shift, 0.0)
+        z_new[rows[sub]] = torch.zeros_like(z[rows[sub]]).scatter_(1, order[sub], moved)
+        ok[rows[sub]] = info == 0
+        solves[rows[sub]] = (p + 1) * width * width + cholesky(p) + cholesky_solve(p)
+        products[rows[sub]] = 2.0 * width * p * (p + 1)  # WᵀW and Wμ
+    return z_new, ok, solves, products
 
 
 def size_groups(size: Int[Tensor, " n"], ratio: float, max_size: int | None = None) -> Iterator[tuple[Tensor, int]]:
