@@ -9,6 +9,11 @@ of that process). The stage split comes from the run's own results.json ("timing
 `imports` is the time from process start to the run's start (Python, torch, SAE-Lens, TransformerLens imports),
 then load model, collect, load SAEs, calibrate λ, solve <mode> (per mode, z* apart), metric <family>, splice, report.
 
+This virtual machine's speed drifts by up to 2× within minutes, so each eval run is bracketed by a fixed probe of
+the kernels the solvers lean on (`speed`, one thread, GFLOP/s: fp32 GEMM [1024, 128] × [128, 1024], fp64 Cholesky
+of 1 024 matrices 48 × 48, elementwise operations on [1024, 48] fp64 tensors), taken just before and just after
+it: compare runs at similar probe figures.
+
 Lines: `run` (provenance), per cache state (`cold`: empty SAEAMORT_CACHE; `warm`: the same cache again) one `stage`
 line per stage with its share of the wall time, one `sae` line per SAE, and an `e2e` line with the targets of
 issue 14 (cold ≤ 90 s, warm ≤ 45 s, peak RSS ≤ 1 GiB, the reference z* certified on ≥ 99.9 % of rows);
@@ -38,10 +43,11 @@ TARGET_RSS_RATIO = 1.2
 def run_eval(args: list[str], cache: Path, out: Path) -> dict:
     """One eval process: wall seconds, peak RSS, and its results.json."""
     env = {**os.environ, "SAEAMORT_CACHE": str(cache), "HF_HUB_OFFLINE": "1"}
-    launched = time.time()
-    t0 = time.perf_counter()
     # run from the output's parent: `python -m` puts its working directory first on sys.path, so a run started from
     # another checkout would import that checkout's package instead of the one this script imported
+    before = machine_speed()
+    launched = time.time()
+    t0 = time.perf_counter()
     proc = subprocess.Popen([sys.executable, "-m", "saelens_amort", "eval", *args, "--out", str(out)], env=env,
                             cwd=out.parent, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     _, status, usage = os.wait4(proc.pid, 0)
@@ -51,7 +57,42 @@ def run_eval(args: list[str], cache: Path, out: Path) -> dict:
     if code != 0:
         raise SystemExit(f"eval failed ({code}): {stderr[-2000:]}")
     meta = json.loads((out / "results.json").read_text())
-    return {"seconds": seconds, "peak_rss_mib": usage.ru_maxrss / 1024, "launched": launched, "meta": meta}
+    speed = {"before": before, "after": machine_speed()}
+    return {"seconds": seconds, "peak_rss_mib": usage.ru_maxrss / 1024, "launched": launched, "meta": meta,
+            "speed": speed}
+
+
+SPEED_PROBE = """
+import json, time, torch
+torch.set_num_threads(1)
+a, b = torch.randn(1024, 128), torch.randn(128, 1024)
+B = torch.randn(1024, 48, 96, dtype=torch.float64)
+G = B @ B.mT
+v, w = torch.randn(1024, 48, dtype=torch.float64), torch.randn(1024, 48, dtype=torch.float64)
+
+
+def small_ops():
+    for _ in range(100):
+        torch.where(v > 0, v * w + v, w).sum(dim=1)
+
+
+out = {}
+for name, fn, flops in (("gemm_gflops", lambda: a @ b, 2 * 1024 * 128 * 1024),
+                        ("cholesky_gflops", lambda: torch.linalg.cholesky(G), 1024 * 48**3 / 3),
+                        ("small_ops_gflops", small_ops, 100 * 1024 * 48 * 5)):
+    fn()
+    times = []
+    for _ in range(5):
+        t = time.perf_counter(); fn(); times.append(time.perf_counter() - t)
+    out[name] = round(flops / min(times) / 1e9, 2)
+print(json.dumps(out))
+"""
+
+
+def machine_speed() -> dict:
+    """The speed probe (module docstring) in a fresh one-thread process."""
+    out = subprocess.run([sys.executable, "-c", SPEED_PROBE], capture_output=True, text=True, check=True)
+    return json.loads(out.stdout)
 
 
 def stage_lines(label: str, run: dict) -> list[dict]:
@@ -71,7 +112,7 @@ def e2e_line(label: str, run: dict, command: str) -> dict:
     target = TARGET_COLD_SECONDS if label == "cold" else TARGET_WARM_SECONDS
     ref_min = min(ref) if ref else None
     return {"kind": "e2e", "cache": label, "command": command, "seconds": round(run["seconds"], 2),
-            "peak_rss_mib": round(run["peak_rss_mib"], 1), "ref_converged_min": ref_min,
+            "peak_rss_mib": round(run["peak_rss_mib"], 1), "ref_converged_min": ref_min, "speed": run["speed"],
             "targets": {"seconds": target, "peak_rss_mib": TARGET_RSS_MIB, "ref_converged": TARGET_REF_CONVERGED},
             "met": {"seconds": run["seconds"] <= target, "peak_rss_mib": run["peak_rss_mib"] <= TARGET_RSS_MIB,
                     "ref_converged": ref_min is not None and ref_min >= TARGET_REF_CONVERGED}}
