@@ -43,11 +43,11 @@ TARGET_RSS_RATIO = 1.2
 def run_eval(args: list[str], cache: Path, out: Path) -> dict:
     """One eval process: wall seconds, peak RSS, and its results.json."""
     env = {**os.environ, "SAEAMORT_CACHE": str(cache), "HF_HUB_OFFLINE": "1"}
-    # run from the output's parent: `python -m` puts its working directory first on sys.path, so a run started from
-    # another checkout would import that checkout's package instead of the one this script imported
     before = machine_speed()
     launched = time.time()
     t0 = time.perf_counter()
+    # run from the output's parent: `python -m` puts its working directory first on sys.path, so a run started from
+    # another checkout would import that checkout's package instead of the one this script imported
     proc = subprocess.Popen([sys.executable, "-m", "saelens_amort", "eval", *args, "--out", str(out)], env=env,
                             cwd=out.parent, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     _, status, usage = os.wait4(proc.pid, 0)

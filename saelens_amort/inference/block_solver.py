@@ -146,8 +146,8 @@ def solve_blocks(
             flops.add(mv, st["at"])  # the step's product runs on every row of the batch
         if bool(newton.any()):
             at = st["at"][newton]
-            factor_flops, products = _newton_step(st, newton, lam)
-            flops.add(products, at)  # each candidate point's product G v, and the dropped faces' products
+            factor_flops, drop_products, points = _newton_step(st, newton, lam)
+            flops.add(points * mv + drop_products, at)  # each candidate point's G v, and the dropped faces' products
             flops.add(factor_flops, at, matmul=False)
         st["iters"] += live
         if on_step is not None:
@@ -190,14 +190,14 @@ def _fista_step(st: dict[str, Tensor], rows: Tensor, lam: float) -> None:
     st["Gy"] = torch.where(r, torch.addcmul(Gv, bt, diff_G), Gy)
 
 
-def _newton_step(st: dict[str, Tensor], rows: Tensor, lam: float) -> tuple[Tensor, Tensor]:
+def _newton_step(st: dict[str, Tensor], rows: Tensor, lam: float) -> tuple[Tensor, Tensor, int]:
     """One projected Newton step for the rows marked in `rows`: the minimiser z of F on the face S = the support plus
     the largest KKT violator (one entrant at a time, as in Lawson–Hanson, keeps z feasible near the optimum); where z
     is negative somewhere, the minimiser on S without the atoms where z ≤ 0 (DROP_ROUNDS). The step is the best of
     max(z, 0), the ratio-test point (as far towards z as stays feasible; F falls along that segment) and the dropped
     faces' minimisers (max(·, 0)). Kept where it lowers F, or the gap within rounding of F; elsewhere the next step
-    is FISTA's. Returns per row the FLOPs of the factorisations and solves, and of the products (a G v for each
-    candidate point, and the dropped faces' own)."""
+    is FISTA's. Returns per row the FLOPs of the factorisations and solves and of the dropped faces' products, and
+    the number of candidate points (a G v product each)."""
     sel = rows.nonzero().squeeze(1)
     G, b, v, Gv = st["G"][sel], st["b"][sel], st["v"][sel], st["Gv"][sel]
     xx, F, gap, noise = st["xx"][sel], st["F"][sel], st["gap"][sel], st["noise"][sel]
@@ -244,7 +244,7 @@ def _newton_step(st: dict[str, Tensor], rows: Tensor, lam: float) -> tuple[Tenso
     st["plain"] = st["plain"] | full
     st["stalls"] = torch.where(full, 0, st["stalls"] + fail.long())
     st["fista_next"] = (st["fista_next"] & ~rows) | fail
-    return factor_flops, drop_products + len(points) * 2.0 * G.shape[1] * G.shape[2]
+    return factor_flops, drop_products, len(points)
 
 
 def _face_minimiser(G: Tensor, b: Tensor, S: Tensor) -> tuple[Tensor, Tensor, Tensor, list[tuple[Tensor, ...]]]:
