@@ -296,24 +296,24 @@ def _minimiser_without(
         sub = (count > 0).nonzero().squeeze(1)
         if sub.numel() == 0:
             continue
-        D, count, width = D[sub], count[sub], order.shape[1]
+        at, D, count, width = rows[sub], D[sub], count[sub], order.shape[1]
         p = int(count.max())
         pos = torch.argsort((~D).to(torch.int8), dim=1, stable=True)[:, :p]  # the slots of `out` first
         real = torch.arange(p, device=z.device) < count.unsqueeze(1)
         E = torch.zeros(len(sub), width, p, dtype=z.dtype, device=z.device)
         E.scatter_(1, pos.unsqueeze(1), real.unsqueeze(1).to(z.dtype))
-        L = chol[sub]
+        L, z_sub = chol[sub], z_S[sub]
         W = torch.linalg.solve_triangular(L, E, upper=False)  # L⁻¹E: (G⁻¹)_DD = WᵀW, and G⁻¹E = L⁻ᵀW
         both = real.unsqueeze(2) & real.unsqueeze(1)
         Y_D = torch.where(both, W.mT @ W, torch.eye(p, dtype=z.dtype, device=z.device))
         small, info = torch.linalg.cholesky_ex(Y_D)  # positive definite
-        mu = solve_factored(torch.where(real, z_S[sub].gather(1, pos), 0.0).unsqueeze(2), small)
+        mu = solve_factored(torch.where(real, z_sub.gather(1, pos), 0.0).unsqueeze(2), small)
         shift = torch.linalg.solve_triangular(L.mT, torch.bmm(W, mu), upper=True).squeeze(2)  # G⁻¹E μ
-        moved = torch.where(valid[sub] & ~D, z_S[sub] - shift, 0.0)
-        z_new[rows[sub]] = torch.zeros_like(z[rows[sub]]).scatter_(1, order[sub], moved)
-        ok[rows[sub]] = info == 0
-        solves[rows[sub]] = (p + 1) * width * width + cholesky(p) + cholesky_solve(p)
-        products[rows[sub]] = 2.0 * width * p * (p + 1)  # WᵀW and Wμ
+        moved = torch.where(valid[sub] & ~D, z_sub - shift, 0.0)
+        z_new[at] = torch.zeros_like(z[at]).scatter_(1, order[sub], moved)
+        ok[at] = info == 0
+        solves[at] = (p + 1) * width * width + cholesky(p) + cholesky_solve(p)
+        products[at] = 2.0 * width * p * (p + 1)  # WᵀW and Wμ
     return z_new, ok, solves, products
 
 
