@@ -11,7 +11,7 @@ from rich.console import Console
 
 from saelens_amort.cli.app import app
 from saelens_amort.cli.options import (
-    MAX_SEED, OPTIONAL_DEVICE, OVERWRITE, bounded, count_option, out_option, source_option,
+    MAX_SEED, OPTIONAL_DEVICE, OVERWRITE, bounded, comma_list, count_option, out_option, source_option,
 )
 
 
@@ -46,11 +46,7 @@ def alpha_sweep_command(
     overwrite: bool = OVERWRITE,
 ) -> None:
     """Per feature and α: ΔCE, KL and top logit deltas; per_feature_metrics.csv, per_layer_summary.csv, report."""
-    from saelens_amort.errors import SaeAmortError
-    try:
-        alpha_values = None if alphas is None else tuple(float(a) for a in alphas.split(",") if a.strip())
-    except ValueError:
-        raise SaeAmortError(f"--alphas must be comma-separated numbers, got {alphas!r}") from None
+    alpha_values = comma_list(alphas, "--alphas", float)
     from saelens_amort.runners.alpha_sweep_config import resolve_sweep  # torch-free: every check answers at once
 
     cfg, feature_list, out_dir = resolve_sweep(config, sae, dict(

@@ -10,7 +10,9 @@ from rich.console import Console
 
 from saelens_amort.cli.app import app
 from saelens_amort.cli.eval import BATCH, CALIB, SEMI_STEPS, SPLICE, TARGET, TOKENS, print_table
-from saelens_amort.cli.options import DEVICE, HOOK, LAYER, MODEL, OUT, OVERWRITE, SEED, SOURCE, resolve_layer
+from saelens_amort.cli.options import (
+    DEVICE, HOOK, LAYER, MODEL, OUT, OVERWRITE, SEED, SOURCE, comma_list, resolve_layer,
+)
 
 
 @app.command("dynamics")
@@ -29,7 +31,7 @@ def dynamics_command(
     from saelens_amort.runners.eval_config import EvalConfig
 
     layer = resolve_layer(model, layer, hook)
-    cfg = EvalConfig(model=model, layer=layer, hook=hook, modes=tuple(m.strip() for m in modes.split(",") if m.strip()),
+    cfg = EvalConfig(model=model, layer=layer, hook=hook, modes=comma_list(modes, "--modes"),
                      semi_steps=semi_steps, tokens=tokens, calib_tokens=calib_tokens, source=source,
                      lambda_target=lambda_target, batch_size=batch_size, splice_sequences=splice_sequences, seed=seed,
                      device=device)

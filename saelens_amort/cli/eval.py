@@ -12,9 +12,9 @@ from rich.table import Table
 
 from saelens_amort.cli.app import app
 from saelens_amort.cli.options import (
-    DEVICE, HOOK, LAYER, MAX_TOKENS, MODEL, OUT, OVERWRITE, SEED, SOURCE, count_option, resolve_layer, tokens_option,
+    DEVICE, HOOK, LAYER, MAX_TOKENS, MODEL, OUT, OVERWRITE, SEED, SOURCE, comma_list, count_option, resolve_layer,
+    tokens_option,
 )
-from saelens_amort.errors import SaeAmortError
 
 SHOWN = ("nmse", "l0", "dead_rate", "real/f1@1", "real/absorption_rate", "gap_mean", "ce_recovered", "kl", "recovered",
          "code_mcc", "true_absorption")
@@ -39,9 +39,10 @@ ACTIVATIONS = typer.Option(None, help="Evaluate on this activation store or worl
 def eval_command(
     model: str = MODEL, layer: Optional[int] = LAYER, hook: Optional[str] = HOOK, sae: List[str] = SAE,
     sae_path: List[Path] = SAE_PATH,
-    modes: str = typer.Option("", help="Comma-separated registered modes, each optionally with +refit (default: the "
-                                       "protocol's: fair = amortized,amortized+refit,semi,unamortized,semi_ksparse,"
-                                       "ksparse; paper = amortized,semi,unamortized)."),
+    modes: Optional[str] = typer.Option(None, help="Comma-separated registered modes, each optionally with +refit "
+                                                   "(default: the protocol's: fair = amortized,amortized+refit,semi,"
+                                                   "unamortized,semi_ksparse,ksparse; paper = amortized,semi,"
+                                                   "unamortized)."),
     protocol: str = typer.Option("fair", help="fair (per-mode λ at matched density) or paper (dense@0.1, one shared "
                                               "λ, plain ISTA, exactly 30 semi / 200 unamortized steps)."),
     lambda_policy: Optional[str] = typer.Option(None, "--lambda", help="per-mode (each λ-mode calibrated as it runs) "
@@ -59,12 +60,12 @@ def eval_command(
 ) -> None:
     """Compare encoder codes with sparse-coding codes on the same dictionary; write results.{parquet,csv,json} and
     report.html."""
-    mode_list = tuple(m.strip() for m in modes.split(",") if m.strip())
-    _run("eval", out, overwrite, model=model, layer=layer, hook=hook, sae=sae, sae_path=sae_path, modes=mode_list,
+    _run("eval", out, overwrite, model=model, layer=layer, hook=hook, sae=sae, sae_path=sae_path,
+         modes=comma_list(modes, "--modes") or (),
          protocol=protocol, lambda_policy=lambda_policy,
          semi_steps=semi_steps, tokens=tokens, calib_tokens=calib_tokens, source=source, lambda_target=lambda_target,
          batch_size=batch_size, splice_sequences=splice_sequences, seed=seed, device=device, llm_dtype=llm_dtype,
-         sae_dtype=sae_dtype, metrics=tuple(m.strip() for m in metrics.split(",") if m.strip()),
+         sae_dtype=sae_dtype, metrics=comma_list(metrics, "--metrics"),
          activations=str(activations) if activations else None, workers=workers)
 
 
@@ -78,12 +79,7 @@ def sweep_semi_command(
 ) -> None:
     """Metrics against the number of semi-amortized steps K (exactly K each; amortized = K 0, unamortized =
     converged), one λ per SAE; same outputs as eval, with the semi-steps curves in report.html."""
-    try:
-        ks = tuple(int(k) for k in steps.split(",") if k.strip())
-    except ValueError:
-        raise SaeAmortError(f"--steps must be comma-separated integers, got {steps!r}") from None
-    if not ks:
-        raise SaeAmortError("--steps needs at least one K")
+    ks = comma_list(steps, "--steps", int)
     _run("sweep-semi", out, overwrite, model=model, layer=layer, hook=hook, sae=sae, sae_path=sae_path,
          modes=("amortized", "semi", "unamortized"), lambda_policy="shared", semi_sweep=ks, tokens=tokens,
          calib_tokens=calib_tokens,

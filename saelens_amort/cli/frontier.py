@@ -14,17 +14,11 @@ from saelens_amort.cli.app import app
 from saelens_amort.cli.eval import (
     BATCH, CALIB, LLM_DTYPE, SAE, SAE_DTYPE, SAE_PATH, SEMI_STEPS, SPLICE, TOKENS, _fmt,
 )
-from saelens_amort.cli.options import DEVICE, HOOK, LAYER, MODEL, OUT, OVERWRITE, SEED, SOURCE, resolve_layer
-from saelens_amort.errors import SaeAmortError
+from saelens_amort.cli.options import (
+    DEVICE, HOOK, LAYER, MODEL, OUT, OVERWRITE, SEED, SOURCE, comma_list, resolve_layer,
+)
 
 PRICE_SHOWN = ("encoder_l0", "encoder_nmse", "nmse_ratio", "l0_needed", "l0_ratio", "note")
-
-
-def _numbers(text: str, kind: type, option: str) -> tuple:
-    try:
-        return tuple(kind(v) for v in text.split(",") if v.strip())
-    except ValueError:
-        raise SaeAmortError(f"{option} must be comma-separated {kind.__name__}s, got {text!r}") from None
 
 
 @app.command("frontier")
@@ -39,9 +33,9 @@ def frontier_command(
     seed: int = SEED, llm_dtype: Optional[str] = LLM_DTYPE, sae_dtype: Optional[str] = SAE_DTYPE,
     n_lambdas: int = typer.Option(10, help="λ values per L1 mode, geometric from λ_max to λ_max / --lambda-ratio."),
     lambda_ratio: float = typer.Option(300.0, help="λ_max / the smallest λ of the default grid."),
-    lambdas: str = typer.Option("", help="Explicit comma-separated λ grid instead of the default."),
+    lambdas: Optional[str] = typer.Option(None, help="Explicit comma-separated λ grid instead of the default."),
     k_multipliers: str = typer.Option("0.25,0.5,1,2,4", help="k grid = round(encoder L0 × each), in [1, d_sae]."),
-    ks: str = typer.Option("", help="Explicit comma-separated k grid instead of --k-multipliers."),
+    ks: Optional[str] = typer.Option(None, help="Explicit comma-separated k grid instead of --k-multipliers."),
     threshold_scales: str = typer.Option("0.5,0.75,1,1.5,2", help="Factors on a JumpReLU encoder's thresholds."),
 ) -> None:
     """Sweep density per mode (λ, k, the encoder's own k or threshold scale); write frontier.{parquet,csv,json} and
@@ -51,15 +45,15 @@ def frontier_command(
 
     ev = EvalConfig(model=model, layer=resolve_layer(model, layer, hook), hook=hook,
                     saes=tuple(sae) + tuple(str(p) for p in sae_path),
-                    modes=tuple(m.strip() for m in modes.split(",") if m.strip()), semi_steps=semi_steps,
-                    metrics=tuple(m.strip() for m in metrics.split(",") if m.strip()), tokens=tokens,
+                    modes=comma_list(modes, "--modes"), semi_steps=semi_steps,
+                    metrics=comma_list(metrics, "--metrics"), tokens=tokens,
                     calib_tokens=calib_tokens, source=source, batch_size=batch_size,
                     splice_sequences=splice_sequences, seed=seed, device=device, llm_dtype=llm_dtype,
                     sae_dtype=sae_dtype)
     cfg = FrontierConfig(eval=ev, n_lambdas=n_lambdas, lambda_ratio=lambda_ratio,
-                         lambdas=_numbers(lambdas, float, "--lambdas"), ks=_numbers(ks, int, "--ks"),
-                         k_multipliers=_numbers(k_multipliers, float, "--k-multipliers"),
-                         threshold_scales=_numbers(threshold_scales, float, "--threshold-scales"))
+                         lambdas=comma_list(lambdas, "--lambdas", float) or (), ks=comma_list(ks, "--ks", int) or (),
+                         k_multipliers=comma_list(k_multipliers, "--k-multipliers", float),
+                         threshold_scales=comma_list(threshold_scales, "--threshold-scales", float))
     out = out or Path("runs") / f"frontier-{Path(model).name}"
     from saelens_amort.runners.frontier import run_frontier  # after the checks: it loads torch and SAE-Lens
 

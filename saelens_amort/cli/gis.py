@@ -10,12 +10,14 @@ import typer
 from rich.console import Console
 
 from saelens_amort.cli.app import app
-from saelens_amort.cli.options import DEVICE, OVERWRITE, LAYER, MODEL, SEED, SOURCE, count_option, out_option, resolve_layer
+from saelens_amort.cli.options import (
+    DEVICE, LAYER, MODEL, OVERWRITE, SEED, SOURCE, comma_list, count_option, out_option, resolve_layer,
+)
 
 
 @app.command("gis")
 def gis_command(
-    latents: str = typer.Option("", help="Comma-separated latent indices (or --latents-file)."),
+    latents: Optional[str] = typer.Option(None, help="Comma-separated latent indices (or --latents-file)."),
     latents_file: Optional[Path] = typer.Option(None, help="select-latents JSON (latents and class id)."),
     kl: str = typer.Option("0.33", help="Comma-separated KL targets, e.g. 0.1,0.33,1.0."),
     kind: str = typer.Option("steer", help="steer (along the decoder directions) or ablate."),
@@ -33,11 +35,8 @@ def gis_command(
     from saelens_amort.errors import SaeAmortError
     from saelens_amort.runners.gis_config import GisConfig
 
-    try:
-        targets = tuple(float(t) for t in kl.split(",") if t.strip())
-        chosen = tuple(int(j) for j in latents.split(",") if j.strip())
-    except ValueError:
-        raise SaeAmortError("--kl takes comma-separated numbers and --latents comma-separated integers") from None
+    targets = comma_list(kl, "--kl", float)
+    chosen = comma_list(latents, "--latents", int) or ()
     if latents_file is not None:
         try:
             rec = json.loads(Path(latents_file).read_text())
@@ -52,6 +51,8 @@ def gis_command(
     cfg = GisConfig(model=model, sae=sae, layer=resolve_layer(model, layer, None), latents=chosen, class_id=class_id,
                     kind=kind, mode=mode, kl_targets=targets, prompts=tuple(prompt), max_new_tokens=max_new_tokens,
                     source=source, seed=seed, device=device)
+    if not chosen:
+        raise SaeAmortError("no latents to intervene on: give --latents (e.g. 3,17) or --latents-file")
     from saelens_amort.runners.gis import run_gis  # after the checks: it loads torch and SAE-Lens
 
     df = run_gis(cfg, out, overwrite=overwrite)

@@ -10,7 +10,8 @@ from rich.console import Console
 
 from saelens_amort.cli.app import app
 from saelens_amort.cli.options import (
-    DEVICE, LAYER, MODEL, OVERWRITE, SEED, SOURCE, count_option, out_option, resolve_layer, source_option,
+    DEVICE, LAYER, MODEL, OVERWRITE, SEED, SOURCE, comma_list, count_option, out_option, resolve_layer,
+    source_option,
     tokens_option,
 )
 
@@ -18,7 +19,8 @@ from saelens_amort.cli.options import (
 @app.command("interpret")
 def interpret_command(
     sae: Optional[str] = typer.Option(None, help="SAE spec or directory (default for toy: toy/topk)."),
-    latents: str = typer.Option("", help="Comma-separated latents (default: the most frequent non-dense ones)."),
+    latents: Optional[str] = typer.Option(None, help="Comma-separated latents (default: the most frequent non-dense "
+                                                     "ones)."),
     n_latents: int = count_option(16, "How many latents when --latents is not given."),
     top_n: int = count_option(10, "Contexts per latent."),
     window: int = count_option(10, "Tokens of context before the peak token.", low=0),
@@ -29,13 +31,10 @@ def interpret_command(
     out: Path = out_option(Path("runs/interpret")), overwrite: bool = OVERWRITE,
 ) -> None:
     """Top-activating contexts per latent (JSON, markdown, HTML with a plotly view per latent) and feature density."""
-    from saelens_amort.errors import SaeAmortError
     from saelens_amort.runners.tpp_config import TppConfig
 
-    try:
-        chosen = [int(j) for j in latents.split(",") if j.strip()] or None
-    except ValueError:
-        raise SaeAmortError(f"--latents must be comma-separated integers, got {latents!r}") from None
+    chosen = comma_list(latents, "--latents", int)
+    chosen = None if chosen is None else list(chosen)
     cfg = TppConfig(model=model, layer=resolve_layer(model, layer, None), sae=sae, modes=(mode,), tokens=tokens,
                     source=source, seed=seed, device=device)
     from saelens_amort.runners.interpret import run_interpret  # after the checks: it loads torch and SAE-Lens

@@ -36,6 +36,21 @@ def bounded(*, low: int = 1, high: int = MAX_COUNT) -> Callable[..., int | None]
     return check
 
 
+def comma_list(text: str | None, option: str, kind: type = str) -> tuple | None:
+    """The items of a comma-separated option value (None: the option was not given). A value that names nothing
+    (`--ks ""`) is refused rather than read as "use the default"."""
+    if text is None:
+        return None
+    try:
+        items = tuple(kind(v.strip()) for v in text.split(",") if v.strip())
+    except ValueError:
+        what = {int: "integers", float: "numbers"}.get(kind, "values")
+        raise SaeAmortError(f"{option} must be comma-separated {what}, got {text!r}") from None
+    if not items:
+        raise SaeAmortError(f"{option} is empty: give at least one value")
+    return items
+
+
 def _device(value: str | None) -> str | None:
     from saelens_amort.devices import parse_device  # torch-free: the runner resolves auto and checks availability
 

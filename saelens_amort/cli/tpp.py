@@ -10,8 +10,8 @@ from rich.console import Console
 
 from saelens_amort.cli.app import app
 from saelens_amort.cli.options import (
-    DEVICE, HOOK, LAYER, MODEL, OVERWRITE, SEED, SOURCE, count_option, out_file_option, out_option, resolve_layer,
-    tokens_option,
+    DEVICE, HOOK, LAYER, MODEL, OVERWRITE, SEED, SOURCE, comma_list, count_option, out_file_option, out_option,
+    resolve_layer, tokens_option,
 )
 
 TOKENS = tokens_option(20_000, "Tokens of labelled documents read.")
@@ -59,13 +59,9 @@ def tpp_command(
     """Ablate each class's top-M latents and report the TPP score per M and mode (random latents as baseline)."""
     from rich.table import Table
 
-    from saelens_amort.errors import SaeAmortError
-    try:
-        ms = tuple(int(m) for m in top_m.split(",") if m.strip())
-    except ValueError:
-        raise SaeAmortError(f"--top-m must be comma-separated integers, got {top_m!r}") from None
+    ms = comma_list(top_m, "--top-m", int)
     cfg = _cfg(model=model, layer=layer, hook=hook, sae=sae, tokens=tokens, source=source, pooling=pooling,
-               seed=seed, device=device, modes=tuple(m.strip() for m in modes.split(",") if m.strip()))
+               seed=seed, device=device, modes=comma_list(modes, "--modes"))
     out = out or Path("runs") / f"tpp-{Path(model).name}"
     from saelens_amort.runners.tpp import run_tpp  # after the checks: it loads torch and SAE-Lens
 

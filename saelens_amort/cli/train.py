@@ -10,7 +10,7 @@ from rich.console import Console
 
 from saelens_amort.cli.app import app
 from saelens_amort.cli.options import (
-    DEVICE, MAX_SEED, MAX_TOKENS, count_option, out_option, source_option, tokens_option,
+    DEVICE, MAX_SEED, MAX_TOKENS, comma_list, count_option, out_option, source_option, tokens_option,
 )
 
 
@@ -43,13 +43,9 @@ def train_command(
     resume: bool = typer.Option(False, help="Continue the run in --out from its newest checkpoint."),
 ) -> None:
     """Train one SAE; the final SAE (SAE-Lens format), checkpoints, per-step log and summary go to --out."""
-    from saelens_amort.errors import SaeAmortError
     from saelens_amort.training.config import TrainConfig
 
-    try:
-        budget_tuple = tuple(int(b) for b in budgets.split(",") if b.strip()) if budgets else None
-    except ValueError:
-        raise SaeAmortError(f"--budgets must be comma-separated integers, got {budgets!r}") from None
+    budget_tuple = comma_list(budgets, "--budgets", int)
     given = dict(arch=arch, model=model, layer=layer, source=source, tokens=tokens, steps=steps, batch_size=batch_size,
                  expansion=expansion, k=k, budgets=budget_tuple, lr=lr, checkpoint_every=checkpoint_every,
                  device=device, seed=seed, wandb=wandb or None, live=live or None,

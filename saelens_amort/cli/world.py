@@ -10,6 +10,7 @@ from rich.console import Console
 from rich.table import Table
 
 from saelens_amort.cli.app import app
+from saelens_amort.cli.options import comma_list
 
 world_app = typer.Typer(help="A ground-truth feature world: known atoms and codes, stored as an activation store.")
 app.add_typer(world_app, name="world")
@@ -46,15 +47,11 @@ def train(
     overwrite: bool = typer.Option(False, help="Retrain runs that are already finished."),
 ) -> None:
     """Train SAEs of every family at widths ×1 and ×2 on a world (SAE-Lens' trainer, as `saeamort train`)."""
-    from saelens_amort.errors import SaeAmortError
     from saelens_amort.world import World
     from saelens_amort.world.saes import FAMILIES, train_world_saes
 
-    fams = tuple(f.strip() for f in families.split(",")) if families else FAMILIES
-    try:
-        ws = tuple(int(w) for w in widths.split(",") if w.strip())
-    except ValueError:
-        raise SaeAmortError(f"--widths takes comma-separated integers, got {widths!r}") from None
+    fams = comma_list(families, "--families") or FAMILIES
+    ws = comma_list(widths, "--widths", int)
     summaries = train_world_saes(World.open(world), out, families=fams, widths=ws,
                                  tokens=tokens, overwrite=overwrite)
     table = Table("run", "NMSE", "L0", "dead")

@@ -90,7 +90,7 @@ OPTION_ERRORS = {
                          r"--percentile must be in \[0, 100\)"),
     "sweep-layers": (["alpha-sweep", "--features", "f.csv", "--layers", "0-3"], r"--layers picks layers of a release"),
     "sweep-mode": (["alpha-sweep", "--features", "f.csv", "--mode", "bogus"], r"unknown mode\(s\) bogus;"),
-    "sweep-no-alphas": (["alpha-sweep", "--features", "f.csv", "--alphas", ","], r"--alphas needs at least one value"),
+    "sweep-no-alphas": (["alpha-sweep", "--features", "f.csv", "--alphas", ","], r"--alphas is empty: give at least one value"),
     "collect-source-missing": (["collect", "--source", "missing.txt"],
                                r"source file /\S*/missing.txt does not exist; give an existing"),
     "eval-source-suffix": (["eval", "--source", "nope.csv"], r"unknown source 'nope.csv'; use toy, toy:news"),

@@ -14,7 +14,9 @@ BASE = ("frontier", "--model", "toy", "--sae", "toy/topk", "--tokens", "512", "-
     (("--threshold-scales", ""), "--threshold-scales is empty"),
     (("--ks", "0,4"), "--ks must be positive"),
     (("--ks", "8,2048"), r"--ks \[2048\] exceed the SAE's d_sae=1024"),
-    (("--lambdas", "0.1,x"), "--lambdas must be comma-separated floats"),
+    (("--lambdas", "0.1,x"), "--lambdas must be comma-separated numbers"),
+    (("--ks", ""), "--ks is empty"),
+    (("--modes", ""), "--modes is empty"),
     (("--modes", "amortized,bogus"), "unknown mode"),
 ])
 def test_bad_input_is_one_line_exit_2_nothing_written(tmp_path, capsys, args, pattern):

@@ -4,7 +4,7 @@ devices checked for every command, numeric bounds, and --out under a file refuse
 import pytest
 import torch
 import typer
-from helpers import assert_user_error, saeamort
+from helpers import assert_cli_user_error, assert_user_error, saeamort
 
 from saelens_amort.cli.app import app, register_commands
 from saelens_amort.cli.options import resolve_layer
@@ -101,3 +101,39 @@ def test_out_file_of_select_latents(tmp_path):
     blocker.write_text("x")
     assert_user_error(saeamort("select-latents", "--class-id", "0", "--out", str(blocker / "l.json")), "is a file")
     assert_user_error(saeamort("select-latents", "--class-id", "0", "--out", str(tmp_path)), "is a folder")
+
+
+LIST_OPTIONS = [  # (command and its required options, the list option)
+    (["eval"], "--modes"), (["eval"], "--metrics"), (["sweep-semi"], "--steps"),
+    (["frontier"], "--modes"), (["frontier"], "--metrics"), (["frontier"], "--lambdas"), (["frontier"], "--ks"),
+    (["frontier"], "--k-multipliers"), (["frontier"], "--threshold-scales"),
+    (["dynamics", "--checkpoints", "c"], "--modes"), (["tpp"], "--modes"), (["tpp"], "--top-m"),
+    (["gis"], "--kl"), (["gis"], "--latents"), (["interpret"], "--latents"),
+    (["alpha-sweep", "--features", "f.csv"], "--alphas"), (["train", "--arch", "loca"], "--budgets"),
+    (["world", "train", "--world", "w"], "--widths"), (["world", "train", "--world", "w"], "--families"),
+]
+
+
+@pytest.mark.parametrize(("args", "option"), LIST_OPTIONS, ids=lambda a: a if isinstance(a, str) else a[0])
+@pytest.mark.parametrize("value", ["", " , "])
+def test_an_empty_list_is_refused_not_read_as_the_default(tmp_path, capsys, args, option, value):
+    """`--ks ""` names no value: one error line, exit 2, nothing written — before, eval ran its default modes and
+    frontier its default grid, and `frontier --modes ""` swept every SAE and then failed with a KeyError."""
+    out = tmp_path / "out"
+    assert_cli_user_error(capsys, f"{option} is empty: give at least one value", *args, option, value, "--out",
+                          str(out))
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(("args", "option"), [
+    (["sweep-semi"], "--steps"), (["frontier"], "--ks"), (["tpp"], "--top-m"), (["gis"], "--latents"),
+    (["interpret"], "--latents"), (["train", "--arch", "loca"], "--budgets"),
+    (["world", "train", "--world", "w"], "--widths"),
+])
+def test_a_list_of_integers_refuses_other_words(tmp_path, capsys, args, option):
+    assert_cli_user_error(capsys, f"{option} must be comma-separated integers, got '2,x'", *args, option, "2,x",
+                          "--out", str(tmp_path / "out"))
+
+
+def test_gis_without_latents_is_refused_before_loading(capsys):
+    assert_cli_user_error(capsys, "no latents to intervene on: give --latents", "gis")
