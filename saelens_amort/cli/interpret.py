@@ -33,8 +33,7 @@ def interpret_command(
     """Top-activating contexts per latent (JSON, markdown, HTML with a plotly view per latent) and feature density."""
     from saelens_amort.runners.tpp_config import TppConfig
 
-    chosen = comma_list(latents, "--latents", int)
-    chosen = None if chosen is None else list(chosen)
+    chosen = comma_list(latents, "--latents", int)  # checked before the runner loads torch
     cfg = TppConfig(model=model, layer=resolve_layer(model, layer, None), sae=sae, modes=(mode,), tokens=tokens,
                     source=source, seed=seed, device=device)
     from saelens_amort.runners.interpret import run_interpret  # after the checks: it loads torch and SAE-Lens
