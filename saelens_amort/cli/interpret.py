@@ -11,8 +11,7 @@ from rich.console import Console
 from saelens_amort.cli.app import app
 from saelens_amort.cli.options import (
     DEVICE, LAYER, MODEL, OVERWRITE, SEED, SOURCE, comma_list, count_option, out_option, resolve_layer,
-    source_option,
-    tokens_option,
+    source_option, tokens_option,
 )
 
 
