@@ -12,7 +12,10 @@ points (points with L0 = 0 or NMSE = 0 have no logarithm and are left out):
     nmse_ratio = NMSE_e / NMSE_mode(L0_e)        (> 1: the mode reconstructs better at the encoder's density)
     l0_needed  = L0_mode(NMSE_e),  l0_ratio = L0_e / l0_needed   (> 1: the mode needs fewer latents)
 
-When L0_e (or NMSE_e) lies outside the frontier's range, the price is "not reached" (None, with the reason).
+Points at equal L0 count once, at their lowest NMSE (the frontier is what the mode can reach). A non-monotone frontier
+is read at its first crossing in increasing L0: `l0_needed` is the least L0 at which the mode reaches NMSE_e. When
+L0_e (or NMSE_e) lies outside the frontier's range, the price is "not reached" (None, with the reason); a point exactly
+at the target is read as it is (a one-point frontier has a price only there).
 """
 
 from __future__ import annotations
@@ -60,32 +63,41 @@ class Price(NamedTuple):
 
 
 def interpolate_loglog(xs: Sequence[float], ys: Sequence[float], x0: float) -> float | None:
-    """y at x0 by linear interpolation of log y against log x between the first bracketing pair of consecutive points
-    (in the given order); None when no pair brackets x0 or x0 ≤ 0. Points with x ≤ 0 or y ≤ 0 are left out."""
-    pts = [(math.log(x), math.log(y)) for x, y in zip(xs, ys)
-           if x is not None and y is not None and x > 0 and y > 0 and math.isfinite(x) and math.isfinite(y)]
-    if x0 is None or not x0 > 0:
+    """y at x0, walking the points in the given order: the first point exactly at x0, or the first consecutive pair
+    that brackets x0 (linear interpolation of log y against log x), whichever comes first; None when none does or
+    x0 ≤ 0. Points with x ≤ 0 or y ≤ 0 (or not finite) are left out."""
+    pts = _loggable(xs, ys)
+    if x0 is None or not x0 > 0 or not math.isfinite(x0):
         return None
     t = math.log(x0)
-    for (xa, ya), (xb, yb) in zip(pts, pts[1:]):
-        if min(xa, xb) <= t <= max(xa, xb):
-            w = 0.0 if xa == xb else (t - xa) / (xb - xa)
-            return math.exp(ya + w * (yb - ya))
+    for i, (x, y) in enumerate(pts):
+        if x == x0:
+            return y
+        if i:
+            (xa, ya), (xb, yb) = (math.log(v) for v in pts[i - 1]), (math.log(x), math.log(y))
+            if min(xa, xb) < t < max(xa, xb):
+                return math.exp(ya + (t - xa) / (xb - xa) * (yb - ya))
     return None
 
 
 def price(l0: Sequence[float], nmse: Sequence[float], encoder_l0: float, encoder_nmse: float) -> Price:
     """Prices of one mode's frontier (points in any order) at the encoder's point (module docstring)."""
-    order = np.argsort(np.asarray(l0, dtype=float), kind="stable")
-    l0s = [float(l0[i]) for i in order]
-    nmses = [float(nmse[i]) for i in order]
+    best: dict[float, float] = {}  # L0 → the lowest NMSE at it
+    for a, b in zip(l0, nmse):
+        a, b = float(a), float(b)
+        best[a] = min(b, best.get(a, math.inf))
+    l0s = sorted(best)
+    nmses = [best[a] for a in l0s]
     at_l0 = interpolate_loglog(l0s, nmses, encoder_l0)
     needed = interpolate_loglog(nmses, l0s, encoder_nmse)
+    kept = _loggable(l0s, nmses)
     notes = []
     if at_l0 is None:
-        notes.append(f"NMSE at L0 {encoder_l0:.4g}: {NOT_REACHED} (frontier L0 spans {_span(l0s)})")
+        span = _span([p[0] for p in kept])
+        notes.append(f"NMSE at L0 {encoder_l0:.4g}: {NOT_REACHED} (frontier L0 spans {span})")
     if needed is None:
-        notes.append(f"L0 at NMSE {encoder_nmse:.4g}: {NOT_REACHED} (frontier NMSE spans {_span(nmses)})")
+        span = _span([p[1] for p in kept])
+        notes.append(f"L0 at NMSE {encoder_nmse:.4g}: {NOT_REACHED} (frontier NMSE spans {span})")
     return Price(
         nmse_at_encoder_l0=at_l0,
         nmse_ratio=encoder_nmse / at_l0 if at_l0 else None,
@@ -95,6 +107,11 @@ def price(l0: Sequence[float], nmse: Sequence[float], encoder_l0: float, encoder
     )
 
 
+def _loggable(xs: Sequence[float], ys: Sequence[float]) -> list[tuple[float, float]]:
+    """The points (x, y) where both are positive and finite (they have logarithms), in order."""
+    return [(float(x), float(y)) for x, y in zip(xs, ys)
+            if x is not None and y is not None and x > 0 and y > 0 and math.isfinite(x) and math.isfinite(y)]
+
+
 def _span(values: Sequence[float]) -> str:
-    good = [v for v in values if v > 0 and math.isfinite(v)]
-    return f"{min(good):.4g}–{max(good):.4g}" if good else "nothing positive"
+    return f"{min(values):.4g}–{max(values):.4g}" if values else "nothing positive"

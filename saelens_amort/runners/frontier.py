@@ -4,7 +4,8 @@ amortization read off the frontiers at the encoder's point (DESIGN §9).
 Orchestration only (grids and interpolation: `metrics.frontier`). Per SAE: λ_max and the encoder's L0 come from the
 calibration slice; then every knob value of every mode runs on the same streamed batches (memory does not grow with
 --tokens). Knobs: λ for L1 modes, k for k-sparse modes (`MODE_KNOBS`), and the encoder's own where it has one (TopK
-k; a JumpReLU threshold scale). Unamortized solves warm-start along the λ path (same optimum, fewer iterations).
+k; a JumpReLU threshold scale). Unamortized solves warm-start along the λ path (same optimum, fewer iterations),
+except under the paper protocol, whose solves run exactly their steps from zero as eval's do.
 """
 
 from __future__ import annotations
@@ -30,8 +31,8 @@ from saelens_amort.metrics.frontier import k_grid, lambda_grid, lambda_max, pric
 from saelens_amort.provenance import provenance
 from saelens_amort.run_folder import check_run_folder, record_run
 from saelens_amort.runners.frontier_config import FrontierConfig
-from saelens_amort.runners.eval_inputs import SpliceTokens, load_inputs
-from saelens_amort.saes import Dictionary, load_sae
+from saelens_amort.runners.eval_inputs import SpliceTokens, default_specs, load_eval_sae, load_inputs
+from saelens_amort.saes import Dictionary
 
 logger = logging.getLogger(__name__)
 
@@ -88,22 +89,23 @@ def plan_curves(sae, dictionary: Dictionary, x_cal: Tensor, cfg: FrontierConfig)
     encoder_l0 = float((infer(x_cal, sae, "amortized").codes > 0).sum(-1).float().mean())
     lams = cfg.lambdas or lambda_grid(lambda_max(dictionary.target(x_cal), dictionary.atoms), cfg.n_lambdas,
                                       cfg.lambda_ratio)
-    ks = cfg.ks or k_grid(encoder_l0, cfg.k_multipliers, dictionary.d_sae)
+    ks = tuple(sorted(set(cfg.ks))) or k_grid(encoder_l0, cfg.k_multipliers, dictionary.d_sae)  # each value once
+    solve = {v.label: v.solve_options for v in cfg.eval.variants()}  # the protocol's steps / solver / tolerance
     curves, skipped = [], {}
-    for mode in cfg.eval.modes:
+    for mode in cfg.eval.resolved_modes:
         if mode == "amortized":
             knob = encoder_knob(sae)
             if knob == "k":
                 native = int(sae.cfg.k)
-                values = tuple(sorted({*k_grid(native, cfg.k_multipliers, dictionary.d_sae), native}))
+                grid = cfg.ks or k_grid(native, cfg.k_multipliers, dictionary.d_sae)
+                values = tuple(sorted({*grid, native}))
             elif knob == "threshold_scale":
                 native, values = 1.0, tuple(sorted({*cfg.threshold_scales, 1.0}))
             else:
                 native, values = None, (None,)
             curves.append(Curve(mode, knob, values, {}, native))
         elif MODE_KNOBS.get(mode) == "lam":
-            opts = {"steps": cfg.eval.resolved_semi_steps} if mode == "semi" else {}
-            curves.append(Curve(mode, "lam", tuple(sorted(lams, reverse=True)), opts))
+            curves.append(Curve(mode, "lam", tuple(sorted(set(lams), reverse=True)), solve[mode]))
         elif MODE_KNOBS.get(mode) == "k":
             curves.append(Curve(mode, "k", tuple(ks)))
         else:
@@ -133,7 +135,8 @@ def trace(batches: Iterable[Tensor], sae, curves: list[Curve]) -> list[dict]:
             warm = None
             for v in c.values:
                 res = _run(x, sae, c, v, warm)
-                warm = res.codes if c.mode == "unamortized" else None
+                # along the λ path (the same optimum, fewer iterations) when the solve runs to its tolerance
+                warm = res.codes if c.mode == "unamortized" and (c.options or {}).get("tol") != 0 else None
                 mb = metric_batch(x, res, dictionary)
                 for m in acc[(c.mode, v)]:
                     m.update(mb)
@@ -185,19 +188,18 @@ def run_frontier(cfg: FrontierConfig, out: Path, *, overwrite: bool = False,
                  progress: bool = True) -> tuple[pd.DataFrame, pd.DataFrame]:
     """`saeamort frontier`: trace every SAE's frontiers and write frontier.{parquet,csv,json} and report.html."""
     from saelens_amort.runners.frontier_report import build_frontier_report
-    from saelens_amort.saes.suites import default_suite
 
     cfg = replace(cfg, eval=on_device(cfg.eval))
     ev = cfg.eval
     out = Path(out)
     check_run_folder(out, COMMAND, cfg.as_json(), overwrite=overwrite)
-    specs = ev.saes or default_suite(ev.model, ev.layer)
+    specs = ev.saes or default_specs(ev)
     inputs = load_inputs(ev, specs, out, progress=progress, check_sae=cfg.check_sae)
     use_splice = inputs.splice_toks is not None and "splice" in ev.metrics
     rows, skipped = [], {}
     for i, spec in enumerate(specs):
         logger.info("[%d/%d] frontier of %s", i + 1, len(specs), spec)
-        sae = load_sae(spec, device=ev.device, dtype=inputs.sae_dtype)
+        sae = load_eval_sae(spec, inputs.world, ev.device, inputs.sae_dtype)
         x_cal = inputs.store.load(ev.calib_tokens).acts.to(ev.device)
         curves, skip = plan_curves(sae, Dictionary.of(sae), x_cal, cfg)
         skipped.update({f"{spec} {mode}": why for mode, why in skip.items()})

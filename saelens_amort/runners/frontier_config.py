@@ -4,6 +4,7 @@ built and importable without torch, so a bad option answers at once."""
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field
 
 from saelens_amort.errors import SaeAmortError
@@ -24,20 +25,21 @@ class FrontierConfig:
     k_multipliers: tuple[float, ...] = (0.25, 0.5, 1.0, 2.0, 4.0)
     """k grid = round(encoder L0 × each), clipped to [1, d_sae] (k-sparse modes and a TopK encoder's own k)."""
     ks: tuple[int, ...] = ()
-    """Explicit k grid instead of the multipliers."""
+    """Explicit k grid instead of the multipliers (k-sparse modes and a TopK encoder's own k, which also runs at its
+    trained k)."""
     threshold_scales: tuple[float, ...] = (0.5, 0.75, 1.0, 1.5, 2.0)
     """Factors on a JumpReLU encoder's thresholds."""
 
     def __post_init__(self) -> None:
-        if self.n_lambdas < 1 or not self.lambda_ratio > 1:
-            raise SaeAmortError("--n-lambdas must be ≥ 1 and --lambda-ratio > 1")
+        if self.n_lambdas < 1 or not 1 < self.lambda_ratio < math.inf:
+            raise SaeAmortError("--n-lambdas must be ≥ 1 and --lambda-ratio a finite number > 1")
         for name, grid in (("--k-multipliers", self.k_multipliers), ("--threshold-scales", self.threshold_scales)):
             if not grid:
                 raise SaeAmortError(f"{name} is empty: give at least one value")
-            if any(not v > 0 for v in grid):
-                raise SaeAmortError(f"{name} must be positive, got {list(grid)}")
-        if any(not v > 0 for v in self.lambdas):
-            raise SaeAmortError(f"--lambdas must be positive, got {list(self.lambdas)}")
+            if any(not 0 < v < math.inf for v in grid):
+                raise SaeAmortError(f"{name} must be positive finite numbers, got {list(grid)}")
+        if any(not 0 < v < math.inf for v in self.lambdas):
+            raise SaeAmortError(f"--lambdas must be positive finite numbers, got {list(self.lambdas)}")
         if any(k <= 0 for k in self.ks):
             raise SaeAmortError(f"--ks must be positive integers (1 … d_sae), got {list(self.ks)}")
 

@@ -18,6 +18,10 @@ BASE = ("frontier", "--model", "toy", "--sae", "toy/topk", "--tokens", "512", "-
     (("--ks", ""), "--ks is empty"),
     (("--modes", ""), "--modes is empty"),
     (("--modes", "amortized,bogus"), "unknown mode"),
+    (("--k-multipliers", "1,inf"), "--k-multipliers must be positive finite numbers"),
+    (("--lambda-ratio", "inf"), "--lambda-ratio a finite number > 1"),
+    (("--lambdas", "inf"), "--lambdas must be positive finite numbers"),
+    (("--protocol", "bogus"), "unknown --protocol 'bogus'"),
 ])
 def test_bad_input_is_one_line_exit_2_nothing_written(tmp_path, capsys, args, pattern):
     out = tmp_path / "out"

@@ -79,3 +79,33 @@ def test_off_the_frontier_is_not_reached():
     # points without a logarithm (L0 = 0 at λ_max) are left out, not extrapolated through
     assert interpolate_loglog([0.0, 1.0, 4.0], [1.0, 1.0, 0.25], 0.5) is None
     assert interpolate_loglog([0.0, 1.0, 4.0], [1.0, 1.0, 0.25], 2.0) == pytest.approx(0.5)
+
+
+def test_one_point_exactly_at_the_target_has_its_price():
+    p = price([16.0], [0.0086], encoder_l0=16.0, encoder_nmse=0.0086)
+    assert p.nmse_at_encoder_l0 == 0.0086 and p.nmse_ratio == 1.0 and p.l0_needed == 16.0 and p.note == ""
+    p = price([16.0], [0.0086], encoder_l0=17.0, encoder_nmse=0.0087)
+    assert p.nmse_ratio is None and p.l0_needed is None and p.note.count(NOT_REACHED) == 2
+
+
+def test_ties_at_one_l0_count_at_their_lowest_nmse_whatever_the_order():
+    for nmse in ([0.05, 0.04, 0.01], [0.04, 0.05, 0.01]):
+        p = price([10.0, 10.0, 20.0], nmse, encoder_l0=15.0, encoder_nmse=0.03)
+        # between (10, 0.04) and (20, 0.01) in log-log
+        assert p.nmse_at_encoder_l0 == pytest.approx(0.04 * (0.01 / 0.04) ** (math.log(1.5) / math.log(2)))
+        assert p.l0_needed == pytest.approx(10 * 2 ** (math.log(0.03 / 0.04) / math.log(0.01 / 0.04)))
+    # repeated points (a knob value given twice) change nothing
+    assert price([4.0, 1.0, 4.0], [0.25, 1.0, 0.25], 2.0, 1.0) == price([4.0, 1.0], [0.25, 1.0], 2.0, 1.0)
+
+
+def test_non_monotone_frontier_needs_its_least_l0():
+    # U-shaped: NMSE 0.03 is crossed between L0 8 and 16 and again between 32 and 64; the least L0 counts
+    l0, nmse = [64.0, 4.0, 16.0, 8.0, 32.0], [0.062, 0.2, 0.009, 0.054, 0.02]
+    p = price(l0, nmse, encoder_l0=20.0, encoder_nmse=0.03)
+    assert 8.0 < p.l0_needed < 16.0
+    assert p.l0_needed == pytest.approx(8 * 2 ** (math.log(0.03 / 0.054) / math.log(0.009 / 0.054)))
+
+
+def test_not_reached_spans_only_the_points_used():
+    p = price([0.0, 1.0, 5.0], [1.0, 0.8, 0.3], encoder_l0=0.5, encoder_nmse=0.9)
+    assert "L0 spans 1–5" in p.note and "NMSE spans 0.3–0.8" in p.note

@@ -1,6 +1,7 @@
 """run_frontier on the toy world: the encoder's own knobs (set and restored), curve planning, outputs and prices."""
 
 import json
+import math
 
 import pandas as pd
 import pytest
@@ -13,7 +14,7 @@ from saelens_amort.inference import infer, register_mode, registry
 from saelens_amort.inference.amortized import encode
 from saelens_amort.models import load_model
 from saelens_amort.runners.eval import EvalConfig
-from saelens_amort.runners.frontier import encoder_at, encoder_knob, plan_curves, run_frontier
+from saelens_amort.runners.frontier import encoder_at, encoder_knob, plan_curves, run_frontier, trace
 from saelens_amort.runners.frontier_config import FrontierConfig
 from saelens_amort.saes import Dictionary, load_sae
 
@@ -83,10 +84,39 @@ def test_plan_curves_grids_and_skips(acts, monkeypatch):
     assert curves[0].knob is None and curves[0].values == (None,)
 
 
+def test_explicit_grids_count_each_value_once_and_set_the_topk_encoders_k(acts):
+    cfg = FrontierConfig(eval=EvalConfig(model="toy", layer=2, modes=("amortized", "unamortized", "ksparse")),
+                         lambdas=(4.0, 4.0, 2.0), ks=(32, 8, 32))
+    sae = load_sae("toy/topk")
+    by_mode = {c.mode: c for c in plan_curves(sae, Dictionary.of(sae), acts, cfg)[0]}
+    assert by_mode["unamortized"].values == (4.0, 2.0) and by_mode["ksparse"].values == (8, 32)
+    assert sae.cfg.k == 16 and by_mode["amortized"].values == (8, 16, 32)  # the grid and the trained k
+    assert by_mode["amortized"].encoder_value == 16
+
+
+def test_paper_protocol_curves_run_its_fixed_ista_steps(acts):
+    sae = load_sae("toy/topk")
+    for protocol, semi, unamortized in (("fair", {"steps": 10}, {}),
+                                        ("paper", {"steps": 30, "tol": 0.0, "solver": "ista"},
+                                         {"steps": 200, "tol": 0.0, "solver": "ista"})):
+        cfg = FrontierConfig(eval=EvalConfig(model="toy", layer=2, modes=("semi", "unamortized"), protocol=protocol),
+                             lambdas=(20.0, 10.0))  # below λ_max: a warm start from λ 20 would not be from zero
+        by_mode = {c.mode: c for c in plan_curves(sae, Dictionary.of(sae), acts, cfg)[0]}
+        assert by_mode["semi"].options == semi and by_mode["unamortized"].options == unamortized
+    # and trace solves them as eval's paper protocol does: exactly 200 ISTA steps from zero, no λ-path warm start
+    curve = by_mode["unamortized"]
+    rows = trace([acts[:64]], sae, [curve])
+    for row, lam in zip(rows, curve.values):
+        alone = infer(acts[:64], sae, "unamortized", lam=lam, **unamortized)
+        assert row["objective"] == pytest.approx(float(alone.objective.double().mean()), rel=1e-12)
+
+
 def test_explicit_k_grid_is_checked_against_d_sae():
     with pytest.raises(SaeAmortError, match="exceed the SAE's d_sae=1024"):
         FrontierConfig(ks=(8, 4096)).check_sae(load_sae("toy/topk"))
-    for bad in (dict(ks=(0, 4)), dict(k_multipliers=()), dict(threshold_scales=()), dict(lambdas=(-1.0,))):
+    for bad in (dict(ks=(0, 4)), dict(k_multipliers=()), dict(threshold_scales=()), dict(lambdas=(-1.0,)),
+                dict(lambdas=(math.inf,)), dict(k_multipliers=(math.inf,)), dict(threshold_scales=(math.nan,)),
+                dict(lambda_ratio=math.inf)):
         with pytest.raises(SaeAmortError):
             FrontierConfig(**bad)
 
