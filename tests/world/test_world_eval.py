@@ -50,3 +50,19 @@ def test_bad_inputs_are_refused_before_any_work(trained, tmp_path):
     with pytest.raises(SaeAmortError, match="not an activation store"):
         run_eval(EvalConfig(activations=str(plain), saes=("oracle",), tokens=1024), tmp_path / "e2", progress=False)
     assert not (tmp_path / "e1" / "results.parquet").exists() and not (tmp_path / "e2").exists()
+
+
+def test_frontier_on_a_world_reads_its_activations_and_the_oracle(trained, tmp_path):
+    from saelens_amort.runners.frontier import run_frontier
+    from saelens_amort.runners.frontier_config import FrontierConfig
+
+    root, world, _ = trained
+    cfg = FrontierConfig(eval=EvalConfig(activations=str(world.path), saes=(str(root / "topk" / "sae"), "oracle"),
+                                         modes=("amortized", "ksparse"), metrics=("reconstruction", "sparsity"),
+                                         tokens=2048, calib_tokens=1024, batch_size=1024), k_multipliers=(0.5, 1, 2))
+    points, prices = run_frontier(cfg, tmp_path / "frontier", progress=False)
+    assert set(points["sae"]) == {str(root / "topk" / "sae"), "oracle"}
+    oracle = points[(points.sae == "oracle") & (points["mode"] == "ksparse")].sort_values("l0")
+    assert len(oracle) == 3 and oracle["nmse"].is_monotonic_decreasing
+    assert "ce_recovered" not in points.columns  # no model: nothing spliced
+    assert (tmp_path / "frontier" / "report.html").exists()
