@@ -32,6 +32,9 @@ from saelens_amort.inference.registry import register_mode
 from saelens_amort.inference.result import InferenceResult, ModeOptions
 from saelens_amort.saes.dictionary import Dictionary
 
+MP_OBJECTIVE = "l2 by greedy steps (non-negative matching pursuit, k steps)"
+"""What `info["objective"]` says MP solved (greedily, not to an optimum)."""
+
 
 @torch.no_grad()
 def nn_mp(
@@ -86,7 +89,7 @@ def mp_mode(x: Float[Tensor, "N d_in"], dictionary: Dictionary, options: ModeOpt
     rows = batch_rows(options, 2 * dictionary.d_sae + dictionary.d_in)
     gram = atom_gram(dictionary, work_dtype(dictionary.atoms.dtype)) if use_gram(dictionary, x.shape[0], k) else None
     outs = [nn_mp(dictionary.target(xb), dictionary.atoms, k, gram=gram) for xb in x.split(rows)]
-    return pursuit_result(outs, dictionary, options, k)
+    return pursuit_result(outs, dictionary, options, k, MP_OBJECTIVE)
 
 
 register_mode("mp", mp_mode, needs_lambda=False, needs_k=True, options=("batch_rows",))

@@ -331,11 +331,17 @@ def omp_mode(x: Float[Tensor, "N d_in"], dictionary: Dictionary, options: ModeOp
     gram = atom_gram(dictionary, work_dtype(dictionary.atoms.dtype)) if use_gram(dictionary, x.shape[0], k) else None
     rows = batch_rows(options, 3 * dictionary.d_sae + 3 * k * k + (0 if gram is not None else k * dictionary.d_in))
     outs = [nn_omp(dictionary.target(xb), dictionary.atoms, k, gram=gram) for xb in x.split(rows)]
-    return pursuit_result(outs, dictionary, options, k)
+    return pursuit_result(outs, dictionary, options, k, OMP_OBJECTIVE)
 
 
-def pursuit_result(outs: list[PursuitOutput], dictionary: Dictionary, options: ModeOptions, k: int) -> InferenceResult:
-    """One InferenceResult from per-chunk pursuit outputs: SAE-space codes, objective at λ (NaN without one)."""
+OMP_OBJECTIVE = "l2 by greedy selection (non-negative OMP, k atoms)"
+"""What `info["objective"]` says OMP solved (greedily, not to an optimum)."""
+
+
+def pursuit_result(outs: list[PursuitOutput], dictionary: Dictionary, options: ModeOptions, k: int,
+                   objective: str) -> InferenceResult:
+    """One InferenceResult from per-chunk pursuit outputs: SAE-space codes, objective at λ (NaN without one);
+    `objective` is what `info["objective"]` says the pursuit solved."""
     dtype = dictionary.atoms.dtype
     if outs:
         u = torch.cat([o.u for o in outs])
@@ -348,6 +354,7 @@ def pursuit_result(outs: list[PursuitOutput], dictionary: Dictionary, options: M
         n_iter = torch.zeros(0, dtype=torch.long, device=dictionary.atoms.device)
     obj = objective_from_residual(residual, u, options.lam)
     info = {
+        "objective": objective,
         "k_budget": k,
         "atoms_dropped": sum(o.atoms_dropped for o in outs),
         "stopped_early": int((n_iter < k).sum()),

@@ -142,8 +142,9 @@ def _evaluate_sae(spec: str, sae, model, store, hook: str, cfg: EvalConfig, spli
             if v.label not in results:
                 results[v.label] = solved[lam_of[v.label]]
         results = {v.label: results[v.label] for v in variants}
-        for label, res in results.items():  # what each row solved (the encoder's codes solve nothing)
-            objectives.setdefault(label, str(res.info.get("objective", "encoder")))
+        for v in variants:  # what each row solved (the encoder's codes solve nothing)
+            unstated = "encoder" if v.mode == "amortized" else "not stated by the mode"
+            objectives.setdefault(v.label, str(results[v.label].info.get("objective", unstated)))
         splice_codes.keep(i * cfg.batch_size, results, encoded)
         labels = batch.labels if label_names else None
         for key, res in [*results.items(), *star.items()]:

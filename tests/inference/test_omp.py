@@ -42,6 +42,8 @@ def test_recovers_exact_supports_and_codes_on_incoherent_atoms(exact):
     assert result.n_iter.eq(4).all() and result.converged.all()
     assert result.objective.isnan().all() and result.lam is None  # no λ given: objective unknown
     assert result.mode == "omp" and result.info["atoms_dropped"] == 0
+    assert result.info["objective"] == "l2 by greedy selection (non-negative OMP, k atoms)"  # eval's objective column
+    assert infer(exact.x, exact.dictionary, "mp", k=4).info["objective"].startswith("l2 by greedy steps")
 
 
 def test_gram_and_direct_paths_agree(exact):

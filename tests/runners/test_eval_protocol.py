@@ -61,9 +61,10 @@ def test_shared_lambda_keeps_one_lambda_and_states_the_mismatch(toy):
 
 
 def test_price_decomposition_at_the_encoders_operating_point(toy):
-    df, _ = _eval(toy, "toy/topk", modes=("amortized", "amortized+refit", "semi_ksparse", "ksparse"))
+    df, _ = _eval(toy, "toy/topk", modes=("amortized", "amortized+refit", "semi_ksparse", "ksparse", "omp"))
     assert list(df["objective"]) == ["encoder", "l2 (NNLS) on the mode's support", "l2 at fixed per-row L0",
-                                     "l2 at fixed per-row L0"]  # what each row solved, the encoder's row included
+                                     "l2 at fixed per-row L0", "l2 by greedy selection (non-negative OMP, k atoms)"]
+    # what each row solved, the encoder's row included
     nmse = df["nmse"]
     assert nmse["amortized+refit"] <= nmse["amortized"] + 1e-7  # NNLS on the support beats any magnitudes on it
     best = min(nmse["semi_ksparse"], nmse["ksparse"])
