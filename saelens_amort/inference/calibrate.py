@@ -37,6 +37,7 @@ from saelens_amort.inference.registry import (
     resolve_dictionary,
     run_mode,
 )
+from saelens_amort.inference.refit import refit_result
 from saelens_amort.inference.result import ModeOptions
 from saelens_amort.saes.dictionary import Dictionary
 
@@ -95,7 +96,8 @@ def calibrate_lambda(
 ) -> Calibration:
     """λ such that `mode`'s density on all rows of `x_cal` matches `target` within relative `tol` (module docstring).
 
-    `options` go to the mode (solver tol, init, solver=…). `reference`: the amortized codes of `x_cal` (SAE code
+    `options` go to the mode (solver tol, init, solver=…; refit=True measures the density of the refitted codes, as
+    `infer(..., refit=True)` returns them). `reference`: the amortized codes of `x_cal` (SAE code
     space, one row per row of x_cal) to take the 'l0' / 'dense@τ' target from; None runs the encoder once on x_cal.
     A target no λ matches within `tol` (e.g. a mean L0 near d_in, above what the lasso gives even at tiny λ, or one
     between two densities the mode jumps across) raises SaeAmortError, or with `strict=False` warns and returns the
@@ -105,11 +107,12 @@ def calibrate_lambda(
     x, _, _ = _validate_x(x_cal, dictionary, "raise")
     solver_tol = options.pop("solver_tol", 1e-4)
     init = options.pop("init", None)
+    refit = bool(options.pop("refit", False))
     opts = ModeOptions(steps=steps, tol=solver_tol, init=init, extra=options)
     if reference is not None:
         reference = reference.reshape(-1, reference.shape[-1])
     cal, _ = calibrate_options(x, dictionary, mode, opts, target=target, tol=tol, max_evals=max_evals, strict=strict,
-                               reference=reference)
+                               reference=reference, refit=refit)
     return cal
 
 
@@ -124,9 +127,11 @@ def calibrate_options(
     max_evals: int = 30,
     strict: bool = True,
     reference: Float[Tensor, "N d_sae"] | None = None,
+    refit: bool = False,
 ) -> tuple[Calibration, ModeOptions]:
     """Calibrate λ for `mode` run with `opts` on validated rows x (all of them); returns the record and `opts` with
-    λ set. `reference`: the amortized codes of x, as in `calibrate_lambda`."""
+    λ set. `reference`: the amortized codes of x, as in `calibrate_lambda`; `refit`: the density is the refitted
+    codes' (NNLS on the mode's support can drop atoms)."""
     spec = get_mode(mode)
     if not spec.needs_lambda:
         raise SaeAmortError(f"mode {mode!r} takes no λ; calibrate a λ-based mode ({_lambda_modes()})")
@@ -154,7 +159,8 @@ def calibrate_options(
         nonlocal n_evals
         n_evals += 1
         xs, opts_s = (x, base) if rows is None else (x[rows], _rows_of(base, rows))
-        return metric(run_mode(spec, xs, dictionary, replace(opts_s, lam=lam)).codes)
+        result = run_mode(spec, xs, dictionary, replace(opts_s, lam=lam))
+        return metric((refit_result(result, xs, dictionary) if refit else result).codes)
 
     guess = _coarse_guess(x, dictionary, target, reference, tol, lam_max, max_evals, density)
     found = _search(density, target_value, tol, lam_max, max(2, max_evals - n_evals), guess)

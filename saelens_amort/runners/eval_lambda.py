@@ -11,6 +11,7 @@ A dense-rate target needs a dense latent: when no amortized latent fires on at l
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from typing import Any, NamedTuple
 
 import torch
@@ -75,12 +76,13 @@ def calibrate_variants(sae, store, cfg, variants: list[Variant]) -> dict[str, An
     if all(v.mode == "amortized" for v in variants):
         return {} if dist.is_main() else None
     unamortized = next((v for v in variants if v.mode == "unamortized"), Variant("unamortized", "unamortized"))
-    z_key = ("unamortized", tuple(sorted(unamortized.solve_options.items())))
+    unamortized = replace(unamortized, refit=False)  # z*'s λ: the unamortized solve's own density
+    z_key = unamortized.calibration_key
     jobs = {z_key: unamortized}  # one calibration per distinct solve, run by the variant that first asks for it
     if not cfg.shared_lambda:
         for v in variants:
             if get_mode(v.mode).needs_lambda:
-                jobs.setdefault((v.mode, tuple(sorted(v.solve_options.items()))), v)
+                jobs.setdefault(v.calibration_key, v)
     mine = [key for i, key in enumerate(jobs) if i % dist.world() == dist.rank()]
     done: dict[tuple, EvalLambda] = {}
     if mine:
@@ -97,5 +99,5 @@ def calibrate_variants(sae, store, cfg, variants: list[Variant]) -> dict[str, An
     if not cfg.shared_lambda:
         for v in variants:
             if get_mode(v.mode).needs_lambda:
-                found[v.label] = by_solve[(v.mode, tuple(sorted(v.solve_options.items())))]
+                found[v.label] = by_solve[v.calibration_key]
     return found

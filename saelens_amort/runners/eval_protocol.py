@@ -63,9 +63,14 @@ class Variant:
         return {**self.solve_options, **({"refit": True} if self.refit else {})}
 
     @property
+    def calibration_key(self) -> tuple:
+        """What a λ calibration depends on: variants with equal keys share one."""
+        return (self.mode, tuple(sorted(self.options.items())))
+
+    @property
     def calibration_options(self) -> dict[str, Any]:
-        """The same solve as options for `calibrate_lambda` (its own `tol` is the density tolerance)."""
-        out = dict(self.solve_options)
+        """The same solve (and refit) as options for `calibrate_lambda` (its own `tol` is the density tolerance)."""
+        out = dict(self.options)
         if "tol" in out:
             out["solver_tol"] = out.pop("tol")
         return out

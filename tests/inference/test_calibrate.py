@@ -35,6 +35,15 @@ def test_l0_target_is_the_amortized_l0_within_5_percent(toy, mode):
     assert mean_l0(again.codes) == pytest.approx(cal.achieved, rel=0.02)
 
 
+def test_refit_is_calibrated_on_the_refitted_codes(toy):
+    d, x = toy[0], toy[1][:128]  # refits of semi's wide supports at small λ are the slow part
+    plain, refit = calibrate_lambda(x, d, "semi"), calibrate_lambda(x, d, "semi", refit=True)
+    amortized_l0 = mean_l0(infer(x, d, "amortized").codes)
+    assert abs(refit.achieved - amortized_l0) <= 0.05 * amortized_l0 and refit.lam < plain.lam
+    assert mean_l0(infer(x, d, "semi", lam=refit.lam, refit=True).codes) == pytest.approx(refit.achieved, rel=0.02)
+    assert mean_l0(infer(x, d, "semi", lam=plain.lam, refit=True).codes) < 0.9 * amortized_l0  # NNLS drops atoms
+
+
 def test_infer_without_lambda_calibrates_and_records(toy):
     d, x = toy
     res = infer(x[:256], d, "unamortized")

@@ -53,6 +53,17 @@ def test_each_lambda_mode_matches_the_encoders_density_and_says_so(toy):
                                      "l2 at fixed per-row L0"]
 
 
+@pytest.mark.slow  # ~20 s: refits of semi's wide supports during calibration
+def test_a_refitted_lambda_mode_is_calibrated_with_its_refit(toy):
+    # NNLS on semi's support drops atoms (toy/standard: L0 35 → 19 at semi's λ), so semi+refit needs its own λ
+    df, store = _eval(toy, "toy/standard", modes=("amortized", "semi", "semi+refit"))
+    assert df.loc["semi+refit", "lambda_calibrated_for"] == "this mode"
+    assert df.loc["semi+refit", "lam"] < df.loc["semi", "lam"]
+    for mode in ("semi", "semi+refit"):
+        assert df.loc[mode, "density_matched"], (mode, df.loc[mode, "skipped"])
+        assert df.loc[mode, "lambda_achieved"] == pytest.approx(df.loc["amortized", "l0"], rel=0.05)
+
+
 @pytest.mark.slow  # ~30 s, as above
 def test_shared_lambda_keeps_one_lambda_and_states_the_mismatch(toy):
     df, _ = _eval(toy, "toy/standard", modes=("amortized", "semi", "unamortized"), lambda_policy="shared")
