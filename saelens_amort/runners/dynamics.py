@@ -26,6 +26,7 @@ from saelens_amort.devices import on_device
 from saelens_amort.errors import SaeAmortError
 from saelens_amort.atomic import write_atomic
 from saelens_amort.runners.eval import EvalConfig, check_out_dir, evaluate, write_outputs
+from saelens_amort.runners.records import json_records
 
 logger = logging.getLogger(__name__)
 
@@ -108,6 +109,6 @@ def run_dynamics(cfg: EvalConfig, checkpoints: Path, out: Path, *, overwrite: bo
                 missing="no metric could be computed for these checkpoints"),
         Section(f"Checkpoints ({len(index)})", html=table_html(index)),
     ]
-    write_outputs(out, ev, cfg, extra_meta={"checkpoint_index": json.loads(index.to_json(orient="records"))},
+    write_outputs(out, ev, cfg, extra_meta={"checkpoint_index": json_records(index)},
                   extra_sections=sections)
     return ev.df

@@ -18,7 +18,7 @@ import math
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -34,6 +34,10 @@ from saelens_amort.runners.eval_config import EvalConfig
 from saelens_amort.runners.eval_splice import SpliceCodes, splice_columns
 from saelens_amort.runners.eval_stages import Stages
 from saelens_amort.runners.eval_protocol import density_columns, density_metric, price_columns
+from saelens_amort.runners.records import json_records
+
+if TYPE_CHECKING:
+    from saelens_amort.runners.eval_workers import Workers
 
 logger = logging.getLogger(__name__)
 
@@ -330,6 +334,17 @@ def evaluate(cfg: EvalConfig, specs: tuple[str, ...], out: Path, *, progress: bo
     return Evaluation(pd.DataFrame(rows), freqs, gaps, hook, store)
 
 
+def lambdas_by_sae(df: pd.DataFrame) -> dict[str, dict[str, float]]:
+    """{SAE: {row mode: λ}} for the rows that ran at a λ (each λ-mode has its own under the fair protocol)."""
+    out: dict[str, dict[str, float]] = {}
+    for r in df.to_dict("records"):
+        lam = r.get("lam")
+        out.setdefault(r["sae"], {})
+        if lam is not None and lam == lam:
+            out[r["sae"]][r["mode"]] = float(lam)
+    return out
+
+
 def write_outputs(out: Path, ev: Evaluation, cfg: EvalConfig, *, extra_meta: dict | None = None,
                   extra_sections: list | None = None, stages: Stages | None = None) -> None:
     """results.parquet, results.csv, report.html, then results.json (last: its presence marks a complete run);
@@ -338,8 +353,8 @@ def write_outputs(out: Path, ev: Evaluation, cfg: EvalConfig, *, extra_meta: dic
 
     df = ev.df
     meta = {"config": cfg.as_json(), "hook_name": ev.hook, "activation_store": str(ev.store.path),
-            "lambda": {r["sae"]: r["lam"] for r in df.to_dict("records")}, "provenance": provenance(),
-            **(extra_meta or {}), "rows": json.loads(df.to_json(orient="records"))}
+            "lambda": lambdas_by_sae(df), "provenance": provenance(),
+            **(extra_meta or {}), "rows": json_records(df)}
     write_atomic(out / "results.parquet", lambda p: df.to_parquet(p, index=False))
     write_atomic(out / "results.csv", lambda p: df.to_csv(p, index=False))
     with stages.stage("report") if stages else contextlib.nullcontext():

@@ -31,6 +31,7 @@ from saelens_amort.metrics.frontier import k_grid, lambda_grid, lambda_max, pric
 from saelens_amort.provenance import provenance
 from saelens_amort.run_folder import check_run_folder, record_run
 from saelens_amort.runners.frontier_config import FrontierConfig
+from saelens_amort.runners.records import json_records
 from saelens_amort.runners.eval_inputs import SpliceTokens, default_specs, load_eval_sae, load_inputs
 from saelens_amort.saes import Dictionary
 
@@ -214,7 +215,7 @@ def run_frontier(cfg: FrontierConfig, out: Path, *, overwrite: bool = False,
     points_df = pd.DataFrame(rows)
     price_df = prices(points_df)
     meta = {"config": cfg.as_json(), "hook_name": inputs.hook, "provenance": provenance(), "skipped": skipped,
-            "prices": json.loads(price_df.to_json(orient="records"))}
+            "prices": json_records(price_df)}
     record_run(out, COMMAND, cfg.as_json())
     write_atomic(out / "frontier.parquet", lambda p: points_df.to_parquet(p, index=False))
     write_atomic(out / "frontier.csv", lambda p: points_df.to_csv(p, index=False))

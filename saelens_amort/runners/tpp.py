@@ -19,6 +19,7 @@ from saelens_amort.errors import SaeAmortError
 from saelens_amort.provenance import provenance
 from saelens_amort.run_folder import check_run_file, check_run_folder, record_run, run_record
 from saelens_amort.runners.tpp_config import TppConfig
+from saelens_amort.runners.records import json_records
 
 RANDOM_SEED = 0
 
@@ -105,7 +106,7 @@ def run_tpp(cfg: TppConfig, top_ms: tuple[int, ...], out: Path, *, overwrite: bo
     record_run(out, "tpp", run)
     write_atomic(out / "tpp.csv", lambda p: df.to_csv(p, index=False))
     meta = {"config": asdict(cfg), "top_m": list(top_ms), "sae": cfg.resolved_sae(), "hook": hook,
-            "provenance": provenance(), "rows": json.loads(df.to_json(orient="records"))}
+            "provenance": provenance(), "rows": json_records(df)}
     metrics = ["tpp", "tpp_random", *[c for c in df.columns if c.startswith("tpp/")]]
     write_report(out / "report.html", f"TPP — {cfg.resolved_sae()} @ {hook}", [
         Section("TPP score vs number of ablated latents", metric_lines(df, metrics, "top_m", "mode", "latents M",

@@ -52,6 +52,8 @@ def test_outputs_and_report(evaluated, tmp_path):
     meta = json.loads((out / "results.json").read_text())
     assert meta["config"]["saes"] == list(CFG.saes) and meta["hook_name"] == "blocks.2.hook_resid_post"
     assert set(meta["lambda"]) == set(CFG.saes) and meta["provenance"]["versions"]["sae-lens"]
+    for row in meta["rows"]:  # every λ-row's own λ, not one per SAE
+        assert meta["lambda"][row["sae"]].get(row["mode"]) == row["lam"]
     probe = chromium_probe(out / "report.html", tmp_path)
     assert probe["errors"] == []
     drawn = [p for p in probe["plots"] if p["traces"] and p["points"]]
