@@ -29,7 +29,7 @@ from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
 from saelens_amort.inference.flops import Flops, add_info, cholesky, cholesky_solve
-from saelens_amort.inference.gram import gram_bytes, padded_gram, sub_gram
+from saelens_amort.inference.gram import gram_bytes, padded_gram, sub_gram, work_dtype
 from saelens_amort.inference.result import InferenceResult, objective_from_residual
 from saelens_amort.inference.sparse_codes import to_csr
 from saelens_amort.inference.triangular import solve_factored
@@ -279,9 +279,10 @@ def refit_result(result: InferenceResult, x: Float[Tensor, "n d_in"], dictionary
     u = dictionary.from_sae_codes(result.codes.to(dictionary.atoms.dtype))
     flops = Flops(u.shape[0], u.device)
     refit = refit_codes(x_target, u, dictionary, flops)
-    codes = to_csr(refit)
+    wd = work_dtype(dictionary.atoms.dtype)  # bf16 / fp16 SAEs: the product in fp32 (no sparse bf16 kernels on CPU)
+    codes = to_csr(refit.to(wd))
     flops.product(codes, dictionary.d_in)
-    residual = x_target.float() - (codes @ dictionary.atoms).float()
+    residual = x_target.float() - (codes @ dictionary.atoms.to(wd)).float()
     info = {
         **add_info(result.info, flops.info()),
         "objective": OBJECTIVE,

@@ -185,7 +185,9 @@ def _evaluate_sae(spec: str, sae, model, store, hook: str, cfg: EvalConfig, spli
         cal = own.calibration if own else None
         row: dict[str, Any] = {"sae": spec, "mode": v.label, "inference_mode": v.mode, "semi_steps": v.steps,
                                "refit": v.refit, "objective": objectives.get(v.label),
-                               "architecture": sae.cfg.architecture(), "protocol": cfg.protocol,
+                               "architecture": sae.cfg.architecture(),
+                               "sae_dtype": str(sae.W_dec.dtype).removeprefix("torch."),  # as run, not as asked
+                               "protocol": cfg.protocol,
                                "lambda_policy": "shared" if cfg.shared_lambda else "per-mode", "lam": lam,
                                "lambda_calibrated_for": ("this mode" if v.label in found else "unamortized")
                                if cal else None,

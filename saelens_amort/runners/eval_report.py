@@ -29,8 +29,8 @@ BAR_METRICS = (
 )
 STEP_METRICS = ("nmse", "l0", "gap_mean", "real/f1@1", "real/absorption_rate", "ce_recovered", "kl",
                 "seconds_per_token")
-TABLE_COLUMNS = ("sae", "mode", "architecture", "objective", "lam", "density_target", "density_achieved",
-                 "density_matched", "nmse", "fvu", "l0", "dead_rate", "dense_rate@0.1",
+TABLE_COLUMNS = ("sae", "mode", "architecture", "sae_dtype", "objective", "lam", "density_target",
+                 "density_achieved", "density_matched", "nmse", "fvu", "l0", "dead_rate", "dense_rate@0.1",
                  "real/f1@1", "real/delta_f1", "real/absorption_rate", "gap_mean", "ce_recovered", "kl",
                  "flops_per_token", "skipped")
 

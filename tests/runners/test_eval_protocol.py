@@ -131,3 +131,14 @@ def test_bad_protocol_options():
         EvalConfig(model="toy", lambda_policy="one")
     with pytest.raises(SaeAmortError, match="unknown mode.*nope\\+refit"):
         EvalConfig(model="toy", modes=("nope+refit",))
+
+
+def test_a_bf16_sae_runs_with_refit_and_its_rows_say_the_dtype_that_ran(toy):
+    model, store = toy
+    cfg = EvalConfig(model="toy", layer=2, metrics=("reconstruction", "sparsity"), tokens=N, calib_tokens=N,
+                     batch_size=N, splice_sequences=0, modes=("amortized", "amortized+refit", "semi_ksparse"))
+    for dtype, name in ((torch.bfloat16, "bfloat16"), (torch.float32, "float32")):
+        rows, _ = evaluate_sae("toy/topk", load_sae("toy/topk", dtype=dtype), model, store, HOOK, cfg, None)
+        assert [r["sae_dtype"] for r in rows] == [name] * 3
+        nmse = {r["mode"]: r["nmse"] for r in rows}
+        assert nmse["amortized+refit"] <= nmse["amortized"] * 1.01, (name, nmse)
