@@ -19,7 +19,7 @@ for _name in ("omp", "mp", "ksparse"):  # k-sparse modes, when present
     if importlib.util.find_spec(f"{__name__}.{_name}") is not None:
         importlib.import_module(f"{__name__}.{_name}")
 
-from saelens_amort.inference.calibrate import Calibration, calibrate_lambda  # noqa: E402
+from saelens_amort.inference.calibrate import Calibration, calibrate_lambda, mode_lambda  # noqa: E402
 
 __all__ = [
     "Calibration",
@@ -27,6 +27,7 @@ __all__ = [
     "ModeFn",
     "ModeOptions",
     "calibrate_lambda",
+    "mode_lambda",
     "get_mode",
     "infer",
     "list_modes",

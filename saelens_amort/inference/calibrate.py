@@ -116,6 +116,15 @@ def calibrate_lambda(
     return cal
 
 
+def mode_lambda(x: Float[Tensor, "... d_in"], sae_or_dictionary: "SAE | Dictionary", mode: str) -> float | None:
+    """The λ at which `mode` (run as `infer` runs it by default: semi from the encoder's code) matches the encoder's
+    mean L0 on x — each λ-mode its own, as eval calibrates them — or None for a mode without λ. An unreachable target
+    keeps the closest λ with a warning."""
+    if not get_mode(mode).needs_lambda:
+        return None
+    return calibrate_lambda(x, sae_or_dictionary, mode, strict=False).lam
+
+
 def calibrate_options(
     x: Float[Tensor, "N d_in"],
     dictionary: Dictionary,

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from saelens_amort.errors import SaeAmortError
-from saelens_amort.inference import calibrate_lambda, get_mode, infer
+from saelens_amort.inference import get_mode, infer, mode_lambda
 from saelens_amort.interventions.hooks import LatentEdit, latent_edit
 
 if TYPE_CHECKING:
@@ -67,7 +67,7 @@ def calibrate_on_prompts(model: "HookedTransformer", sae: "SAE", hook_name: str,
         raise SaeAmortError("give at least one prompt")
     acts = [prompt_activations(model, hook_name, prompt_tokens(model, p, max_new_tokens).to(model.cfg.device))
             for p in prompts]
-    return calibrate_lambda(torch.cat(acts), sae, mode, strict=False).lam
+    return mode_lambda(torch.cat(acts), sae, mode)
 
 
 def _warn_silent_latents(model: "HookedTransformer", sae: "SAE", edit: LatentEdit, prompt: str, tokens: torch.Tensor,

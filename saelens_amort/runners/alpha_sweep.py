@@ -112,7 +112,7 @@ def run_alpha_sweep(cfg: SweepConfig, features: Sequence[Feature], out: Path, *,
 
 def _lam(model, sae, hook: str, tokens: torch.Tensor, lengths: torch.Tensor, mode: str) -> float | None:
     """λ calibrated on the real (non-BOS, non-padding) positions of the evaluation tokens."""
-    from saelens_amort.inference import calibrate_lambda, get_mode
+    from saelens_amort.inference import get_mode, mode_lambda
 
     if not get_mode(mode).needs_lambda:
         return None
@@ -120,7 +120,7 @@ def _lam(model, sae, hook: str, tokens: torch.Tensor, lengths: torch.Tensor, mod
     real[:, 0] = False
     with torch.no_grad():
         acts = model.run_with_cache(tokens, names_filter=hook)[1][hook][real]
-    return calibrate_lambda(acts.reshape(acts.shape[0], -1), sae, "unamortized", strict=False).lam
+    return mode_lambda(acts.reshape(acts.shape[0], -1), sae, mode)
 
 
 def _markdown(cfg: SweepConfig, df: pd.DataFrame, summary: pd.DataFrame, snippets: dict, skipped: list[str]) -> str:

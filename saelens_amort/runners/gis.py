@@ -25,7 +25,7 @@ PROMPT_TOKENS = 6
 
 def run_gis(cfg: GisConfig, out: Path, *, overwrite: bool = False) -> pd.DataFrame:
     """Calibrate, generate and score; outputs in `out` (another run's `out` is refused unless `overwrite`)."""
-    from saelens_amort.inference import calibrate_lambda, get_mode
+    from saelens_amort.inference import mode_lambda
     from saelens_amort.interventions.gis import calibrate_alpha, continuation_scores, gis_hook
     from saelens_amort.interventions.alpha_sweep import real_positions
     from saelens_amort.interventions.hooks import checked_latents
@@ -49,9 +49,7 @@ def run_gis(cfg: GisConfig, out: Path, *, overwrite: bool = False) -> pd.DataFra
         if cfg.class_id not in probe.classes:
             raise SaeAmortError(f"class id {cfg.class_id} is not among the labels {probe.classes} "
                                 f"({', '.join(docs.label_names)})")
-    lam = None
-    if get_mode(cfg.mode).needs_lambda:
-        lam = calibrate_lambda(store.load(1024).acts, sae, "unamortized", strict=False).lam
+    lam = mode_lambda(store.load(1024).acts, sae, cfg.mode)
     hook_kw = {"model": model, "sae": sae, "hook_name": hook, "latents": latents, "kind": cfg.kind, "mode": cfg.mode,
                "lam": lam}
     seqs, lengths = eval_tokens(model, SweepConfig(model=cfg.model, sequences=cfg.sequences,

@@ -7,7 +7,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from saelens_amort.devices import on_device
-from saelens_amort.inference import calibrate_lambda, get_mode
+from saelens_amort.inference import mode_lambda
 from saelens_amort.provenance import provenance
 from saelens_amort.run_folder import check_run_folder
 from saelens_amort.runners.tpp import prepare
@@ -28,9 +28,7 @@ def run_interpret(cfg: TppConfig, out: Path, *, latents: Sequence[int] | None = 
     run = {**asdict(cfg), "latents": chosen, "n_latents": n_latents, "top_n": top_n, "window": window}
     check_run_folder(out, "interpret", run, overwrite=overwrite)
     lm, sae, hook, store = prepare(cfg)
-    lam = None
-    if get_mode(mode).needs_lambda:
-        lam = calibrate_lambda(store.load(CALIB_TOKENS).acts, sae, "unamortized", strict=False).lam
+    lam = mode_lambda(store.load(CALIB_TOKENS).acts, sae, mode)
     views = latent_views(store, sae, lm.tokenizer, latents=chosen, n_latents=n_latents, top_n=top_n, window=window,
                          mode=mode, lam=lam)
     write_views(views, Path(out), f"Latents of {cfg.resolved_sae()} @ {hook} ({mode})",

@@ -43,12 +43,10 @@ def prepare(cfg: TppConfig):
 
 
 def pooled(cfg: TppConfig, sae, store, mode: str):
-    from saelens_amort.inference import calibrate_lambda, get_mode
+    from saelens_amort.inference import mode_lambda
     from saelens_amort.interventions.tpp import ClassProbes, pool_documents
 
-    lam = None
-    if get_mode(mode).needs_lambda:
-        lam = calibrate_lambda(store.load(cfg.calib_tokens).acts, sae, "unamortized", strict=False).lam
+    lam = mode_lambda(store.load(cfg.calib_tokens).acts, sae, mode)
     docs = pool_documents(store, sae, mode, lam=lam, pooling=cfg.pooling)
     return docs, ClassProbes(docs, seed=cfg.seed)
 

@@ -95,3 +95,28 @@ def test_cli_select_and_tpp(tmp_path):
     assert list(zip(df["mode"], df["top_m"])) == [("amortized", 5), ("amortized", 30), ("unamortized", 5),
                                                   ("unamortized", 30)]
     assert (df[df["top_m"] == 30]["tpp"] > df[df["top_m"] == 30]["tpp_random"]).all()
+
+
+def test_each_lambda_mode_gets_its_own_lambda(world, monkeypatch):
+    # semi at the unamortized λ ran 15-19 % denser than the encoder; each λ-mode is calibrated as itself (as eval does)
+    import pathlib
+
+    import saelens_amort.interventions.tpp as tpp_module
+    from saelens_amort.inference import calibrate_lambda
+    from saelens_amort.runners.tpp import pooled
+
+    sae, store, docs, _ = world
+    cfg = TppConfig(model="toy", tokens=12_000, modes=("semi",))
+    seen = {}
+    monkeypatch.setattr(tpp_module, "pool_documents", lambda store, sae, mode, lam=None, **kw: seen.update(
+        {mode: lam}) or docs)
+    for mode in ("semi", "unamortized"):
+        pooled(cfg, sae, store, mode)
+    x = store.load(cfg.calib_tokens).acts
+    assert seen["semi"] == pytest.approx(calibrate_lambda(x, sae, "semi", strict=False).lam, rel=1e-9)
+    assert seen["unamortized"] == pytest.approx(calibrate_lambda(x, sae, "unamortized", strict=False).lam, rel=1e-9)
+    assert seen["semi"] != pytest.approx(seen["unamortized"], rel=0.05)
+    # and no command calibrates one mode's λ for another
+    root = pathlib.Path(tpp_module.__file__).parents[1]
+    for path in [*root.glob("runners/*.py"), *root.glob("interventions/*.py")]:
+        assert 'calibrate_lambda(' not in path.read_text() or '"unamortized", strict' not in path.read_text(), path
