@@ -10,7 +10,9 @@ from rich.console import Console
 from rich.table import Table
 
 from saelens_amort.cli.app import app
-from saelens_amort.cli.options import DEVICE, HOOK, LAYER, MODEL, SEED, count_option, out_option, resolve_layer
+from saelens_amort.cli.options import (
+    DEVICE, HOOK, LAYER, MODEL, OVERWRITE, SEED, count_option, out_option, resolve_layer,
+)
 
 
 @app.command("patch")
@@ -28,6 +30,7 @@ def patch_command(
     seed: int = SEED,
     model: str = MODEL, layer: Optional[int] = LAYER, hook: Optional[str] = HOOK, device: str = DEVICE,
     out: Optional[Path] = out_option(None, "Also write patch.csv and report.html here."),
+    overwrite: bool = OVERWRITE,
 ) -> None:
     """Generate each prompt's continuation with and without the latent edit (SAE error term kept)."""
     from saelens_amort.devices import check_device
@@ -36,6 +39,7 @@ def patch_command(
     from saelens_amort.interventions.patching import calibrate_on_prompts
     from saelens_amort.interventions.report import write_patch_outputs
     from saelens_amort.models import load_model
+    from saelens_amort.run_folder import check_run_folder, record_run
     from saelens_amort.runners.collect import resolve_hook
     from saelens_amort.saes import check_sae_fits, load_sae
 
@@ -47,6 +51,11 @@ def patch_command(
         if model != "toy":
             raise SaeAmortError("--sae is required for models other than the toy")
         sae = "toy/topk"
+    run = {"model": model, "sae": sae, "layer": layer, "hook": hook, "mode": mode, "lam": lam, "prompts": list(prompt),
+           "ablate": ablate, "amplify": amplify, "set": set_, "seed": seed, "greedy": not sample,
+           "max_new_tokens": max_new_tokens}
+    if out is not None:  # a folder another command (or another patch) wrote is refused before any work
+        check_run_folder(Path(out), "patch", run, overwrite=overwrite)
     device = check_device(device)
     lm = load_model(model, device=device)
     sae_obj = load_sae(sae, device=device)
@@ -61,6 +70,7 @@ def patch_command(
         table.add_row(r.prompt, r.original, r.patched)
     Console(width=max(Console().width, 120)).print(table)
     if out is not None:
+        record_run(Path(out), "patch", run)
         write_patch_outputs(Path(out), rows, {"model": model, "sae": sae, "hook": hook_name, "mode": mode, "lam": lam,
                                              "ablate": ablate, "amplify": amplify, "set": set_, "seed": seed,
                                              "greedy": not sample, "max_new_tokens": max_new_tokens})
