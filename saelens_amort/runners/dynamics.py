@@ -46,7 +46,9 @@ def _sae_lens_step(path: Path) -> tuple[int | None, str]:
         try:
             steps = torch.load(state, map_location="cpu", weights_only=True).get("n_training_steps")
             if steps is not None:
-                return int(steps), "metadata"
+                # SAE-Lens saves a run's checkpoints inside a step, after its update and before counting it; only the
+                # final_* checkpoint is saved after the loop
+                return int(steps) + (0 if path.name.startswith("final") else 1), "metadata"
         except Exception as e:  # noqa: BLE001 - an unreadable trainer state only loses the metadata step
             logger.warning("cannot read %s (%s); taking the step from the name", state, e)
     return step_from_name(path.name), "name"

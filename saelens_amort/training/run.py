@@ -121,8 +121,9 @@ def _trainer_class():
 
 
 def _fit(sae, cfg: TrainConfig, data_fn, steps: int, out: Path, ckpt_dir: Path, resume_from: Path | None,
-         progress: bool) -> None:
-    """SAETrainer on `data_fn(skip)` (minibatches after the first `skip`) for `steps` steps."""
+         progress: bool, *, new_log: bool = False) -> None:
+    """SAETrainer on `data_fn(skip)` (minibatches after the first `skip`) for `steps` steps; `new_log` starts
+    train_log.jsonl afresh (else it is continued, after dropping the steps past the checkpoint resumed from)."""
     from rich.progress import Progress
     from sae_lens.config import LoggingConfig, SAETrainerConfig
 
@@ -137,17 +138,35 @@ def _fit(sae, cfg: TrainConfig, data_fn, steps: int, out: Path, ckpt_dir: Path, 
     skip = 0
     trainer_cls = _trainer_class()
     trainer = trainer_cls(trainer_cfg, sae, data_fn(0))
+    if cfg.checkpoint_every:
+        # SAE-Lens saves once n_training_samples > a threshold, i.e. a step after its evenly spaced thresholds; these
+        # save after exactly checkpoint_every, 2·checkpoint_every, … steps (the last step's SAE is the run's output)
+        trainer.checkpoint_thresholds = [k * cfg.checkpoint_every * cfg.batch_size - 1
+                                         for k in range(1, -(-steps // cfg.checkpoint_every))]
     if resume_from is not None:
         trainer.load_trainer_state(resume_from)
-        skip = trainer.n_training_samples // cfg.batch_size  # batches consumed (steps lag by one at a checkpoint)
+        skip = trainer.n_training_samples // cfg.batch_size  # batches consumed
+        # a checkpoint is saved inside a step, before SAE-Lens counts it: the weights already hold `skip` updates
+        trainer.n_training_steps = skip
         trainer.data_provider = data_fn(skip)
         trainer.checkpoint_thresholds = [t for t in trainer.checkpoint_thresholds if t > trainer.n_training_samples]
         logger.info("resuming from %s at step %d", resume_from, skip)
-    with open(out / "train_log.jsonl", "a") as log, Progress(disable=not progress, transient=True) as bar, \
+        _trim_log(out / "train_log.jsonl", skip)
+    with open(out / "train_log.jsonl", "w" if new_log else "a") as log, Progress(disable=not progress, transient=True) as bar, \
             _quiet_tqdm():
         trainer.log_file, trainer.progress = log, bar
         trainer.task = bar.add_task("training", total=steps, completed=skip)
         trainer.fit()
+
+
+def _trim_log(path: Path, step: int) -> None:
+    """Drop the records after the last one of `step` (steps an interrupted run logged past its last checkpoint)."""
+    if not path.exists():
+        return
+    lines = path.read_text().splitlines(keepends=True)
+    last = max((i for i, ln in enumerate(lines) if ln.strip() and json.loads(ln).get("step") == step), default=None)
+    if last is not None and last + 1 < len(lines):
+        write_text_atomic(path, "".join(lines[: last + 1]))
 
 
 @contextlib.contextmanager
@@ -252,8 +271,8 @@ def run_train(cfg: TrainConfig, out: Path, *, overwrite: bool = False, resume: b
         else:
             topk = make_training_sae(cfg, d_in, hook, model_name)
             pre_ckpt = out / "pretrain_checkpoints"
-            _fit(topk, cfg, data_fn, pre_steps, out, pre_ckpt, _latest_checkpoint(pre_ckpt) if resume else None,
-                 progress)
+            pre_resume = _latest_checkpoint(pre_ckpt) if resume else None
+            _fit(topk, cfg, data_fn, pre_steps, out, pre_ckpt, pre_resume, progress, new_log=pre_resume is None)
             pre_dir.mkdir(exist_ok=True)
             topk.save_model(str(pre_dir / "training"))
             topk.save_inference_model(pre_dir / "inference")
@@ -271,7 +290,7 @@ def run_train(cfg: TrainConfig, out: Path, *, overwrite: bool = False, resume: b
         resume_ckpt = _latest_checkpoint(ckpt_dir) if resume else None
         if resume_ckpt is not None:
             sae.load_state_dict(_load_training_weights(resume_ckpt))
-        _fit(sae, cfg, data_fn, steps, out, ckpt_dir, resume_ckpt, progress)
+        _fit(sae, cfg, data_fn, steps, out, ckpt_dir, resume_ckpt, progress, new_log=resume_ckpt is None)
     seconds = time.perf_counter() - start
     _save_atomic(sae, out / "sae")
     final = load_sae(str(out / "sae"))  # scored as saved, not as trained in memory

@@ -80,7 +80,8 @@ def test_checkpoints_resume_and_dynamics(tmp_path):
     a = tmp_path / "a"
     run_train(cfg, a, progress=False)
     ckpts = sorted((a / "checkpoints").iterdir(), key=lambda p: int(p.name))
-    assert len(ckpts) == 2
+    # after exactly 20 and 40 of the 60 steps (SAE-Lens' own thresholds saved a step late)
+    assert [int(p.name) for p in ckpts] == [20 * 256, 40 * 256]
     b = tmp_path / "b"
     shutil.copytree(a, b)
     shutil.rmtree(b / "sae")
@@ -95,7 +96,14 @@ def test_checkpoints_resume_and_dynamics(tmp_path):
     torch.testing.assert_close(sb.encode(x), sa.encode(x), atol=1e-4, rtol=1e-4)
     from saelens_amort.runners.dynamics import index_checkpoints
 
-    assert list(index_checkpoints(a / "checkpoints")["step_source"]) == ["metadata", "metadata"]
+    index = index_checkpoints(a / "checkpoints")
+    assert list(index["step_source"]) == ["metadata", "metadata"] and list(index["step"]) == [20, 40]
+    assert list(index_checkpoints(b / "checkpoints")["step"]) == [20, 40]  # the resumed run's counter too
+    # b resumed from step 20 with a's whole log (steps past 20 included): they are dropped, not logged twice
+    log_a = [json.loads(ln) for ln in (a / "train_log.jsonl").read_text().splitlines()]
+    log_b = [json.loads(ln) for ln in (b / "train_log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log_a] == list(range(1, 61)) == [r["step"] for r in log_b]
+    assert [r["loss"] for r in log_b] == pytest.approx([r["loss"] for r in log_a], rel=1e-4)
 
 
 @pytest.mark.slow
