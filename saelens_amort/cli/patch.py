@@ -33,20 +33,14 @@ def patch_command(
     overwrite: bool = OVERWRITE,
 ) -> None:
     """Generate each prompt's continuation with and without the latent edit (SAE error term kept)."""
-    from saelens_amort.devices import check_device
+    from saelens_amort.catalog import check_modes
     from saelens_amort.errors import SaeAmortError
-    from saelens_amort.interventions import parse_edit, patch_generate
-    from saelens_amort.interventions.patching import calibrate_on_prompts
-    from saelens_amort.interventions.report import write_patch_outputs
-    from saelens_amort.models import load_model
     from saelens_amort.run_folder import check_run_folder, record_run
-    from saelens_amort.runners.collect import resolve_hook
-    from saelens_amort.saes import check_sae_fits, load_sae
 
     ablate, amplify, set_ = (",".join(v) for v in (ablate, amplify, set_))
-    edit = parse_edit(ablate, amplify, set_)
-    if not edit.latents:
+    if not any(t.strip() for t in f"{ablate},{amplify},{set_}".split(",")):
         raise SaeAmortError("give at least one latent with --ablate, --amplify or --set")
+    check_modes([mode])
     if sae is None:
         if model != "toy":
             raise SaeAmortError("--sae is required for models other than the toy")
@@ -56,6 +50,16 @@ def patch_command(
            "max_new_tokens": max_new_tokens}
     if out is not None:  # a folder another command (or another patch) wrote is refused before any work
         check_run_folder(Path(out), "patch", run, overwrite=overwrite)
+    # after the checks above (torch-free): these load torch, TransformerLens and SAE-Lens
+    from saelens_amort.devices import check_device
+    from saelens_amort.interventions import parse_edit, patch_generate
+    from saelens_amort.interventions.patching import calibrate_on_prompts
+    from saelens_amort.interventions.report import write_patch_outputs
+    from saelens_amort.models import load_model
+    from saelens_amort.runners.collect import resolve_hook
+    from saelens_amort.saes import check_sae_fits, load_sae
+
+    edit = parse_edit(ablate, amplify, set_)
     device = check_device(device)
     lm = load_model(model, device=device)
     sae_obj = load_sae(sae, device=device)

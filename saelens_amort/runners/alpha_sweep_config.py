@@ -131,4 +131,6 @@ def resolve_sweep(config: Path | None, sae_items: Sequence[str], given: dict[str
     release, layers = settings.pop("release", None), settings.pop("layers", None)
     cfg = SweepConfig(**settings)  # every option checked before the feature file and the release are read
     features = read_features(features_file)
+    if not features:
+        raise SaeAmortError(f"no features to sweep in {features_file}; it needs at least one layer,feature row")
     return replace(cfg, saes=layer_saes(tuple(explicit.items()), release, layers, cfg.model, features)), features, out

@@ -108,11 +108,15 @@ OPTION_ERRORS = {
     "dynamics-source": (["dynamics", "--checkpoints", "c", "--source", "toy:"], r"unknown toy domain ''"),
     "select-source": (["select-latents", "--class-id", "0", "--source", "a.txt"], r"source file /\S*/a.txt does not"),
     "sweep-yaml-source": (["alpha-sweep", "--features", "f.csv", "--config", "src.yaml"], r"unknown toy domain 'x'"),
+    "sweep-no-features": (["alpha-sweep", "--features", "empty.csv"], r"no features to sweep in empty.csv"),
+    "patch-mode": (["patch", "--prompt", "x", "--ablate", "3", "--mode", "bogus"], r"unknown mode\(s\) bogus;"),
+    "patch-no-latent": (["patch", "--prompt", "x", "--ablate", ""], r"give at least one latent"),
+    "tpp-top-m": (["tpp", "--top-m", "0,5"], r"--top-m needs positive integers, got \[0, 5\]"),
     "train-yaml-source": (["train", "--config", "src.yaml", "--out", "o"], r"unknown toy domain 'x'"),
 }
 SWEEP_FILES = {"f.csv": "layer,feature\n2,3\n", "no_layer.csv": "feature,label\n3,a\n",
                "long_row.csv": "layer,feature\n2,3,4\n", "typo.yaml": "percentile: lots\n",
-               "src.yaml": "source: toy:x\n"}
+               "src.yaml": "source: toy:x\n", "empty.csv": "layer,feature\n"}
 """Inputs the alpha-sweep cases read (every case runs in a folder holding just these)."""
 
 
