@@ -8,7 +8,9 @@ class, and the TPP score computed for every M, with random latents of the same c
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import asdict
+from typing import Any
 from pathlib import Path
 
 import numpy as np
@@ -24,8 +26,14 @@ from saelens_amort.runners.records import json_records
 RANDOM_SEED = 0
 
 
-def prepare(cfg: TppConfig):
-    """Model, SAE, hook and the (cached) activation store of `cfg`."""
+def _check_top_m(top_ms, sae) -> None:
+    if max(top_ms) > sae.cfg.d_sae:
+        raise SaeAmortError(f"--top-m {max(top_ms)} exceeds d_sae={sae.cfg.d_sae}")
+
+
+def prepare(cfg: TppConfig, check_sae: Callable[[Any], None] | None = None):
+    """Model, SAE, hook and the (cached) activation store of `cfg`; `check_sae(sae)` runs before any activation is
+    collected (a request the SAE cannot serve fails with its one error line, before the collection's log)."""
     from saelens_amort.activations import CollectConfig, collect_activations, resolve_source
     from saelens_amort.models import load_model
     from saelens_amort.runners.collect import resolve_hook
@@ -36,6 +44,8 @@ def prepare(cfg: TppConfig):
     hook = resolve_hook(model.cfg.n_layers, cfg.layer, cfg.hook)
     sae = load_sae(cfg.resolved_sae(), device=cfg.device)
     check_sae_fits(sae, model, hook)
+    if check_sae is not None:
+        check_sae(sae)
     source = resolve_source(cfg.source or ("toy" if cfg.model == "toy" else "hf:fancyzhx/ag_news"), seed=cfg.seed)
     store = collect_activations(model, source, CollectConfig(hook_name=hook, n_tokens=cfg.tokens, seed=cfg.seed),
                                 None, model_name=cfg.model, progress=False)
@@ -60,7 +70,8 @@ def run_select(cfg: TppConfig, class_id: int, top_m: int, mode: str, out: Path, 
     cfg = on_device(cfg)
     run = {**asdict(cfg), "class_id": class_id, "top_m": top_m, "mode": mode}
     check_run_file(out, "select-latents", run, overwrite=overwrite)
-    _, sae, hook, store = prepare(TppConfig(**{**asdict(cfg), "modes": (mode,)}))
+    _, sae, hook, store = prepare(TppConfig(**{**asdict(cfg), "modes": (mode,)}),
+                                  lambda sae: _check_top_m([top_m], sae))
     docs, probes = pooled(cfg, sae, store, mode)
     latents, scores = select_latents(docs, sae, probes, class_id, top_m)
     record = {"class_id": class_id, "class_name": docs.label_names[class_id] if class_id < len(docs.label_names)
@@ -85,9 +96,7 @@ def run_tpp(cfg: TppConfig, top_ms: tuple[int, ...], out: Path, *, overwrite: bo
     cfg = on_device(cfg)
     run = {**asdict(cfg), "top_m": list(top_ms)}
     check_run_folder(out, "tpp", run, overwrite=overwrite)
-    _, sae, hook, store = prepare(cfg)
-    if max(top_ms) > sae.cfg.d_sae:
-        raise SaeAmortError(f"--top-m {max(top_ms)} exceeds d_sae={sae.cfg.d_sae}")
+    _, sae, hook, store = prepare(cfg, lambda sae: _check_top_m(top_ms, sae))
     rows = []
     for mode in cfg.modes:
         docs, probes = pooled(cfg, sae, store, mode)

@@ -78,7 +78,12 @@ def test_gis_command(tmp_path):
     assert (df["intervened"] != df["clean"]).any() and df["class_shift"].notna().all()
     cal = json.loads((out / "gis.json").read_text())["calibration"][0]
     assert cal["reached"] and abs(cal["kl"] - 0.5) <= 0.025
-    assert_user_error(saeamort("gis", "--latents", "5000", "--out", str(tmp_path / "x")), "out of range")
+    bad = saeamort("gis", "--latents", "5000", "--out", str(tmp_path / "x"))
+    assert_user_error(bad, "out of range")
+    assert len([ln for ln in bad.stderr.splitlines() if ln.strip()]) == 1, bad.stderr  # refused before collecting
+    bad = saeamort("tpp", "--top-m", "5,2000", "--out", str(tmp_path / "t"))
+    assert_user_error(bad, "--top-m 2000 exceeds d_sae=1024")
+    assert len([ln for ln in bad.stderr.splitlines() if ln.strip()]) == 1, bad.stderr
     assert_user_error(saeamort("gis", "--latents", "1", "--class-id", "9", "--out", str(tmp_path / "y")),
                       "class id 9")
     assert_user_error(saeamort("gis", "--latents", "1", "--kl", "0", "--out", str(tmp_path / "z")), "positive")
