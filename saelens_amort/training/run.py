@@ -121,9 +121,10 @@ def _trainer_class():
 
 
 def _fit(sae, cfg: TrainConfig, data_fn, steps: int, out: Path, ckpt_dir: Path, resume_from: Path | None,
-         progress: bool, *, new_log: bool = False) -> None:
+         progress: bool, *, new_log: bool = False) -> int:
     """SAETrainer on `data_fn(skip)` (minibatches after the first `skip`) for `steps` steps; `new_log` starts
-    train_log.jsonl afresh (else it is continued, after dropping the steps past the checkpoint resumed from)."""
+    train_log.jsonl afresh (else it is continued, after dropping the steps past the checkpoint resumed from).
+    Returns the steps this call trained (all of them, or those after the checkpoint it resumed from)."""
     from rich.progress import Progress
     from sae_lens.config import LoggingConfig, SAETrainerConfig
 
@@ -152,11 +153,12 @@ def _fit(sae, cfg: TrainConfig, data_fn, steps: int, out: Path, ckpt_dir: Path, 
         trainer.checkpoint_thresholds = [t for t in trainer.checkpoint_thresholds if t > trainer.n_training_samples]
         logger.info("resuming from %s at step %d", resume_from, skip)
         _trim_log(out / "train_log.jsonl", skip)
-    with open(out / "train_log.jsonl", "w" if new_log else "a") as log, Progress(disable=not progress, transient=True) as bar, \
-            _quiet_tqdm():
+    with open(out / "train_log.jsonl", "w" if new_log else "a") as log, \
+            Progress(disable=not progress, transient=True) as bar, _quiet_tqdm():
         trainer.log_file, trainer.progress = log, bar
         trainer.task = bar.add_task("training", total=steps, completed=skip)
         trainer.fit()
+    return steps - skip
 
 
 def _trim_log(path: Path, step: int) -> None:
@@ -261,7 +263,7 @@ def run_train(cfg: TrainConfig, out: Path, *, overwrite: bool = False, resume: b
     write_text_atomic(out / "train_config.json", json.dumps(cfg.as_json(), indent=2))
     torch.manual_seed(cfg.seed)
     start = time.perf_counter()
-    steps = cfg.n_steps
+    steps, trained = cfg.n_steps, 0
     ckpt_dir = out / "checkpoints"
     if cfg.arch == "loca":
         pre_steps = max(1, int(steps * cfg.loca_pretrain_fraction))
@@ -272,7 +274,8 @@ def run_train(cfg: TrainConfig, out: Path, *, overwrite: bool = False, resume: b
             topk = make_training_sae(cfg, d_in, hook, model_name)
             pre_ckpt = out / "pretrain_checkpoints"
             pre_resume = _latest_checkpoint(pre_ckpt) if resume else None
-            _fit(topk, cfg, data_fn, pre_steps, out, pre_ckpt, pre_resume, progress, new_log=pre_resume is None)
+            trained += _fit(topk, cfg, data_fn, pre_steps, out, pre_ckpt, pre_resume, progress,
+                            new_log=pre_resume is None)
             pre_dir.mkdir(exist_ok=True)
             topk.save_model(str(pre_dir / "training"))
             topk.save_inference_model(pre_dir / "inference")
@@ -284,18 +287,19 @@ def run_train(cfg: TrainConfig, out: Path, *, overwrite: bool = False, resume: b
         def fresh_data_fn(skip: int) -> Iterator[torch.Tensor]:  # the batches after the pretraining ones
             return data_fn(pre_steps + skip)
 
-        _fit(sae, cfg, fresh_data_fn, steps - pre_steps, out, ckpt_dir, resume_ckpt, progress)
+        trained += _fit(sae, cfg, fresh_data_fn, steps - pre_steps, out, ckpt_dir, resume_ckpt, progress)
     else:
         sae = make_training_sae(cfg, d_in, hook, model_name)
         resume_ckpt = _latest_checkpoint(ckpt_dir) if resume else None
         if resume_ckpt is not None:
             sae.load_state_dict(_load_training_weights(resume_ckpt))
-        _fit(sae, cfg, data_fn, steps, out, ckpt_dir, resume_ckpt, progress, new_log=resume_ckpt is None)
+        trained += _fit(sae, cfg, data_fn, steps, out, ckpt_dir, resume_ckpt, progress, new_log=resume_ckpt is None)
     seconds = time.perf_counter() - start
     _save_atomic(sae, out / "sae")
     final = load_sae(str(out / "sae"))  # scored as saved, not as trained in memory
     summary = {"arch": cfg.arch, "steps": steps, "train_seconds": seconds,
-               "tokens_per_second": steps * cfg.batch_size / seconds, "held_out_rows": int(held_out.shape[0]),
+               "steps_this_run": trained,  # after a resume: the steps past its checkpoint
+               "tokens_per_second": trained * cfg.batch_size / seconds, "held_out_rows": int(held_out.shape[0]),
                **reconstruction_scores(final, held_out)}
     write_text_atomic(out / "summary.json", json.dumps(summary, indent=2))
     return summary

@@ -104,6 +104,8 @@ def test_checkpoints_resume_and_dynamics(tmp_path):
     log_b = [json.loads(ln) for ln in (b / "train_log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in log_a] == list(range(1, 61)) == [r["step"] for r in log_b]
     assert [r["loss"] for r in log_b] == pytest.approx([r["loss"] for r in log_a], rel=1e-4)
+    steps_run = [json.loads((d / "summary.json").read_text())["steps_this_run"] for d in (a, b)]
+    assert steps_run == [60, 40]  # tokens/s counts what each process trained
 
 
 @pytest.mark.slow
