@@ -9,7 +9,6 @@ import typer
 from rich.console import Console
 
 from saelens_amort.cli.app import app
-from saelens_amort.errors import SaeAmortError
 from saelens_amort.cli.options import (
     DEVICE, HOOK, LAYER, MODEL, OVERWRITE, SEED, SOURCE, comma_list, count_option, out_file_option, out_option,
     resolve_layer, tokens_option,
@@ -60,9 +59,10 @@ def tpp_command(
     """Ablate each class's top-M latents and report the TPP score per M and mode (random latents as baseline)."""
     from rich.table import Table
 
+    from saelens_amort.runners.tpp_config import check_top_ms
+
     ms = comma_list(top_m, "--top-m", int)
-    if any(m < 1 for m in ms):
-        raise SaeAmortError(f"--top-m needs positive integers, got {list(ms)}")
+    check_top_ms(ms)
     cfg = _cfg(model=model, layer=layer, hook=hook, sae=sae, tokens=tokens, source=source, pooling=pooling,
                seed=seed, device=device, modes=comma_list(modes, "--modes"))
     out = out or Path("runs") / f"tpp-{Path(model).name}"

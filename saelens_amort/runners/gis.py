@@ -41,8 +41,8 @@ def run_gis(cfg: GisConfig, out: Path, *, overwrite: bool = False) -> pd.DataFra
     check_run_folder(out, "gis", asdict(cfg), overwrite=overwrite)
     tcfg = TppConfig(model=cfg.model, layer=cfg.layer, sae=cfg.sae, modes=(cfg.mode,), tokens=cfg.probe_tokens,
                      source=cfg.source, seed=cfg.seed, device=cfg.device)
-    model, sae, hook, store = prepare(tcfg, lambda sae: checked_latents(cfg.latents, sae.cfg.d_sae))
-    latents = checked_latents(cfg.latents, sae.cfg.d_sae)
+    latents: list[int] = []  # checked against the SAE before any activation is collected
+    model, sae, hook, store = prepare(tcfg, lambda sae: latents.extend(checked_latents(cfg.latents, sae.cfg.d_sae)))
     probe = None
     if cfg.class_id is not None:
         docs, probe = pooled(TppConfig(**{**asdict(tcfg), "modes": ("amortized",)}), sae, store, "amortized")

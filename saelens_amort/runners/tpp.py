@@ -20,7 +20,7 @@ from saelens_amort.devices import on_device
 from saelens_amort.errors import SaeAmortError
 from saelens_amort.provenance import provenance
 from saelens_amort.run_folder import check_run_file, check_run_folder, record_run, run_record
-from saelens_amort.runners.tpp_config import TppConfig
+from saelens_amort.runners.tpp_config import TppConfig, check_top_ms
 from saelens_amort.runners.records import json_records
 
 RANDOM_SEED = 0
@@ -91,8 +91,7 @@ def run_tpp(cfg: TppConfig, top_ms: tuple[int, ...], out: Path, *, overwrite: bo
     from saelens_amort.report import Section, metric_lines, table_html, write_report
     from saelens_amort.atomic import write_atomic
 
-    if not top_ms or any(m < 1 for m in top_ms):
-        raise SaeAmortError(f"--top-m needs positive integers, got {list(top_ms)}")
+    check_top_ms(top_ms)
     cfg = on_device(cfg)
     run = {**asdict(cfg), "top_m": list(top_ms)}
     check_run_folder(out, "tpp", run, overwrite=overwrite)

@@ -42,3 +42,9 @@ class TppConfig:
         if self.model == "toy":
             return "toy/topk"
         raise SaeAmortError("--sae is required for models other than the toy")
+
+
+def check_top_ms(top_ms) -> None:
+    """The numbers of ablated latents M: at least one, each ≥ 1 (torch-free: the command line checks them first)."""
+    if not top_ms or any(m < 1 for m in top_ms):
+        raise SaeAmortError(f"--top-m needs positive integers, got {list(top_ms)}")
