@@ -4,7 +4,10 @@
 
 `run` (shared with semi) chunks rows, builds the warm start and calls a solver:
 
-- solver='working_set' (default, `working_set.py`): per-row working sets and a duality-gap certificate on the full
+- solver='active_set' (unamortized's default, `active_set.py`): on the CPU, with an fp64 Gram of at most
+  `active_set.MAX_GRAM_BYTES`, each row's Lawson–Hanson active-set solve in compiled loops, certified as below;
+  elsewhere (CUDA, wider dictionaries, return_trace) it runs 'working_set', and `info["solver"]` says which ran.
+- solver='working_set' (`working_set.py`): per-row working sets and a duality-gap certificate on the full
   dictionary; `tol` bounds the relative gap, so F(u) ≤ F* (1 + tol) holds per row.
 - solver='fista' / 'ista' (`solve`, here): dense FISTA with adaptive restart, or ISTA; `tol` bounds the relative
   objective change (two in a row), a weaker stop (rows stopped by it can sit 0.5–3 % above the optimum on trained
@@ -25,6 +28,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from saelens_amort.errors import SaeAmortError
+from saelens_amort.inference import active_set
 from saelens_amort.inference import gram as gram_cache
 from saelens_amort.inference.amortized import encoder_flops
 from saelens_amort.inference.block_solver import duality_gap
@@ -60,8 +64,8 @@ SPARSE_DENSITY = 0.1
 SOLVERS = ("fista", "ista")
 """Dense solvers (this file); `run` also dispatches to "working_set" (working_set.py)."""
 
-MODE_SOLVERS = ("working_set", "fista", "ista")
-DEFAULT_SOLVER = "working_set"
+MODE_SOLVERS = ("active_set", "working_set", "fista", "ista")
+DEFAULT_SOLVER = "active_set"
 RESTARTS = ("function", "gradient")
 GRAM_CHOICES = ("auto", True, False)
 SOLVER_OPTIONS = ("solver", "restart", "return_trace", "batch_rows", "ws_size", "gram", "max_gram_bytes")
@@ -289,7 +293,7 @@ def run(
 ) -> InferenceResult:
     """Shared body of the unamortized and semi modes: chunk rows, warm start, solve, map codes to SAE space.
 
-    Options: solver (`default_solver`: 'working_set' for unamortized, 'fista' for semi; or 'ista'), restart (dense FISTA), return_trace, batch_rows;
+    Options: solver (`default_solver`: 'active_set' for unamortized, 'fista' for semi; or 'ista'), restart (dense FISTA), return_trace, batch_rows;
     for the working-set solver also ws_size (smallest working set), gram ('auto': use the cached d_sae² Gram when
     it fits max_gram_bytes and the rows pay for building it; True; False) and max_gram_bytes.
     """
@@ -312,9 +316,18 @@ def run(
         "init": init if not isinstance(init, Tensor) else "codes",
         "lipschitz": None,
     }
-    if solver == "working_set":
+    gram64 = active_set.compiled_gram(dictionary, x.device) if solver == "active_set" and not return_trace else None
+    if gram64 is not None:
+        ws_size = _working_set_options(options, dictionary, 0)[0]  # validated; for rows it hands on
+        info.update(ws_size=ws_size, gram=True)
+        del info["lipschitz"]
+
+        def solve_chunk(x_t: Tensor, u0: Tensor | None) -> SolveOutput:
+            return active_set.solve_active_set(x_t, dictionary.atoms, lam, gram64, u0=u0, max_iter=max_iter,
+                                               tol=float(options.tol), ws_size=ws_size)
+    elif solver in ("active_set", "working_set"):
         ws_size, gram = _working_set_options(options, dictionary, x.shape[0])
-        info.update(ws_size=ws_size, gram=gram is not None)
+        info.update(solver="working_set", ws_size=ws_size, gram=gram is not None)
         del info["lipschitz"]
 
         def solve_chunk(x_t: Tensor, u0: Tensor | None) -> SolveOutput:

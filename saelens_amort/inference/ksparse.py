@@ -33,9 +33,9 @@ from saelens_amort.catalog import SEMI_KSPARSE_STEPS
 from saelens_amort.errors import SaeAmortError
 from saelens_amort.inference.amortized import encoder_flops
 from saelens_amort.inference.flops import Flops
-from saelens_amort.inference.gram import atom_gram, work_dtype
+from saelens_amort.inference.gram import work_dtype
 from saelens_amort.inference.ksparse_solver import DEFAULT_MAX_ITER, KSparseOutput, half_sq, ksparse_pg
-from saelens_amort.inference.omp import nn_omp, use_gram
+from saelens_amort.inference.omp import nn_omp, pursuit_gram
 from saelens_amort.inference.refit import size_blocks
 from saelens_amort.inference.registry import register_mode
 from saelens_amort.inference.result import InferenceResult, ModeOptions, make_result, objective_from_residual
@@ -133,13 +133,13 @@ def _run(
     max_iter = default_steps if options.steps is None else options.steps
     rejected = 0
     k_max = int(k_rows.max()) if n else 1
-    gram = atom_gram(dictionary, wd) if init == "omp" and use_gram(dictionary, n, k_max) else None
+    gram, compiled = pursuit_gram(dictionary, n, k_max) if init == "omp" else (None, False)
     copies = min(starts, m) + 1 if init == "omp" else 1  # starting points solved side by side per row
     for rows, _ in size_blocks(k_rows, copies * (3 * m + 2 * d), copies * (d + 4), BLOCK_ELEMENTS):
         x_t = dictionary.target(x[rows])
         block = Flops(rows.numel(), dev)
         if init == "omp":
-            u0 = torch.cat(list(_omp_starts(x_t, dictionary.atoms, k_rows[rows], starts, gram, block)))
+            u0 = torch.cat(list(_omp_starts(x_t, dictionary.atoms, k_rows[rows], starts, gram, compiled, block)))
         else:
             u0 = None if u0_all is None else u0_all[rows]
         # every start in one solve: its per-step work is batched over all of them (rows are independent)
@@ -169,14 +169,14 @@ def _run(
 
 
 def _omp_starts(
-    x_t: Tensor, atoms: Tensor, k_rows: Tensor, starts: int, gram: Tensor | None, flops: Flops
+    x_t: Tensor, atoms: Tensor, k_rows: Tensor, starts: int, gram: Tensor | None, compiled: bool, flops: Flops
 ) -> Iterator[Tensor]:
     """Initial codes: non-negative OMP to ⌈OMP_WIDTH · k_r⌉ atoms on each row and its codes at k_r atoms on the way
     (OMP at k_r: both from one run), then OMP at k_r with its first atom forced to be the 2nd, 3rd, … most
     correlated one (coefficient ⟨x', a⟩), for `starts` > 1; their work is charged to `flops`. A row's starts depend
     on its own k_r only, not on what shares its block."""
     wide = (k_rows.double() * OMP_WIDTH).ceil().long().clamp(max=atoms.shape[0])
-    first = nn_omp(x_t, atoms, max(1, int(wide.max())), gram=gram, k_rows=wide, prefix=k_rows)
+    first = nn_omp(x_t, atoms, max(1, int(wide.max())), gram=gram, k_rows=wide, prefix=k_rows, compiled=compiled)
     flops.absorb(first.flops)
     yield first.u
     yield first.u_prefix
@@ -190,7 +190,8 @@ def _omp_starts(
     for s in range(1, top.indices.shape[1]):
         a, coef = top.indices[:, s : s + 1], top.values[:, s : s + 1].clamp_min(0)
         if width > 1:
-            out = nn_omp(X - coef * A[a.squeeze(1)], A, width - 1, gram=gram, k_rows=(k_rows - 1).clamp_min(0))
+            out = nn_omp(X - coef * A[a.squeeze(1)], A, width - 1, gram=gram, k_rows=(k_rows - 1).clamp_min(0),
+                         compiled=compiled)
             flops.absorb(out.flops)
             u0 = out.u
         else:

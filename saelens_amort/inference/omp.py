@@ -93,15 +93,22 @@ def nn_omp(
     gram: Float[Tensor, "d_sae d_sae"] | None = None,
     k_rows: Int[Tensor, " N"] | None = None,
     prefix: Int[Tensor, " N"] | None = None,
+    compiled: bool = False,
 ) -> PursuitOutput:
     """Non-negative OMP of every row of `x_target` on unit-norm `atoms`, at most k atoms per row (module docstring);
     with `k_rows` (each ≤ k), at most k_rows[r] selections on row r, so a row's code is OMP at its own k whatever
     else shares the batch; with `prefix` (each ≤ k_rows), also each row's codes after prefix[r] selections.
 
     With `gram` (AAᵀ in the work dtype) correlations are updated as c = x'Aᵀ − γ G_S; without, recomputed as rAᵀ.
+    `compiled` (CPU, with a Gram, fp64 preferred: see `pursuit_gram`) runs the rows one at a time in fp64 instead
+    (`omp_kernels.py`): the same steps, a few rows per thousand tip a near-tie to another atom.
     """
     wd = work_dtype(atoms.dtype)
     A, X = atoms.to(wd), x_target.to(wd)
+    if compiled and gram is not None and X.device.type == "cpu":
+        from saelens_amort.inference.omp_kernels import nn_omp_compiled
+
+        return nn_omp_compiled(X, A, k, gram, k_rows, prefix)
     n, m = X.shape[0], A.shape[0]
     dev = X.device
     flops = Flops(n, dev)
@@ -256,6 +263,18 @@ def _sparse_rows(idx: Int[Tensor, "n T"], values: Float[Tensor, "n T"], m: int) 
     return csr_tensor(crow, idx.reshape(-1), values.reshape(-1), (n, m))
 
 
+def pursuit_gram(dictionary: Dictionary, n_rows: int, k: int) -> tuple[Tensor | None, bool]:
+    """(the Gram for `nn_omp`, whether to run it compiled): on the CPU with a Gram that fits the compiled solvers'
+    budget (`active_set.compiled_gram`: fp64), compiled; else the batched path with `use_gram`'s choice."""
+    from saelens_amort.inference.active_set import compiled_gram
+
+    gram64 = compiled_gram(dictionary, dictionary.atoms.device)
+    if gram64 is not None:
+        return gram64, True
+    wd = work_dtype(dictionary.atoms.dtype)
+    return (atom_gram(dictionary, wd) if use_gram(dictionary, n_rows, k) else None), False
+
+
 def use_gram(dictionary: Dictionary, n_rows: int, k: int) -> bool:
     """Build (or reuse) the d_sae² Gram when it is small enough and the batch pays for it."""
     m = dictionary.d_sae
@@ -328,9 +347,9 @@ def omp_mode(x: Float[Tensor, "N d_in"], dictionary: Dictionary, options: ModeOp
     k = check_k(options.k, dictionary.d_sae, "omp")
     if options.init is not None and not (isinstance(options.init, str) and options.init == "zero"):
         raise SaeAmortError("mode 'omp' always starts from u = 0; drop init=")
-    gram = atom_gram(dictionary, work_dtype(dictionary.atoms.dtype)) if use_gram(dictionary, x.shape[0], k) else None
+    gram, compiled = pursuit_gram(dictionary, x.shape[0], k)
     rows = batch_rows(options, 3 * dictionary.d_sae + 3 * k * k + (0 if gram is not None else k * dictionary.d_in))
-    outs = [nn_omp(dictionary.target(xb), dictionary.atoms, k, gram=gram) for xb in x.split(rows)]
+    outs = [nn_omp(dictionary.target(xb), dictionary.atoms, k, gram=gram, compiled=compiled) for xb in x.split(rows)]
     return pursuit_result(outs, dictionary, options, k, OMP_OBJECTIVE)
 
 

@@ -139,6 +139,13 @@ def solve_working_set(
     return run.output(atoms.dtype)
 
 
+def continue_fine(x_target: Tensor, atoms: Tensor, lam: float, u0: Tensor, max_iter: int, tol: float, ws_size: int,
+                  spent: Tensor) -> SolveOutput:
+    """Rows another solver left uncertified, on and on from their codes `u0` in fp64, `spent` iterations spent."""
+    return _solve(x_target, atoms, lam, None, u0, FINE_DTYPE, max_iter, tol, ws_size, None, n_iter=spent).output(
+        atoms.dtype)
+
+
 def _solve(
     x_target: Tensor, atoms: Tensor, lam: float, gram: Tensor | None, u0: Tensor | None, wd: torch.dtype,
     max_iter: int, tol: float, ws_size: int, trace: "SolveTrace | None", *, n_iter: Tensor | None = None,

@@ -173,3 +173,34 @@ def test_mode_function_validates_k_itself(exact):
         omp_mode(exact.x[:4], exact.dictionary, ModeOptions())
     with pytest.raises(SaeAmortError, match=r"\[1, d_sae=256\]"):
         omp_mode(exact.x[:4], exact.dictionary, ModeOptions(k=300))
+
+
+@pytest.mark.parametrize("k, prefix", [(8, 4), (48, 20)])
+def test_compiled_path_equals_the_batched_one(noisy, k, prefix):
+    """The one-row-at-a-time kernel (the modes' CPU path) against the batched steps: codes, the codes after `prefix`
+    selections, selections and dropped atoms (k = 48 runs Lawson–Hanson refits), per-row budgets included."""
+    A, x = noisy.dictionary.atoms, noisy.x
+    G = A @ A.T
+    k_rows = torch.randint(1, k + 1, (x.shape[0],), generator=torch.Generator().manual_seed(0))
+    pre = torch.minimum(k_rows, torch.tensor(prefix))
+    batched = nn_omp(x, A, k, gram=G, k_rows=k_rows, prefix=pre)
+    compiled = nn_omp(x, A, k, gram=G, k_rows=k_rows, prefix=pre, compiled=True)
+    torch.testing.assert_close(compiled.u, batched.u, atol=1e-9, rtol=0)
+    torch.testing.assert_close(compiled.u_prefix, batched.u_prefix, atol=1e-9, rtol=0)
+    torch.testing.assert_close(compiled.residual, batched.residual, atol=1e-9, rtol=0)
+    assert torch.equal(compiled.n_iter, batched.n_iter) and compiled.atoms_dropped == batched.atoms_dropped
+    if k == 48:
+        assert batched.atoms_dropped > 0
+
+
+def test_modes_run_compiled_on_the_cpu_and_agree_with_the_batched_path(noisy, monkeypatch):
+    from saelens_amort.inference import active_set
+    from saelens_amort.inference import omp as omp_module
+
+    assert omp_module.pursuit_gram(noisy.dictionary, 256, 8)[1] is True
+    compiled = infer(noisy.x, noisy.dictionary, "omp", k=24)
+    monkeypatch.setattr(active_set, "MAX_GRAM_BYTES", 0)
+    assert omp_module.pursuit_gram(noisy.dictionary, 256, 8)[1] is False
+    batched = infer(noisy.x, noisy.dictionary, "omp", k=24)
+    torch.testing.assert_close(compiled.codes, batched.codes, atol=1e-9, rtol=0)
+    assert compiled.info["atoms_dropped"] == batched.info["atoms_dropped"]

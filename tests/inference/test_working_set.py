@@ -1,4 +1,4 @@
-"""The working-set solver: the full problem's optimum (certified by the duality gap), whatever the first working set."""
+"""The working-set solver (and, where named, the compiled active-set one): the full problem's optimum (certified by the duality gap), whatever the first working set."""
 
 import numpy as np
 import pytest
@@ -18,6 +18,9 @@ from saelens_amort.inference import gram as gram_cache
 from saelens_amort.inference import infer, objective
 from saelens_amort.inference.working_set import solve_working_set
 from saelens_amort.saes.dictionary import Dictionary
+
+
+WS = "working_set"
 
 
 @pytest.fixture(autouse=True)
@@ -42,7 +45,7 @@ def test_reaches_the_sklearn_and_dense_fista_optimum(gram, ws_size):
     """ws_size=2 makes the first working set far too small: rounds of violators (and W growth) must fix it."""
     d = random_dictionary(48, 300, seed=11)
     x = sparse_signals(d, 8, l0=10, seed=11)
-    res = infer(x, d, lam=0.05, tol=1e-8, steps=5000, ws_size=ws_size, gram=gram)
+    res = infer(x, d, lam=0.05, tol=1e-8, steps=5000, ws_size=ws_size, gram=gram, solver="working_set")
     assert res.info["solver"] == "working_set" and res.info["gram"] is gram
     assert res.converged.all() and (res.codes >= 0).all()
     torch.testing.assert_close(res.objective.double(), _sklearn_objective(d, x, 0.05), rtol=1e-5, atol=0)
@@ -78,25 +81,27 @@ def test_gram_and_atoms_give_the_same_codes_and_the_gram_policy():
     d = random_dictionary(64, 256, seed=12)
     x = sparse_signals(d, 16, seed=12)
     gram_cache.drop_gram(d)
-    with_gram = infer(x, d, lam=0.1, tol=1e-7, gram=True)
-    without = infer(x, d, lam=0.1, tol=1e-7, gram=False)
+    with_gram = infer(x, d, lam=0.1, tol=1e-7, gram=True, solver=WS)
+    without = infer(x, d, lam=0.1, tol=1e-7, gram=False, solver=WS)
     torch.testing.assert_close(with_gram.objective, without.objective, rtol=1e-5, atol=0)
     assert gram_cache.has_gram(d, torch.float32)
     # 'auto' reuses a cached Gram; a budget below its size forbids building one.
-    assert infer(x[:1], d, lam=0.1).info["gram"] is True
+    assert infer(x[:1], d, lam=0.1, solver=WS).info["gram"] is True
     gram_cache.drop_gram(d)
-    assert infer(x, d, lam=0.1, max_gram_bytes=0).info["gram"] is False
-    assert infer(x[:1], d, lam=0.1).info["gram"] is False  # 1 row does not pay for 256² products
+    assert infer(x, d, lam=0.1, max_gram_bytes=0, solver=WS).info["gram"] is False
+    assert infer(x[:1], d, lam=0.1, solver=WS).info["gram"] is False  # 1 row does not pay for 256² products
 
 
+@pytest.mark.parametrize("solver", ["active_set", WS])
 @pytest.mark.parametrize("family", ["topk", "standard"])
-def test_real_toy_sae_matches_converged_dense_fista(family):
+def test_real_toy_sae_matches_converged_dense_fista(family, solver):
     """Trained decoders are coherent (σ_max(A)² ≈ 48 for 1024 atoms in 128 dims): ill-conditioned working sets."""
     sae = saelens_amort.load_sae(f"toy/{family}")
     x = toy_activations(sae.cfg.metadata.hook_name)[:128]
     d = sae_dictionary(sae)
     lam = 0.05 * float((d.target(x) @ d.atoms.T).amax(dim=1).median())
-    res = infer(x, sae, lam=lam, tol=1e-6, steps=5000)
+    res = infer(x, sae, lam=lam, tol=1e-6, steps=5000, solver=solver)
+    assert res.info["solver"] == solver
     dense = infer(x, sae, lam=lam, tol=1e-12, steps=50000, solver="fista")
     assert res.converged.float().mean() >= 0.95
     # Never worse than dense FISTA run far past its own stopping rule, and as good on average.
@@ -148,16 +153,17 @@ def _fp64_duality_gap(d, x, codes, lam):
     return F, F - D
 
 
+@pytest.mark.parametrize("solver", ["active_set", WS])
 @pytest.mark.parametrize(("family", "lam"), [("standard", 0.71), ("gated", 0.62)])
-def test_toy_reference_codes_are_certified_at_default_budget(family, lam):
+def test_toy_reference_codes_are_certified_at_default_budget(family, lam, solver):
     """The eval's reference z* (default tol and budget, fp32 SAE, λ matching the encoder's L0 on toy text): every row
     is certified, and the certificate holds in fp64 (up to the fp32 certificate's rounding, ≤ 0.5·tol measured). fp32
     blocks used to leave 2–5 % of rows uncertified (stalled or at the 200-iteration cap), fp64 gaps up to 2 % of F."""
     sae = saelens_amort.load_sae(f"toy/{family}")
     x = toy_activations(sae.cfg.metadata.hook_name)[:384]
     d = sae_dictionary(sae)
-    res = infer(x, sae, "unamortized", lam=lam)
-    assert res.info["max_iter"] == 200 and res.info["tol"] == 1e-4
+    res = infer(x, sae, "unamortized", lam=lam, solver=solver)
+    assert res.info["solver"] == solver and res.info["max_iter"] == 200 and res.info["tol"] == 1e-4
     assert res.converged.all() and (res.n_iter <= 200).all()
     F, gap = _fp64_duality_gap(d, x, res.codes, lam)
     assert (gap <= 2e-4 * F).all()
