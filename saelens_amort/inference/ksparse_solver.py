@@ -34,6 +34,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from saelens_amort.inference.active_set import compiled_gram
 from saelens_amort.inference.block_solver import size_groups
 from saelens_amort.inference.flops import Flops
 from saelens_amort.inference.gram import work_dtype
@@ -88,11 +89,18 @@ def ksparse_pg(
     polish_start: bool = False,
 ) -> KSparseOutput:
     """Monotone non-negative k-sparse projected gradient (module docstring) for the rows of x' = `x_target`;
-    `polish_start`: polish the start on its support first (its magnitudes; OMP's codes need none)."""
+    `polish_start`: polish the start on its support first (its magnitudes; OMP's codes need none). On the CPU with
+    a Gram the compiled solvers take (`active_set.compiled_gram`) the rows run one at a time in fp64
+    (`ksparse_kernels.py`): the same steps and rules."""
     wd = work_dtype(dictionary.atoms.dtype)
     A, X = dictionary.atoms.to(wd), x_target.to(wd)
     n, m = X.shape[0], A.shape[0]
     dev = X.device
+    gram64 = compiled_gram(dictionary, dev) if dev.type == "cpu" else None
+    if gram64 is not None:
+        from saelens_amort.inference.ksparse_kernels import ksparse_compiled
+
+        return ksparse_compiled(X, dictionary, gram64, k_rows, u0, max_iter, tol, polish_start)
     flops = Flops(n, dev)
     systems = SupportSystems(x_target, dictionary, flops)
     lipschitz = dictionary.lipschitz

@@ -11,7 +11,7 @@ from saelens_amort.inference.cholesky_kernels import append, remove
 
 
 @njit(cache=True)
-def _omp_row(G, c0, floor_c, independent, budget, prefix, u, u_prefix, stats, L, S, gam, z, y, b, c, inS,
+def _omp_row(G, A, x, c0, floor_c, independent, budget, prefix, u, u_prefix, r, stats, L, S, gam, z, y, b, c, inS,
              blocks):
     m = G.shape[0]
     for j in range(m):
@@ -94,6 +94,13 @@ def _omp_row(G, c0, floor_c, independent, budget, prefix, u, u_prefix, stats, L,
                 u_prefix[S[t]] = gam[t]
     for t in range(k):
         u[S[t]] = gam[t]
+    for i in range(x.shape[0]):  # the residual x' − uA
+        r[i] = x[i]
+    for t in range(k):
+        row = S[t]
+        for i in range(x.shape[0]):
+            r[i] -= gam[t] * A[row, i]
+    flops += 2.0 * k * x.shape[0]
     if not snapped:
         for t in range(k):
             u_prefix[S[t]] = gam[t]
@@ -103,9 +110,9 @@ def _omp_row(G, c0, floor_c, independent, budget, prefix, u, u_prefix, stats, L,
 
 
 @njit(cache=True)
-def omp_rows(G, C0, floors, independent, budgets, prefixes, U, UP, stats):
-    """Every row of C0 (= x'Aᵀ) in turn, codes into U (zeros on entry) and each row's codes after prefixes[r]
-    selections into UP; per row: selections, atoms dropped, FLOPs into `stats`."""
+def omp_rows(G, A, X, C0, floors, independent, budgets, prefixes, U, UP, R, stats):
+    """Every row of X (C0 = XAᵀ) in turn, codes into U (zeros on entry), each row's codes after prefixes[r]
+    selections into UP, residuals into R; per row: selections, atoms dropped, FLOPs into `stats`."""
     n, m = C0.shape
     cap = 1
     for r in range(n):
@@ -120,8 +127,8 @@ def omp_rows(G, C0, floors, independent, budgets, prefixes, U, UP, stats):
     inS = np.empty(m, np.bool_)
     blocks = np.empty(cap, np.bool_)
     for r in range(n):
-        _omp_row(G, C0[r], floors[r], independent, budgets[r], prefixes[r], U[r], UP[r], stats[r], L, S, gam, z, y,
-                 b, c, inS, blocks)
+        _omp_row(G, A, X[r], C0[r], floors[r], independent, budgets[r], prefixes[r], U[r], UP[r], R[r], stats[r], L, S,
+                 gam, z, y, b, c, inS, blocks)
 
 
 def nn_omp_compiled(X, A, k, gram, k_rows, prefix):
@@ -135,22 +142,21 @@ def nn_omp_compiled(X, A, k, gram, k_rows, prefix):
     wd = X.dtype
     n, m = X.shape[0], A.shape[0]
     eps = torch.finfo(wd).eps
-    X64 = X.double()
-    c0 = X64 @ A.double().T
+    X64 = X.double().contiguous()
+    A64 = A.double().contiguous()
+    c0 = X64 @ A64.T
     floors = (STOP_CORRELATION * eps * X64.norm(dim=1)).numpy()
     budgets = (torch.full((n,), k) if k_rows is None else k_rows.clamp(max=k)).long().contiguous().numpy()
     prefixes = (torch.full((n,), -1) if prefix is None else prefix).long().contiguous().numpy()
     U = np.zeros((n, m))
-    UP = np.zeros((n, m)) if prefix is not None else np.zeros((0, m))
+    UP = np.zeros((n, m) if prefix is not None else (n, 0))
+    R = np.zeros((n, A.shape[1]))
     stats = np.zeros((n, 3))
-    omp_rows(gram.contiguous().numpy(), c0.numpy(), floors, INDEPENDENCE * eps, budgets, prefixes, U,
-             UP if prefix is not None else np.zeros((n, 0)), stats)
+    omp_rows(gram.contiguous().numpy(), A64.numpy(), X64.numpy(), c0.numpy(), floors, INDEPENDENCE * eps, budgets,
+             prefixes, U, UP, R, stats)
     flops = Flops(n)
     flops.add(2.0 * A.shape[1] * m)  # x'Aᵀ
     st = torch.from_numpy(stats)
     flops.add(st[:, 2], torch.arange(n), matmul=False)
-    u = torch.from_numpy(U)
-    residual = (X64 - u @ A.double()).to(wd)
-    flops.add(2.0 * k * A.shape[1])  # as the batched path charges its residual
-    return PursuitOutput(u.to(wd), residual, st[:, 0].long(), int(st[:, 1].sum()), flops,
-                         torch.from_numpy(UP).to(wd) if prefix is not None else None)
+    return PursuitOutput(torch.from_numpy(U).to(wd), torch.from_numpy(R).to(wd), st[:, 0].long(), int(st[:, 1].sum()),
+                         flops, torch.from_numpy(UP).to(wd) if prefix is not None else None)

@@ -131,12 +131,16 @@ def test_rows_whose_residual_is_explained_stop_converged(toy_x):
     assert gated.converged.all() and (gated.n_iter < 10).all()
 
 
-def test_a_code_least_squares_on_a_support_the_step_keeps_is_not_polished_again(toy_x, monkeypatch):
+@pytest.mark.parametrize("compiled", [True, False])
+def test_a_code_least_squares_on_a_support_the_step_keeps_is_not_polished_again(toy_x, monkeypatch, compiled):
     """From converged codes, polished on their supports at the start, the first step keeps every support: those rows
     are at a fixed point and stop without polishing again (the step's polish and residual would return the same
-    code). The codes stay the converged ones."""
+    code). The codes stay the converged ones. (The batched path's polishes are counted; both paths' results held.)"""
+    import saelens_amort.inference.active_set as active_set
     import saelens_amort.inference.ksparse_solver as ks
 
+    if not compiled:
+        monkeypatch.setattr(active_set, "MAX_GRAM_BYTES", 0)
     sae = saelens_amort.load_sae("toy/gated")
     with torch.no_grad():
         done = infer(toy_x, sae, "ksparse")
@@ -144,7 +148,7 @@ def test_a_code_least_squares_on_a_support_the_step_keeps_is_not_polished_again(
         real = ks._polish
         monkeypatch.setattr(ks, "_polish", lambda systems, rows, *a: polished.append(len(rows)) or real(systems, rows, *a))
         again = infer(toy_x, sae, "ksparse", init=done.codes, k_rows=(done.codes > 0).sum(dim=1))
-    assert sum(polished) == len(toy_x)  # the start's polish only (per block of similar k)
+    assert sum(polished) == (0 if compiled else len(toy_x))  # the start's polish only (per block of similar k)
     assert again.converged.all() and (again.n_iter <= 1).all()
     assert torch.allclose(again.codes, done.codes, atol=1e-3)
 
@@ -225,3 +229,22 @@ def test_usable_through_the_saebench_adapter_with_refit(toy_x):
         err_enc = (x - sae.decode(sae.encode(x))).square().sum()
         assert (x - adapter(x)).square().sum() < err_enc
     assert direct.info["objective"] == "l2 (NNLS) on the mode's support" and direct.info["refit"]["of"] == "semi_ksparse"
+
+
+@pytest.mark.parametrize("family", ["gated", "topk", "jumprelu"])
+@pytest.mark.parametrize("mode", ["ksparse", "semi_ksparse"])
+def test_compiled_and_batched_paths_agree(toy_x, monkeypatch, family, mode):
+    """The modes' CPU path runs each row in compiled fp64 loops; the batched path (CUDA, wide dictionaries) takes the
+    same steps in fp32: the same codes but for rows where rounding tips a near-tie, the same errors."""
+    import saelens_amort.inference.active_set as active_set
+
+    sae = saelens_amort.load_sae(f"toy/{family}")
+    with torch.no_grad():
+        compiled = infer(toy_x, sae, mode)
+        monkeypatch.setattr(active_set, "MAX_GRAM_BYTES", 0)
+        batched = infer(toy_x, sae, mode)
+        err_c, err_b = (0.5 * (toy_x - sae.decode(r.codes)).square().sum(dim=1).double() for r in (compiled, batched))
+    same = torch.isclose(compiled.codes, batched.codes, rtol=1e-3, atol=1e-4).all(dim=1)
+    assert same.float().mean() >= 0.97
+    torch.testing.assert_close(err_c[same], err_b[same], rtol=1e-4, atol=1e-4)
+    assert abs(float(err_c.sum() / err_b.sum()) - 1) < 2e-3
