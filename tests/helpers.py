@@ -277,13 +277,22 @@ def torch_threads(n: int):
 
 _PROBE_HEAD = """<script>window.__errors=[];window.addEventListener('error',function(e){window.__errors.push(String(e.message))});
 </script>"""
-_PROBE_TAIL = """<script>window.addEventListener('load',function(){setTimeout(function(){
+_PROBE_TAIL = """<script>window.addEventListener('load',function(){setTimeout(async function(){
 var plots=[].slice.call(document.querySelectorAll('.js-plotly-plot'));
-document.body.setAttribute('data-probe',JSON.stringify({errors:window.__errors,
-plots:plots.map(function(p){return {id:p.id,traces:(p.data||[]).length,
+var out=plots.map(function(p){return {id:p.id,traces:(p.data||[]).length,
 svg:p.querySelectorAll('svg.main-svg').length,
 points:(p.calcdata||[]).reduce(function(n,c){return n+(c?c.length:0)},0),
-menus:p.querySelectorAll('.updatemenu-container').length}})}));},500)});</script>"""
+menus:p.querySelectorAll('.updatemenu-container').length,choices:[]}});
+function text(p,sel){var e=p.querySelector(sel);return e?e.textContent:null}
+for(var i=0;i<plots.length;i++){var p=plots[i],menus=(p.layout||{}).updatemenus||[];
+for(var m=0;m<menus.length;m++){var buttons=menus[m].buttons||[];
+for(var b=0;b<buttons.length;b++){var a=buttons[b].args||[];
+try{await Plotly.update(p,a[0]||{},a[1]||{})}catch(e){window.__errors.push(String(e))}
+out[i].choices.push({label:buttons[b].label,title:text(p,'.gtitle'),ytitle:text(p,'.ytitle'),
+visible:(p.data||[]).filter(function(t){return t.visible!==false}).length})}}}
+document.body.setAttribute('data-probe',JSON.stringify({errors:window.__errors,plots:out}));},500)});</script>"""
+"""Injected before </body>: after load, each plot's traces, drawn SVG, points and menus; then every dropdown choice
+applied as a click applies it (Plotly.update with the button's args), recording the drawn title and y-axis title."""
 
 
 def chromium_probe(html_path, tmp_dir) -> dict:

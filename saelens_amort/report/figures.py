@@ -55,7 +55,7 @@ def metric_bars(df: pd.DataFrame, metrics: Sequence[str]) -> go.Figure | None:
     visible = [[j // n == i for j in range(len(metrics) * n)] for i in range(len(metrics))]
     fig.update_layout(
         barmode="group", title=f"{metrics[0]} by SAE and mode", yaxis_title=metrics[0],
-        updatemenus=_dropdown(metrics, visible, [{"title": f"{m} by SAE and mode", "yaxis.title": m} for m in metrics]),
+        updatemenus=_dropdown(metrics, visible, [{"title.text": f"{m} by SAE and mode", "yaxis.title.text": m} for m in metrics]),
     )
     return fig
 
@@ -77,7 +77,7 @@ def firing_histograms(freqs: Mapping[tuple[str, str], np.ndarray], bins: int = 4
     visible = [[k[0] == sae for k in keys] for sae in saes]
     fig.update_layout(
         barmode="overlay", title=f"Firing frequency — {saes[0]}", xaxis_title="log10 firing frequency",
-        yaxis_title="latents", updatemenus=_dropdown(saes, visible, [{"title": f"Firing frequency — {s}"} for s in saes]),
+        yaxis_title="latents", updatemenus=_dropdown(saes, visible, [{"title.text": f"Firing frequency — {s}"} for s in saes]),
     )
     return fig
 
@@ -147,7 +147,7 @@ def metric_lines(df: pd.DataFrame, metrics: Sequence[str], x: str, group: str, x
     fig.update_layout(
         title=f"{metrics[0]} vs {x_title}", xaxis_title=x_title, yaxis_title=metrics[0],
         xaxis_type="log" if log_x else None,
-        updatemenus=_dropdown(metrics, visible, [{"title": f"{m} vs {x_title}", "yaxis.title": m} for m in metrics]),
+        updatemenus=_dropdown(metrics, visible, [{"title.text": f"{m} vs {x_title}", "yaxis.title.text": m} for m in metrics]),
     )
     return fig
 
@@ -162,6 +162,13 @@ def step_curves(df: pd.DataFrame, metrics: Sequence[str], step: str = "step") ->
     return metric_lines(df, metrics, step, "mode", "training step")
 
 
+def _knob_label(knob, value) -> str:
+    """Hover text for a frontier point's knob: "λ 0.5", "k 16", or "the encoder as trained" when it has none."""
+    if not isinstance(knob, str) or pd.isna(value):
+        return "the encoder as trained"
+    return f"{knob} {value:.4g}"
+
+
 def frontier_plot(points: pd.DataFrame) -> go.Figure | None:
     """NMSE vs L0 (log–log), one line per mode over its knob, the encoder's point starred; a dropdown picks the SAE."""
     if points.empty or not {"sae", "mode", "l0", "nmse", "encoder_point"} <= set(points.columns):
@@ -174,9 +181,8 @@ def frontier_plot(points: pd.DataFrame) -> go.Figure | None:
             sub = sub.sort_values("l0")
             fig.add_scatter(
                 x=sub["l0"], y=sub["nmse"], mode="lines+markers", name=str(mode), visible=sae == saes[0],
-                line=dict(color=_color(str(mode))), customdata=sub[["knob", "value"]].astype(str).to_numpy(),
-                hovertemplate=f"{mode}<br>%{{customdata[0]}} %{{customdata[1]}}<br>L0 %{{x:.3g}}<br>NMSE %{{y:.4g}}"
-                              "<extra></extra>",
+                line=dict(color=_color(str(mode))), customdata=[_knob_label(k, v) for k, v in zip(sub["knob"], sub["value"])],
+                hovertemplate=f"{mode}<br>%{{customdata}}<br>L0 %{{x:.3g}}<br>NMSE %{{y:.4g}}<extra></extra>",
             )
             owner.append(sae)
         enc = pts[pts["encoder_point"].astype(bool)]
@@ -185,8 +191,14 @@ def frontier_plot(points: pd.DataFrame) -> go.Figure | None:
                         hovertemplate="encoder<br>L0 %{x:.3g}<br>NMSE %{y:.4g}<extra></extra>")
         owner.append(sae)
     visible = [[o == sae for o in owner] for sae in saes]
+    unplotted = points[~(points["l0"] > 0)]
+    if len(unplotted):  # a log axis has no place for L0 = 0 (all codes zero): say so instead of dropping them
+        which = ", ".join(sorted({f"{s} / {m}" for s, m in zip(unplotted["sae"], unplotted["mode"])}))
+        fig.add_annotation(text=f"{len(unplotted)} point(s) at L0 = 0 not drawn on the log axis ({which}); see the "
+                           "table of frontier points", xref="paper", yref="paper", x=0, y=-0.18, showarrow=False,
+                           xanchor="left", font=dict(size=11))
     fig.update_layout(
         title=f"Density frontier — {saes[0]}", xaxis_title="L0", yaxis_title="NMSE", xaxis_type="log",
-        yaxis_type="log", updatemenus=_dropdown(saes, visible, [{"title": f"Density frontier — {s}"} for s in saes]),
+        yaxis_type="log", updatemenus=_dropdown(saes, visible, [{"title.text": f"Density frontier — {s}"} for s in saes]),
     )
     return fig

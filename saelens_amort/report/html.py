@@ -35,6 +35,7 @@ class Section:
 
 
 def table_html(df: pd.DataFrame, float_format: str = "{:.4g}") -> str:
+    df = df.map(lambda v: float("nan") if v is None else v)  # na_rep does not reach None in object columns
     table = df.to_html(index=False, border=0, float_format=lambda v: float_format.format(v), na_rep="—")
     return f'<div style="overflow-x:auto">{table}</div>'
 
