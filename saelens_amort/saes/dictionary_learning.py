@@ -104,6 +104,9 @@ def _int_k(state: StateDict, trainer: dict[str, Any], dict_class: str) -> int:
     k = k_state if k_state is not None else k_cfg
     if k is None or k < 1:
         raise SaeAmortError(f"{dict_class} checkpoint has no positive k (neither trainer.k nor a `k` buffer)")
+    d_sae = int(trainer["dict_size"])
+    if k > d_sae:
+        raise SaeAmortError(f"{dict_class} checkpoint has k={k} but dict_size={d_sae}: k must be at most dict_size")
     return k
 
 
@@ -298,7 +301,12 @@ def load_dictionary_learning_sae(
     sae = sae_cls(sae_cfg)
     sae.cfg.device = device
     sae.process_state_dict_for_loading(sd)
-    sae.load_state_dict(sd, assign=True, strict=True)
+    try:
+        sae.load_state_dict(sd, assign=True, strict=True)
+    except RuntimeError as e:  # a bias or threshold whose size disagrees with the weights
+        detail = " ".join(str(e).split())[:300]
+        raise SaeAmortError(f"{p / AE_FILENAME} does not fit its {CONFIG_FILENAME} ({detail}); check that the two "
+                            "files belong together") from None
     sae = sae.to(device=device, dtype=torch_dtype)
     logger.info("loaded %s (%s) from %s as %s", dict_class, trainer.get("trainer_class"), p, sae_cls.__name__)
     return sae

@@ -13,8 +13,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from sae_lens import SAE
+from sae_lens import SAE, TrainingSAE
 from sae_lens.constants import SAE_CFG_FILENAME, SAE_WEIGHTS_FILENAME
+from sae_lens.registry import SAE_CLASS_REGISTRY, SAE_TRAINING_CLASS_REGISTRY
 from safetensors import SafetensorError, safe_open
 
 from saelens_amort.errors import SaeAmortError
@@ -37,7 +38,21 @@ def read_sae_lens_cfg(path: Path) -> dict[str, Any]:
         value = cfg.get(key)
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise SaeAmortError(f"{cfg_path}: {key} must be a positive integer, got {value!r}")
+    k = cfg.get("k")
+    if "k" in cfg and (isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= cfg["d_sae"]):
+        raise SaeAmortError(f"{cfg_path}: k must be an integer in [1, d_sae={cfg['d_sae']}], got {k!r}")
+    if "k" not in cfg and "k" in _config_fields(cfg["architecture"]):
+        # SAE-Lens would fill in its default k (100) without a word: the SAE would run at a sparsity it never had
+        raise SaeAmortError(f"{cfg_path} has no 'k' for its {cfg['architecture']!r} SAE; add the k it was trained with")
     return cfg
+
+
+def _config_fields(architecture: str) -> set[str]:
+    """Field names of the SAE-Lens config class of `architecture` (inference or training registry; empty if none)."""
+    from dataclasses import fields
+
+    entry = SAE_CLASS_REGISTRY.get(architecture) or SAE_TRAINING_CLASS_REGISTRY.get(architecture)
+    return set() if entry is None else {f.name for f in fields(entry[1])}
 
 
 def weight_shapes(path: Path) -> dict[str, tuple[int, ...]]:
@@ -64,18 +79,35 @@ def check_shapes(path: Path, cfg: dict[str, Any], shapes: dict[str, tuple[int, .
 
 
 def load_sae_lens_dir(path: Path, device: str, dtype: torch.dtype | None) -> SAE:
-    """An SAE-Lens directory as its SAE, cast to `dtype` (None keeps the stored dtype)."""
+    """An SAE-Lens directory as its SAE, cast to `dtype` (None keeps the stored dtype). A training-only architecture
+    (SAE-Lens' trainer checkpoints of BatchTopK and Matryoshka SAEs, as `saeamort train --checkpoint-every` writes
+    them) is loaded as its training SAE and converted to its inference form by SAE-Lens' own `save_inference_model`
+    (BatchTopK → JumpReLU with the learned threshold)."""
     cfg = read_sae_lens_cfg(path)
     check_shapes(path, cfg, weight_shapes(path))
-    try:
-        sae = SAE.load_from_disk(path, device=device)
-    except KeyError as e:
+    arch = cfg["architecture"]
+    if arch not in SAE_CLASS_REGISTRY and arch not in SAE_TRAINING_CLASS_REGISTRY:
         raise SaeAmortError(
-            f"{path / SAE_CFG_FILENAME} names architecture {cfg['architecture']!r} that SAE-Lens does not know "
-            f"({e}); import the package that registers it (register_sae_class) before loading"
-        ) from None
+            f"{path / SAE_CFG_FILENAME} names architecture {arch!r} that SAE-Lens does not know; import the package "
+            "that registers it (register_sae_class) before loading"
+        )
+    try:
+        sae = SAE.load_from_disk(path, device=device) if arch in SAE_CLASS_REGISTRY else _inference_form(path, device)
+    except KeyError as e:
+        raise SaeAmortError(f"{path / SAE_CFG_FILENAME} lacks {e}, which SAE-Lens needs for a {arch!r} SAE; re-save "
+                            "the SAE with sae.save_model()") from None
     except (TypeError, ValueError, RuntimeError) as e:  # config fields or state-dict keys that do not fit
         detail = " ".join(str(e).split())[:300] or type(e).__name__
-        raise SaeAmortError(f"{path} does not load as an SAE-Lens {cfg['architecture']!r} SAE ({detail}); "
+        raise SaeAmortError(f"{path} does not load as an SAE-Lens {arch!r} SAE ({detail}); "
                             f"check {SAE_CFG_FILENAME} against {SAE_WEIGHTS_FILENAME}") from None
     return sae if dtype is None else sae.to(dtype=dtype)
+
+
+def _inference_form(path: Path, device: str) -> SAE:
+    """A training-format directory through SAE-Lens' TrainingSAE and its `save_inference_model`, reloaded."""
+    import tempfile
+
+    training = TrainingSAE.load_from_disk(path, device=device)
+    with tempfile.TemporaryDirectory(prefix="saeamort-inference-") as tmp:
+        training.save_inference_model(tmp)
+        return SAE.load_from_disk(tmp, device=device)

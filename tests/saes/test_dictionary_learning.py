@@ -148,3 +148,22 @@ def test_config_and_weights_disagree(reference, tmp_path):
     (tmp_path / "k" / "config.json").write_text(json.dumps({"buffer": {}}))
     with pytest.raises(SaeAmortError, match="trainer"):
         load_dictionary_learning_sae(tmp_path / "k")
+
+
+def test_weights_that_do_not_fit_and_k_past_the_dictionary_are_user_errors(reference, tmp_path):
+    """A bias cut short fails in load_state_dict, after the W_enc/W_dec shape check: one error, not a traceback;
+    a k larger than dict_size would load and fail in the first encode."""
+    ae = build_random_dictionary_learning_ae("AutoEncoder")
+    write_dictionary_learning_dir(tmp_path / "bias", ae, "AutoEncoder")
+    state = torch.load(tmp_path / "bias" / "ae.pt")
+    state["bias"] = state["bias"][:16]
+    torch.save(state, tmp_path / "bias" / "ae.pt")
+    with pytest.raises(SaeAmortError, match=r"ae\.pt does not fit its config\.json .*b_dec"):
+        load_dictionary_learning_sae(tmp_path / "bias")
+    topk = build_random_dictionary_learning_ae("AutoEncoderTopK")
+    write_dictionary_learning_dir(tmp_path / "k", topk, "AutoEncoderTopK", trainer_extra={"k": 1000})
+    state = torch.load(tmp_path / "k" / "ae.pt")
+    state["k"] = torch.tensor(1000)
+    torch.save(state, tmp_path / "k" / "ae.pt")
+    with pytest.raises(SaeAmortError, match="k=1000 but dict_size=128"):
+        load_dictionary_learning_sae(tmp_path / "k")

@@ -58,6 +58,8 @@ BROKEN = {
     "truncated": (_truncate, r"sae_weights\.safetensors is truncated or not a safetensors file"),
     "empty_weights": (lambda p: (p / "sae_weights.safetensors").write_bytes(b""), r"truncated or not a safetensors"),
     "missing_tensor": (_drop_b_enc, r"does not load as an SAE-Lens 'standard' SAE .*Missing key.*b_enc"),
+    "no_dtype": (_edit_cfg(dtype=None), r"cfg\.json lacks 'dtype', which SAE-Lens needs for a 'standard' SAE"),
+    "unknown_architecture": (_edit_cfg(architecture="mystery"), r"names architecture 'mystery' that SAE-Lens does not"),
 }
 
 
@@ -79,3 +81,53 @@ def test_broken_directory_is_one_clear_error(case, good_dir, tmp_path, capsys):
 def test_intact_directory_still_loads_exactly(good_dir):
     sae = load_sae(str(good_dir))
     torch.testing.assert_close(sae.W_enc, load_file(good_dir / "sae_weights.safetensors")["W_enc"])
+
+
+def _topk_dir(path, **changes):
+    from sae_lens import TopKSAE, TopKSAEConfig
+
+    torch.manual_seed(1)
+    sae = TopKSAE(TopKSAEConfig(d_in=128, d_sae=64, k=6))
+    sae.save_model(str(path))
+    _edit_cfg(**changes)(path)
+    return path
+
+
+@pytest.mark.parametrize(("changes", "pattern"), [
+    ({"k": None}, r"has no 'k' for its 'topk' SAE"),
+    ({"k": 65}, r"k must be an integer in \[1, d_sae=64\], got 65"),
+    ({"k": 0}, r"k must be an integer in \[1, d_sae=64\], got 0"),
+])
+def test_a_topk_k_missing_or_past_the_dictionary_is_one_clear_error(tmp_path, changes, pattern):
+    """SAE-Lens fills a missing k with its default (100) and would run the SAE at a sparsity it never had; a k past
+    d_sae fails only in the first encode."""
+    with pytest.raises(SaeAmortError, match=pattern):
+        load_sae(str(_topk_dir(tmp_path / "sae", **changes)))
+    assert load_sae(str(_topk_dir(tmp_path / "ok"))).cfg.k == 6
+
+
+@pytest.mark.parametrize("family", ["batchtopk", "matryoshka_batchtopk"])
+def test_trainer_checkpoints_of_training_only_architectures_load_in_inference_form(tmp_path, family):
+    """SAE-Lens' trainer (and `saeamort train --checkpoint-every`) saves BatchTopK / Matryoshka checkpoints in
+    training form, whose architecture the inference registry does not know: they load as SAE-Lens' own
+    save_inference_model converts them (JumpReLU with the learned threshold)."""
+    from sae_lens import (BatchTopKTrainingSAE, BatchTopKTrainingSAEConfig, MatryoshkaBatchTopKTrainingSAE,
+                          MatryoshkaBatchTopKTrainingSAEConfig)
+    from sae_lens import SAE
+
+    torch.manual_seed(2)
+    if family == "batchtopk":
+        training = BatchTopKTrainingSAE(BatchTopKTrainingSAEConfig(d_in=32, d_sae=96, k=5))
+    else:
+        training = MatryoshkaBatchTopKTrainingSAE(MatryoshkaBatchTopKTrainingSAEConfig(
+            d_in=32, d_sae=96, k=5, matryoshka_widths=[24, 48, 96]))
+    training.topk_threshold.fill_(0.05)
+    training.save_model(str(tmp_path / "ckpt"))
+    training.save_inference_model(str(tmp_path / "inference"))
+    loaded = load_sae(str(tmp_path / "ckpt"))
+    reference = SAE.load_from_disk(tmp_path / "inference")
+    assert type(loaded) is type(reference) and loaded.cfg.architecture() == "jumprelu"
+    x = 10 * torch.randn(64, 32, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.encode(x), reference.encode(x), rtol=0, atol=0)
+        assert (loaded.encode(x) > 0).any()
