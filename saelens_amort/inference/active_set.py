@@ -104,6 +104,34 @@ def solve_active_set(
                        restarts=restarts, flops=flops)
 
 
+def start_warm_up() -> None:
+    """Compile every numba kernel (or load numba's cache) in a background thread, so the first solve does not wait
+    for it: a fresh install compiles for 10–20 s once, a later run loads them in about a second. Runners start it
+    before loading the model and collecting activations; a solve that needs a kernel still being compiled waits for
+    it (numba's compiler lock). Without numba it does nothing (the batched paths run)."""
+    import threading
+
+    threading.Thread(target=_warm_up, name="saeamort-compile", daemon=True).start()
+
+
+def _warm_up() -> None:
+    from saelens_amort.inference.ksparse_kernels import ksparse_compiled
+    from saelens_amort.inference.omp_kernels import nn_omp_compiled
+
+    try:
+        _kernels()
+    except ImportError:
+        return
+    gen = torch.Generator().manual_seed(0)
+    d = Dictionary.from_matrix(torch.nn.functional.normalize(torch.randn(12, 6, generator=gen), dim=1))
+    x = torch.randn(3, 6, generator=gen)
+    gram64 = d.atoms.double() @ d.atoms.double().T
+    with torch.no_grad():
+        solve_active_set(x, d.atoms, 0.1, gram64)
+        nn_omp_compiled(x, d.atoms, 3, gram64, torch.full((3,), 3), torch.full((3,), 2))
+        ksparse_compiled(x, d, gram64, torch.full((3,), 2), None, 5, 1e-4, True)
+
+
 _COMPILED = None
 
 

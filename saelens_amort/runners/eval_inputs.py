@@ -57,6 +57,10 @@ def load_inputs(cfg, specs: tuple[str, ...], out: Path, *, progress: bool = True
     from saelens_amort.devices import check_device, resolve_dtype
 
     check_device(cfg.device)
+    if str(cfg.device).startswith(("cpu", "auto")):
+        from saelens_amort.inference.active_set import start_warm_up
+
+        start_warm_up()  # the compiled CPU solvers, while the model loads and the activations stream
     sae_dtype = resolve_dtype(cfg.sae_dtype, cfg.device, "--sae-dtype")
     if cfg.activations is not None:
         store, world = open_activations(cfg, specs, sae_dtype, check_sae)
