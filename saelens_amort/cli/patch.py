@@ -41,6 +41,8 @@ def patch_command(
     if not any(t.strip() for t in f"{ablate},{amplify},{set_}".split(",")):
         raise SaeAmortError("give at least one latent with --ablate, --amplify or --set")
     check_modes([mode])
+    if any(not p.strip() for p in prompt):
+        raise SaeAmortError("--prompt must not be empty (the continuation starts from its tokens)")
     if sae is None:
         if model != "toy":
             raise SaeAmortError("--sae is required for models other than the toy")

@@ -19,13 +19,17 @@ app.add_typer(toy_app, name="toy")
 def build(
     out: Optional[Path] = typer.Option(None, help="Where to write the world (default: inside the package)."),
     scale: str = typer.Option("full", help="full (the shipped world) or tiny (seconds; for tests and smoke runs)."),
-    seed: int = typer.Option(0, help="Master seed."),
+    seed: int = typer.Option(0, min=0, max=2**32 - 1, help="Master seed."),
+    overwrite: bool = typer.Option(False, help="Replace an --out that is not a toy world build."),
 ) -> None:
     """Regenerate corpus, tokenizer, model and SAEs from the seed (replaces the target atomically)."""
-    from saelens_amort.toy.build import build_toy_world, scale_config
+    from saelens_amort.toy.build import build_toy_world, check_build_out, scale_config
     from saelens_amort.toy.paths import WEIGHTS_DIR
 
-    info = build_toy_world(scale_config(scale, seed), out or WEIGHTS_DIR)
+    cfg = scale_config(scale, seed)
+    target = out or WEIGHTS_DIR
+    check_build_out(target, overwrite=overwrite)
+    info = build_toy_world(cfg, target)
     _print_info(info)
 
 

@@ -108,10 +108,12 @@ def start_warm_up() -> None:
     """Compile every numba kernel (or load numba's cache) in a background thread, so the first solve does not wait
     for it: a fresh install compiles for 10–20 s once, a later run loads them in about a second. Runners start it
     before loading the model and collecting activations; a solve that needs a kernel still being compiled waits for
-    it (numba's compiler lock). Without numba it does nothing (the batched paths run)."""
+    it (numba's compiler lock). Without numba it does nothing (the batched paths run). Not a daemon thread: the
+    interpreter waits for it at exit, as one killed inside LLVM aborts the process ("terminate called without an
+    active exception", exit 134, after a short run had written its results)."""
     import threading
 
-    threading.Thread(target=_warm_up, name="saeamort-compile", daemon=True).start()
+    threading.Thread(target=_warm_up, name="saeamort-compile", daemon=False).start()
 
 
 def _warm_up() -> None:

@@ -83,6 +83,8 @@ def parse_edit(ablate: str = "", amplify: str = "", set_values: str = "") -> Lat
                 raise SaeAmortError(f"{what} takes LATENT:VALUE pairs like 56:3.0, got {item!r}") from None
             if not sep:
                 raise SaeAmortError(f"{what} takes LATENT:VALUE pairs like 56:3.0, got {item!r}")
+            if not -float("inf") < out[int(j)] < float("inf"):
+                raise SaeAmortError(f"{what} values must be finite, got {item!r}")
         return out
 
     return LatentEdit(ablate=ints(ablate), scale=pairs(amplify, "--amplify"), set=pairs(set_values, "--set"))

@@ -49,6 +49,8 @@ class SweepConfig:
         # torch-free checks: a bad option answers before anything heavy loads (the runner resolves the device)
         if not self.alphas:
             raise SaeAmortError("--alphas needs at least one value")
+        if not all(-float("inf") < a < float("inf") for a in self.alphas):
+            raise SaeAmortError(f"--alphas must be finite numbers, got {list(self.alphas)}")
         if not 0 <= self.percentile < 100:
             raise SaeAmortError(f"--percentile must be in [0, 100), got {self.percentile}")
         if self.sequences < 1 or self.batch < 1:

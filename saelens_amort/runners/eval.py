@@ -94,7 +94,7 @@ def _evaluate_sae(spec: str, sae, model, store, hook: str, cfg: EvalConfig, spli
               for v in variants}
     ref_lam = ref.calibration.lam if ref else None
     label_names = store.label_names
-    families = [m for m in cfg.metrics if m != "splice"]
+    families = [m for m in cfg.metrics if m not in ("splice", "truth")]  # truth: below, from the world
     metrics = {v.label: {name: (make_metric(name, label_names=label_names) if name in ("probes", "absorption")
                                 else make_metric(name)) for name in families} for v in variants}
     if world is not None:

@@ -100,6 +100,9 @@ class EvalConfig:
         if unknown or not self.metrics:
             raise SaeAmortError(f"unknown metric(s) {', '.join(unknown) or '(none given)'}; registered metrics: "
                                 f"{', '.join(known_metrics())}")
+        if "truth" in self.metrics and self.activations is None:
+            raise SaeAmortError("--metrics truth needs a ground-truth world: pass --activations DIR of `saeamort world "
+                                "build` (on a world the truth metrics are added by themselves)")
 
     @property
     def resolved_modes(self) -> tuple[str, ...]:

@@ -37,7 +37,7 @@ class GisConfig:
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
             raise SaeAmortError(f"--kind must be one of {', '.join(KINDS)}, got {self.kind!r}")
-        if not self.kl_targets or any(not t > 0 for t in self.kl_targets):
-            raise SaeAmortError(f"--kl needs positive targets, got {list(self.kl_targets)}")
+        if not self.kl_targets or any(not 0 < t < float("inf") for t in self.kl_targets):
+            raise SaeAmortError(f"--kl needs positive finite targets, got {list(self.kl_targets)}")
         check_modes([self.mode])
         parse_device(self.device)

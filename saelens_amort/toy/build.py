@@ -131,6 +131,23 @@ def build_toy_world(cfg: ToyBuildConfig, out_dir: Path = WEIGHTS_DIR) -> dict:
         raise
 
 
+def check_build_out(out: Path, *, overwrite: bool = False) -> None:
+    """A build replaces `out` only when it is absent, empty, or an earlier toy build (it holds build_info.json), or
+    with `overwrite`; a file there, or under a file, is refused."""
+    out = Path(out)
+    for parent in out.parents:
+        if parent.exists() and not parent.is_dir():
+            raise SaeAmortError(f"--out {out}: {parent} is a file, not a folder")
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise SaeAmortError(f"--out {out} is a file, not a folder; choose another --out")
+    if (out / BUILD_INFO_FILE).exists() or not any(out.iterdir()) or overwrite:
+        return
+    raise SaeAmortError(f"{out} holds files that are not a toy world build; use another --out or pass --overwrite "
+                        "to replace them")
+
+
 def _replace_dir(src: Path, dst: Path) -> None:
     """Move `src` to `dst`, replacing it; the old world is only removed once the new one is in place."""
     if dst.exists():

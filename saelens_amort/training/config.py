@@ -3,6 +3,8 @@ and importable without torch or SAE-Lens, so a bad option answers at once."""
 
 from __future__ import annotations
 
+import math
+
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -75,6 +77,10 @@ class TrainConfig:
                                     "SAE would never leave warm-up; train longer (--tokens) or warm up less")
         if self.checkpoint_every < 0:
             raise SaeAmortError("--checkpoint-every must be ≥ 0")
+        for name in ("lr", "lr_end"):  # torch's optimiser raises on a negative or NaN rate; inf trains NaN weights
+            value = getattr(self, name)
+            if value is not None and not (math.isfinite(value) and value > 0):
+                raise SaeAmortError(f"--{name.replace('_', '-')} must be a positive finite number, got {value}")
         parse_device(self.device)
         if self.source is not None:
             check_source(self.source)

@@ -195,9 +195,16 @@ def _save_atomic(sae, final: Path) -> None:
 
 def check_out(out: Path, cfg: TrainConfig, overwrite: bool, resume: bool) -> None:
     saved = out / "train_config.json"
+    if out.exists() and not out.is_dir():
+        raise SaeAmortError(f"--out {out} is a file, not a folder; choose another --out")
     if not saved.exists():
         if resume:
             raise SaeAmortError(f"--resume: {out} holds no training run to resume")
+        if out.exists() and any(out.iterdir()):  # another command's results, or anything else: never mixed into
+            if not overwrite:
+                raise SaeAmortError(f"{out} holds files not written by `saeamort train`; use another --out or pass "
+                                    "--overwrite to replace them")
+            shutil.rmtree(out)
         return
     same = json.loads(saved.read_text()) == cfg.as_json()
     if overwrite:

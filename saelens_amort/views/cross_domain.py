@@ -24,6 +24,10 @@ def run_cross_domain(cfg: TrainConfig, domain_a: str, domain_b: str, out: Path, 
                      progress: bool = True) -> pd.DataFrame:
     if domain_a == domain_b:  # before the imports below load torch and SAE-Lens
         raise SaeAmortError("--domain-a and --domain-b must differ")
+    from saelens_amort.run_folder import check_run_folder, record_run
+
+    record = {"train": cfg.as_json(), "domain_a": domain_a, "domain_b": domain_b}
+    check_run_folder(Path(out), "cross-domain", record, overwrite=overwrite)  # another command's folder is refused
     import pandas as pd
     import plotly.graph_objects as go
     import torch
@@ -38,6 +42,7 @@ def run_cross_domain(cfg: TrainConfig, domain_a: str, domain_b: str, out: Path, 
     from saelens_amort.training.run import HELD_OUT_ROWS, held_out_rows, reconstruction_scores, run_train
 
     out = Path(out)
+    record_run(out, "cross-domain", record)
     cfg = on_device(cfg)
     domains = {"A": domain_a, "B": domain_b}
     model = load_model(cfg.model, device=cfg.device)

@@ -63,6 +63,7 @@ def train_world_saes(world: World, out: Path | str, *, families: tuple[str, ...]
     """Train each family × width on `world` into `out/<family>-x<width>/`; returns each run's summary."""
     from saelens_amort.training.run import HELD_OUT_ROWS, run_train
 
+    _check_suite_folder(Path(out))
     unknown = sorted(set(families) - set(FAMILIES))
     if unknown:
         raise SaeAmortError(f"unknown families {unknown}; choose from {', '.join(FAMILIES)}")
@@ -78,10 +79,26 @@ def train_world_saes(world: World, out: Path | str, *, families: tuple[str, ...]
             if summary_file.exists() and not overwrite:
                 summaries[run.name] = json.loads(summary_file.read_text())
                 continue
-            summaries[run.name] = run_train(recipe(world, family, width, tokens), run, overwrite=True,
-                                            progress=progress)
+            # an unfinished run of the same recipe resumes from its checkpoint; another recipe's is refused
+            unfinished = (run / "train_config.json").exists() and not overwrite
+            summaries[run.name] = run_train(recipe(world, family, width, tokens), run, overwrite=overwrite,
+                                            resume=unfinished, progress=progress)
     write_text_atomic(out / "suite.json", json.dumps(summaries, indent=2))
     return summaries
+
+
+def _check_suite_folder(out: Path) -> None:
+    """`out` may hold only this command's files (suite.json and <family>-x<width>/ runs): never mixed into
+    another command's results."""
+    import re
+
+    if out.exists() and not out.is_dir():
+        raise SaeAmortError(f"--out {out} is a file, not a folder; choose another --out")
+    foreign = sorted(p.name for p in out.iterdir() if p.name != "suite.json"
+                     and not (p.is_dir() and re.fullmatch(r"[a-z_]+-x\d+", p.name))) if out.exists() else []
+    if foreign:
+        raise SaeAmortError(f"{out} holds files not written by `saeamort world train` ({', '.join(foreign[:3])}); "
+                            "use another --out")
 
 
 def ship(runs: Path | str, dest: Path | str = SHIPPED_DIR) -> None:

@@ -85,3 +85,19 @@ def test_unknown_protocol_is_one_line_and_writes_nothing(capsys, tmp_path):
                           "papr", "--out", str(out))
     assert_cli_user_error(capsys, "unknown --lambda 'one'", "eval", *SMALL, "--lambda", "one", "--out", str(out))
     assert not out.exists()
+
+
+
+def test_the_solvers_compile_in_a_thread_the_interpreter_waits_for():
+    """The compiled solvers are warmed up in a background thread. As a daemon it was killed at exit inside LLVM when
+    a short run (amortized codes only) ended while numba still compiled: the process aborted with exit 134
+    ("terminate called without an active exception") after writing its results (3 of 10 runs in an audit)."""
+    import threading
+
+    from saelens_amort.inference.active_set import start_warm_up
+
+    start_warm_up()
+    threads = [t for t in threading.enumerate() if t.name == "saeamort-compile"]
+    assert threads and not any(t.daemon for t in threads)
+    for t in threads:
+        t.join(timeout=120)
