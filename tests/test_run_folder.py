@@ -81,5 +81,5 @@ def test_runners_refuse_another_runs_out_before_any_work(command, tmp_path):
 @pytest.mark.slow
 def test_interpret_cli_refuses_another_runs_out(tmp_path):
     record_run(tmp_path / "views", "interpret", {"top_n": 3})
-    assert_user_error(saeamort("interpret", "--out", str(tmp_path / "views"), "--tokens", "512"),
+    assert_user_error(saeamort("interpret", "--out", str(tmp_path / "views"), "--tokens", "2048"),
                       "different interpret config.*--overwrite")

@@ -21,7 +21,7 @@ def build(
     preset: str = typer.Option("small", help="small (d 128, 2 048 features) or medium (d 384, 12 288 features)."),
     out: Path = typer.Option(Path("runs/world-small"), help="World directory (an activation store with its truth)."),
     tokens: Optional[int] = typer.Option(None, help="Rows to draw (default: the preset's)."),
-    seed: Optional[int] = typer.Option(None, help="Seed (default: the preset's)."),
+    seed: Optional[int] = typer.Option(None, min=0, max=2**32 - 1, help="Seed (default: the preset's)."),
     overwrite: bool = typer.Option(False, help="Replace another world or store in --out."),
 ) -> None:
     """Draw a world's activations and truth into --out (a complete world of the same parameters is reused)."""

@@ -11,6 +11,10 @@ from saelens_amort.errors import SaeAmortError
 from saelens_amort.runners.eval_config import EvalConfig
 
 
+MAX_GRID = 1000
+"""Most λ values a frontier sweeps per L1 mode (each is a full solve of every row)."""
+
+
 @dataclass(frozen=True)
 class FrontierConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
@@ -31,8 +35,8 @@ class FrontierConfig:
     """Factors on a JumpReLU encoder's thresholds."""
 
     def __post_init__(self) -> None:
-        if self.n_lambdas < 1 or not 1 < self.lambda_ratio < math.inf:
-            raise SaeAmortError("--n-lambdas must be ≥ 1 and --lambda-ratio a finite number > 1")
+        if not 1 <= self.n_lambdas <= MAX_GRID or not 1 < self.lambda_ratio < math.inf:
+            raise SaeAmortError(f"--n-lambdas must be in [1, {MAX_GRID}] and --lambda-ratio a finite number > 1")
         for name, grid in (("--k-multipliers", self.k_multipliers), ("--threshold-scales", self.threshold_scales)):
             if not grid:
                 raise SaeAmortError(f"{name} is empty: give at least one value")

@@ -34,6 +34,9 @@ class TppConfig:
         check_modes(self.modes)
         if self.tokens <= 0 or self.calib_tokens <= 0:
             raise SaeAmortError("--tokens must be positive")
+        if self.tokens < self.calib_tokens:  # λ-modes calibrate on the first calib_tokens rows of the collection
+            raise SaeAmortError(f"--tokens {self.tokens} is below the {self.calib_tokens} rows λ is calibrated on; "
+                                f"pass --tokens {self.calib_tokens} or more")
         parse_device(self.device)
 
     def resolved_sae(self) -> str:

@@ -69,6 +69,8 @@ def train_world_saes(world: World, out: Path | str, *, families: tuple[str, ...]
         raise SaeAmortError(f"unknown families {unknown}; choose from {', '.join(FAMILIES)}")
     if not widths or any(w < 1 for w in widths):
         raise SaeAmortError(f"widths must be positive multiples of the number of true features, got {widths}")
+    if tokens is not None and tokens < 1:
+        raise SaeAmortError(f"--tokens must be positive, got {tokens}")
     tokens = tokens or (world.store.n_tokens - HELD_OUT_ROWS) // BATCH_SIZE * BATCH_SIZE
     out = Path(out)
     summaries = {}

@@ -79,3 +79,23 @@ def test_non_finite_and_empty_values_are_one_error(capsys, tmp_path, args, patte
     out = tmp_path / "out"
     assert_cli_user_error(capsys, pattern, *args, "--out", str(out))
     assert not out.exists()
+
+
+@pytest.mark.parametrize(("args", "pattern"), [
+    (["frontier", "--sae", "toy/topk", "--n-lambdas", "100000000"], r"--n-lambdas must be in \[1, 1000\]"),
+    (["world", "build", "--tokens", "1024", "--seed", "-1"], r"seed"),
+    (["world", "build", "--tokens", "1024", "--seed", "99999999999999999999999"], r"seed"),
+    (["tpp", "--tokens", "512"], r"--tokens 512 is below the 1024 rows λ is calibrated on"),
+    (["select-latents", "--class-id", "1", "--tokens", "512"], r"--tokens 512 is below the 1024 rows"),
+])
+def test_sizes_and_seeds_out_of_range_are_one_error(capsys, tmp_path, args, pattern):
+    out = tmp_path / "out"
+    assert_cli_user_error(capsys, pattern, *args, "--out", str(out))
+    assert not out.exists()
+
+
+def test_world_train_tokens_must_be_positive(tmp_path):
+    from saelens_amort.world.saes import train_world_saes
+
+    with pytest.raises(SaeAmortError, match="--tokens must be positive, got 0"):
+        train_world_saes(None, tmp_path / "suite", tokens=0)
