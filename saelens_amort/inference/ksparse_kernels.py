@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from saelens_amort.inference.cholesky_kernels import append
+from saelens_amort.inference.cholesky_kernels import append, face_solve
 
 
 @njit(cache=True)
@@ -50,7 +50,7 @@ def _project(v, kr, S, vals):
 
 
 @njit(cache=True)
-def _polish(G, c0, d_in, S, vals, cnt, fraction, L, gamma, b, y, stats):
+def _polish(G, c0, d_in, S, vals, cnt, fraction, L, gamma, b, stats):
     """Move vals towards the least-squares solution on S (all the way when it is > 0, else `fraction` of the way to
     the first zero crossing); True when it reached it. Supports wider than d_in, or singular, are left as they are."""
     if cnt < 1 or cnt > d_in:
@@ -59,16 +59,9 @@ def _polish(G, c0, d_in, S, vals, cnt, fraction, L, gamma, b, y, stats):
         if not append(L, S, t, G, S[t], 0.0):
             return False
     stats[3] += cnt * cnt * cnt / 3.0 + 2.0 * cnt * cnt
-    for i in range(cnt):
-        s = c0[S[i]]
-        for t in range(i):
-            s -= L[i, t] * y[t]
-        y[i] = s / L[i, i]
-    for i in range(cnt - 1, -1, -1):
-        s = y[i]
-        for t in range(i + 1, cnt):
-            s -= L[t, i] * gamma[t]
-        gamma[i] = s / L[i, i]
+    for t in range(cnt):
+        b[t] = c0[S[t]]
+    face_solve(L, cnt, b, gamma)
     ratio = np.inf
     for t in range(cnt):
         if gamma[t] <= 0.0:
@@ -98,12 +91,12 @@ def _residual(A, x, S, vals, cnt, r):
 
 @njit(cache=True)
 def _pg_row(G, A, x, c0, kr, explained, max_iter, tol, base, max_step, fraction, polish_start, u, r, stats, S, vals,
-            S2, vals2, L, gamma, b, y, v, mark):
+            S2, vals2, L, gamma, b, v, mark):
     m, d = A.shape
     cnt = _project(u, kr, S, vals)
     exact = False
     if polish_start:
-        exact = _polish(G, c0, d, S, vals, cnt, fraction, L, gamma, b, y, stats)
+        exact = _polish(G, c0, d, S, vals, cnt, fraction, L, gamma, b, stats)
     F = _residual(A, x, S, vals, cnt, r)
     stats[3] += 2.0 * kr * d
     mu = (1.0 if kr >= d else max_step) * base
@@ -136,7 +129,7 @@ def _pg_row(G, A, x, c0, kr, explained, max_iter, tol, base, max_step, fraction,
             n_iter += 1
             converged = True
             break
-        reached = _polish(G, c0, d, S2, vals2, cnt2, fraction, L, gamma, b, y, stats)
+        reached = _polish(G, c0, d, S2, vals2, cnt2, fraction, L, gamma, b, stats)
         # the candidate's residual goes to v's first d entries (v is free again), the row's own stays in r
         F2 = _residual(A, x, S2, vals2, cnt2, v)
         stats[3] += 2.0 * kr * d
@@ -185,12 +178,11 @@ def pg_rows(G, A, X, C0, k_rows, explained, max_iter, tol, base, max_step, fract
     L = np.empty((cap, cap))
     gamma = np.empty(cap)
     b = np.empty(cap)
-    y = np.empty(cap)
     v = np.empty(max(m, A.shape[1]))
     mark = np.zeros(m, np.bool_)
     for i in range(n):
         _pg_row(G, A, X[i], C0[i], k_rows[i], explained[i], max_iter, tol, base, max_step, fraction, polish_start,
-                U[i], R[i], stats[i], S, vals, S2, vals2, L, gamma, b, y, v, mark)
+                U[i], R[i], stats[i], S, vals, S2, vals2, L, gamma, b, v, mark)
 
 
 def ksparse_compiled(X, dictionary, gram64, k_rows, u0, max_iter, tol, polish_start):
