@@ -394,3 +394,18 @@ def assert_cli_user_error(capsys, pattern: str, *args: str) -> None:
     lines = [ln for ln in err.splitlines() if ln.strip()]
     assert code == 2 and len(lines) == 1 and lines[0].startswith("saeamort: error: "), (code, err)
     assert re.search(pattern, lines[0]), lines[0]
+
+
+def sklearn_lasso_objective(dictionary, x, lam, *, tol: float = 1e-10, max_iter: int = 100000):
+    """min F per row of the non-negative lasso by scikit-learn's coordinate descent (sklearn's α is λ / d_in): the
+    independent reference for the lasso solvers."""
+    import numpy as np
+    import torch
+    from sklearn.linear_model import Lasso
+
+    X = dictionary.atoms.double().T.numpy()
+    out = []
+    for y in dictionary.target(x).double().numpy():
+        w = Lasso(alpha=lam / X.shape[0], positive=True, fit_intercept=False, tol=tol, max_iter=max_iter).fit(X, y).coef_
+        out.append(0.5 * np.sum((y - X @ w) ** 2) + lam * np.sum(w))
+    return torch.tensor(out)

@@ -1,5 +1,5 @@
-"""Cholesky factors of a support's Gram G_SS, kept up to date one atom at a time (numba; shared by the compiled
-active-set lasso and OMP). L is a [cap, cap] lower-triangular buffer of which the first k rows are the factor; S holds
+"""Cholesky factors of a support's Gram G_SS, kept up to date one atom at a time, and the support-weighted row sum
+(numba; shared by the compiled active-set lasso, OMP and the k-sparse solver). L is a [cap, cap] lower-triangular buffer of which the first k rows are the factor; S holds
 the support's atom indices in slot order."""
 
 from __future__ import annotations
@@ -61,3 +61,16 @@ def face_solve(L, k, b, z):
         for t in range(i + 1, k):
             s -= L[t, i] * z[t]
         z[i] = s / L[i, i]
+
+
+@njit(cache=True)
+def minus_rows(base, M, S, vals, k, out):
+    """out = base − Σ_t vals[t] · M[S[t]] over the first k slots (a correlation c0 − γG_S from the Gram, or a
+    residual x' − uA from the atoms)."""
+    for j in range(base.shape[0]):
+        out[j] = base[j]
+    for t in range(k):
+        a = vals[t]
+        row = S[t]
+        for j in range(base.shape[0]):
+            out[j] -= a * M[row, j]

@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from saelens_amort.inference.cholesky_kernels import append, face_solve
+from saelens_amort.inference.cholesky_kernels import append, face_solve, minus_rows
 
 
 @njit(cache=True)
@@ -75,16 +75,9 @@ def _polish(G, c0, d_in, S, vals, cnt, fraction, L, gamma, b, stats):
 @njit(cache=True)
 def _residual(A, x, S, vals, cnt, r):
     """r = x − Σ vals_t A[S_t]; returns ½‖r‖²."""
-    d = x.shape[0]
-    for i in range(d):
-        r[i] = x[i]
-    for t in range(cnt):
-        a = vals[t]
-        row = S[t]
-        for i in range(d):
-            r[i] -= a * A[row, i]
+    minus_rows(x, A, S, vals, cnt, r)
     F = 0.0
-    for i in range(d):
+    for i in range(x.shape[0]):
         F += r[i] * r[i]
     return 0.5 * F
 
@@ -104,13 +97,7 @@ def _pg_row(G, A, x, c0, kr, explained, max_iter, tol, base, max_step, fraction,
     rejected = 0
     converged = F <= explained
     while not converged and n_iter < max_iter:
-        for j in range(m):  # v = u + μ (x'Aᵀ − uG)
-            v[j] = c0[j]
-        for t in range(cnt):
-            a = vals[t]
-            row = S[t]
-            for j in range(m):
-                v[j] -= a * G[row, j]
+        minus_rows(c0, G, S, vals, cnt, v)  # v = u + μ (x'Aᵀ − uG)
         for j in range(m):
             v[j] *= mu
         for t in range(cnt):

@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from saelens_amort.inference.cholesky_kernels import append, remove
+from saelens_amort.inference.cholesky_kernels import append, minus_rows, remove
 
 
 @njit(cache=True)
@@ -22,13 +22,7 @@ def _omp_row(G, A, x, c0, floor_c, independent, budget, prefix, u, u_prefix, r, 
     flops = 0.0
     snapped = prefix <= 0
     while taken < budget:
-        for j in range(m):  # c = x'Aᵀ − γ G_S
-            c[j] = c0[j]
-        for t in range(k):
-            a = gam[t]
-            row = S[t]
-            for j in range(m):
-                c[j] -= a * G[row, j]
+        minus_rows(c0, G, S, gam, k, c)  # c = x'Aᵀ − γ G_S
         flops += 2.0 * k * m
         best = -1
         top = floor_c
@@ -94,12 +88,7 @@ def _omp_row(G, A, x, c0, floor_c, independent, budget, prefix, u, u_prefix, r, 
                 u_prefix[S[t]] = gam[t]
     for t in range(k):
         u[S[t]] = gam[t]
-    for i in range(x.shape[0]):  # the residual x' − uA
-        r[i] = x[i]
-    for t in range(k):
-        row = S[t]
-        for i in range(x.shape[0]):
-            r[i] -= gam[t] * A[row, i]
+    minus_rows(x, A, S, gam, k, r)  # the residual x' − uA
     flops += 2.0 * k * x.shape[0]
     if not snapped:
         for t in range(k):

@@ -4,8 +4,7 @@ dependent on the support, warm starts, its budget, and the rows it hands on to t
 import numpy as np
 import pytest
 import torch
-from helpers import random_dictionary, sparse_signals, torch_threads, toy_activations
-from sklearn.linear_model import Lasso
+from helpers import random_dictionary, sklearn_lasso_objective, sparse_signals, torch_threads, toy_activations
 
 import saelens_amort
 from saelens_amort.inference import active_set, infer, objective
@@ -21,13 +20,7 @@ def _one_thread():
 
 
 def _sklearn_objective(dictionary, x, lam):
-    """min F per row by scikit-learn's coordinate descent (positive lasso; sklearn's α is λ / d_in)."""
-    X = dictionary.atoms.double().T.numpy()
-    out = []
-    for y in dictionary.target(x).double().numpy():
-        w = Lasso(alpha=lam / X.shape[0], positive=True, fit_intercept=False, tol=1e-12, max_iter=200000).fit(X, y).coef_
-        out.append(0.5 * np.sum((y - X @ w) ** 2) + lam * np.sum(w))
-    return torch.tensor(out)
+    return sklearn_lasso_objective(dictionary, x, lam, tol=1e-12, max_iter=200000)
 
 
 def test_reaches_the_sklearn_optimum_and_reports_f_at_its_codes():

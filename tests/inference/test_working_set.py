@@ -1,16 +1,15 @@
 """The working-set solver (and, where named, the compiled active-set one): the full problem's optimum (certified by the duality gap), whatever the first working set."""
 
-import numpy as np
 import pytest
 import torch
 from helpers import (
     random_dictionary,
     sae_dictionary,
+    sklearn_lasso_objective,
     sparse_signals,
     torch_threads,
     toy_activations,
 )
-from sklearn.linear_model import Lasso
 
 import saelens_amort
 from saelens_amort.errors import SaeAmortError
@@ -30,13 +29,7 @@ def _one_thread():
 
 
 def _sklearn_objective(dictionary, x, lam):
-    X = dictionary.atoms.double().T.numpy()
-    out = []
-    for y in dictionary.target(x).double().numpy():
-        model = Lasso(alpha=lam / X.shape[0], positive=True, fit_intercept=False, tol=1e-10, max_iter=100000)
-        w = model.fit(X, y).coef_
-        out.append(0.5 * np.sum((y - X @ w) ** 2) + lam * np.sum(w))
-    return torch.tensor(out)
+    return sklearn_lasso_objective(dictionary, x, lam)
 
 
 @pytest.mark.parametrize("gram", [True, False])
